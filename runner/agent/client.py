@@ -1,0 +1,472 @@
+"""The host side of the agent protocol: calls, streams and handles over one byte stream (standard library only).
+
+:class:`AgentClient` speaks :mod:`runner.agent.protocol` over anything socket-like with ``sendall``, ``recv``
+and ``close``: a paramiko channel to the guest, the Unix socket of the host-side connection cache
+(:mod:`runner.agent.mux`), or a plain TCP socket in tests. One reader thread demultiplexes frames to the
+pending calls by id; a dropped connection fails every pending call with the same :class:`VMError`.
+
+:class:`AgentBackend` is the :class:`runner.backends.base.Backend` on top of it: each method is one call,
+stdio-attached calls relay the caller's local fds to and from frames, tar streams and progress callbacks
+are carried by frames too. It knows nothing about VMs: ``runner.backends.vm`` adds starting the machine and
+the agent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import signal as signals
+import threading
+from typing import IO, Any, Callable
+
+from runner.agent import protocol as P
+from runner.backends.base import Features, ProgressFn, Stdio, TermSize
+from runner.errors import RunnerError, VMError
+
+INBOX_LIMIT = 8 * 1024 * 1024  # received-but-unconsumed bytes per call before the reader waits (save, output)
+
+
+class _Call:
+    def __init__(self, call_id: int, method: str):
+        self.id = call_id
+        self.method = method
+        self.inbox = P.Inbox(INBOX_LIMIT)
+
+
+class AgentClient:
+    """One authenticated connection to the agent.
+
+    The handshake reads the agent's CHALLENGE (refusing a different code version before sending anything)
+    and sends HELLO without waiting for WELCOME: the first request follows at once, so a call costs one
+    round trip after the challenge. If the agent refuses (wrong token), that ERROR fails the calls instead.
+    """
+
+    def __init__(self, channel: Any, token: str, version: str, where: str = "the VM"):
+        self._chan = channel
+        self._where = where
+        self._send_lock = threading.Lock()
+        self._calls: dict[int, _Call] = {}
+        self._calls_lock = threading.Lock()
+        self._next_id = 1
+        self._error: RunnerError | None = None
+        self._decoder = P.Decoder(P.FROM_SERVER)
+        self.agent_version, nonce = self._read_challenge()
+        if self.agent_version != version:
+            self.close()
+            raise P.mismatch_error(version, self.agent_version)
+        self._send(P.encode_json(P.HELLO, 0, {"version": version,
+                                              "proof": P.auth_proof(P.check_token(token), nonce, version)}))
+        self.agent_pid: int | None = None
+        self._reader = threading.Thread(target=self._read_loop, name="agent-reader", daemon=True)
+        self._reader.start()
+
+    # -- connection
+    def _read_challenge(self) -> tuple[str, bytes]:
+        frames: list[P.Frame] = []
+        try:
+            while not frames:
+                data = self._chan.recv(65536)
+                if not data:
+                    raise self._lost("it closed the connection before the handshake")
+                frames = self._decoder.feed(data)
+        except OSError as exc:
+            raise self._lost(str(exc)) from None
+        if frames[0].kind == P.ERROR:
+            raise P.parse_error(frames[0])
+        if frames[0].kind != P.CHALLENGE:
+            raise P.ProtocolError("the agent did not start with CHALLENGE")
+        self._backlog = frames[1:]
+        return P.parse_challenge(frames[0])
+
+    def _lost(self, why: str) -> VMError:
+        return VMError(f"lost the connection to the runner agent in {self._where}: {why}",
+                       hint="check the machine with `runner vm status`; containers keep running in the VM")
+
+    def _send(self, data: bytes) -> None:
+        with self._send_lock:
+            if self._error is not None:
+                raise self._error
+            try:
+                self._chan.sendall(data)
+                return
+            except OSError as exc:
+                lost = self._lost(str(exc))
+        # The agent may have said why it hung up (a refused token) just before: prefer its words.
+        reader = getattr(self, "_reader", None)
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(1.0)
+        raise self._error or lost
+
+    def _read_loop(self) -> None:
+        error: RunnerError
+        try:
+            for frame in self._backlog:
+                self._dispatch(frame)
+            while True:
+                data = self._chan.recv(256 * 1024)
+                if not data:
+                    error = self._lost("the agent closed it" + (" mid-frame" if self._decoder.pending else ""))
+                    break
+                for frame in self._decoder.feed(data):
+                    self._dispatch(frame)
+        except RunnerError as exc:  # a ProtocolError or the agent's refusal of the handshake
+            error = exc
+        except (OSError, EOFError) as exc:
+            error = self._lost(str(exc) or type(exc).__name__)
+        with self._calls_lock:
+            if self._error is None:
+                self._error = error
+            pending = list(self._calls.values())
+        for call in pending:
+            call.inbox.put(self._error, force=True)
+
+    def _dispatch(self, frame: P.Frame) -> None:
+        if frame.call_id == 0:
+            if frame.kind == P.WELCOME:
+                self.agent_pid = P.parse_welcome(frame)["pid"]
+                return
+            if frame.kind == P.ERROR:
+                raise P.parse_error(frame)
+            raise P.ProtocolError(f"unexpected {P.KIND_NAMES[frame.kind]} during the handshake")
+        with self._calls_lock:
+            call = self._calls.get(frame.call_id)
+        if call is not None:  # else the call has ended (e.g. output after an abandoned attach): dropped
+            call.inbox.put(frame, len(frame.payload))
+
+    def close(self) -> None:
+        with self._calls_lock:
+            if self._error is None:
+                self._error = VMError("the connection to the runner agent is closed")
+        with contextlib.suppress(OSError, EOFError):
+            self._chan.close()
+
+    # -- calls
+    def begin(self, method: str, args: dict, stdio: dict | None = None) -> _Call:
+        """Send a REQUEST; the returned call receives its frames. Arguments are checked locally first,
+        with the agent's own rules, so a bad call fails the same way without a round trip."""
+        payload = json.dumps(P.request_payload(method, args, stdio), separators=(",", ":")).encode()
+        P.parse_request(P.Frame(P.REQUEST, 1, payload))
+        with self._calls_lock:
+            if self._error is not None:
+                raise self._error
+            call = _Call(self._next_id, method)
+            self._next_id += 1
+            self._calls[call.id] = call
+        try:
+            self._send(P.encode(P.REQUEST, call.id, payload))
+        except RunnerError:
+            self.end(call)
+            raise
+        return call
+
+    def end(self, call: _Call) -> None:
+        with self._calls_lock:
+            self._calls.pop(call.id, None)
+        call.inbox.close()
+
+    def next_frame(self, call: _Call, block: bool = True) -> P.Frame | None:
+        """The call's next frame (None if not ``block`` and none waits); raises on a lost connection."""
+        item = call.inbox.get(block)
+        if item is P.Inbox.EMPTY:
+            return None
+        if item is None:
+            raise self._error or self._lost("the call was closed")
+        if isinstance(item, RunnerError):
+            raise item
+        return item
+
+    def send_frame(self, data: bytes) -> None:
+        self._send(data)
+
+    def call(self, method: str, args: dict | None = None, progress: ProgressFn | None = None) -> Any:
+        """A plain (or progress-reporting) call: its result, or the agent's error raised here unchanged."""
+        call = self.begin(method, args or {})
+        try:
+            return self.finish(call, progress)
+        finally:
+            self.end(call)
+
+    def finish(self, call: _Call, progress: ProgressFn | None = None) -> Any:
+        """Wait for the call's REPLY, delivering PROGRESS to ``progress`` in this thread."""
+        while True:
+            frame = self.next_frame(call)
+            if frame.kind == P.REPLY:
+                return _checked_result(call.method, P.parse_reply(frame)[0])
+            if frame.kind == P.ERROR:
+                raise P.parse_error(frame)
+            if frame.kind == P.PROGRESS and progress is not None:
+                progress(frame.json())
+            elif frame.kind != P.PROGRESS:
+                raise P.ProtocolError(f"unexpected {P.KIND_NAMES[frame.kind]} for {call.method}")
+
+
+def _checked_result(method: str, result: Any) -> Any:
+    """The result, if its JSON type is what the Backend promises for ``method`` (the guest is not trusted)."""
+    expected = _RESULT_TYPES.get(method, object)
+    if not isinstance(result, expected) or isinstance(result, bool) and expected is int:
+        raise P.ProtocolError(f"{method} returned a {type(result).__name__}")
+    return result
+
+
+_RESULT_TYPES: dict[str, Any] = {
+    "ping": type(None), "create": str, "run": str, "start": str, "stop": str, "kill": str, "rm": str,
+    "wait": int, "ps": list, "inspect": dict, "logs": type(None), "images": list, "image_inspect": dict,
+    "pull": dict, "push": str, "tag": type(None), "rmi": list, "load": list, "save": type(None),
+    "import_image": str, "info": dict}
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class RemoteProcess:
+    """The :class:`runner.backends.base.ProcessHandle` of an attached container in the guest.
+
+    A pump thread writes the container's output to the local fds as it arrives, until EXIT; a stdin thread
+    sends what the local stdin fd yields and, at its end, EOF (the half-close). ``wait`` only waits, so a
+    signal handler calling :meth:`resize` or :meth:`signal` meanwhile never contends with output.
+    """
+
+    def __init__(self, client: AgentClient, call: _Call, container_id: str, stdio: Stdio):
+        self.container_id = container_id
+        self._client, self._call, self._stdio = client, call, stdio
+        self._done = threading.Event()
+        self._code: int | None = None
+        self._error: RunnerError | None = None
+        self._sinks = {P.STDOUT: stdio.stdout, P.STDERR: stdio.stderr}
+        threading.Thread(target=self._pump, name="attach-output", daemon=True).start()
+        if stdio.stdin is not None:
+            threading.Thread(target=self._feed, name="attach-stdin", daemon=True).start()
+
+    def _pump(self) -> None:
+        try:
+            while True:
+                frame = self._client.next_frame(self._call)
+                if frame.kind == P.DATA:
+                    self._write(frame.stream, frame.payload)
+                elif frame.kind == P.EXIT:
+                    self._code = P.parse_exit(frame)
+                    return
+                elif frame.kind == P.ERROR:
+                    self._error = P.parse_error(frame)
+                    return
+                elif frame.kind != P.EOF:
+                    raise P.ProtocolError(f"unexpected {P.KIND_NAMES[frame.kind]} for an attached process")
+        except RunnerError as exc:
+            self._error = exc
+        finally:
+            self._client.end(self._call)
+            self._done.set()
+
+    def _write(self, stream: int, data: bytes) -> None:
+        fd = self._sinks.get(stream)
+        if fd is None:
+            return
+        try:
+            _write_all(fd, data)
+        except OSError:
+            self._sinks[stream] = None  # our reader went away (`| head`): drop this output, as the shim does
+
+    def _feed(self) -> None:
+        while not self._done.is_set():
+            try:
+                data = os.read(self._stdio.stdin, P.CHUNK)
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                data = b""  # a terminal that went away reads as EIO: treat as end of input
+            if self._done.is_set():
+                return
+            with contextlib.suppress(RunnerError):
+                if data:
+                    self._client.send_frame(P.encode(P.DATA, self._call.id, data, P.STDIN))
+                else:
+                    self._client.send_frame(P.encode(P.EOF, self._call.id, stream=P.STDIN))
+            if not data:
+                return
+
+    def wait(self) -> int:
+        while not self._done.wait(0.5):  # short waits keep the main thread responsive to signals
+            pass
+        if self._error is not None:
+            raise self._error
+        return self._code
+
+    def resize(self, size: TermSize) -> None:
+        self._control(P.RESIZE, {"rows": size.rows, "cols": size.cols})
+
+    def signal(self, signum: int) -> None:
+        # By name: SIGUSR1 is 10 on Linux but 30 on macOS; the agent maps the name back to a number.
+        name = signals.Signals(signum).name[3:]
+        self._control(P.SIGNAL, {"signal": name})
+
+    def _control(self, kind: int, msg: dict) -> None:
+        if not self._done.is_set():
+            with contextlib.suppress(RunnerError):  # the process ended meanwhile: nothing left to tell
+                self._client.send_frame(P.encode_json(kind, self._call.id, msg))
+
+
+class AgentBackend:
+    """The Backend protocol as agent calls. ``connect`` returns a fresh :class:`AgentClient` (called once,
+    lazily); subclasses add where that connection comes from."""
+
+    name = "agent"
+    features = Features(bind_mounts=False, host_network=True, published_ports=False)
+
+    def __init__(self, connect: Callable[[], AgentClient]):
+        self._connect = connect
+        self._client: AgentClient | None = None
+
+    @property
+    def client(self) -> AgentClient:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _call(self, method: str, progress: ProgressFn | None = None, **args: Any) -> Any:
+        return self.client.call(method, args, progress)
+
+    def _attach(self, method: str, args: dict, stdio: Stdio | None, size: TermSize | None) -> Any:
+        args["size"] = {"rows": size.rows, "cols": size.cols} if size is not None else None
+        if stdio is None:
+            return self._call(method, **args)
+        client = self.client
+        call = client.begin(method, args, {"stdin": stdio.stdin is not None})
+        try:
+            frame = client.next_frame(call)
+            if frame.kind == P.ERROR:
+                raise P.parse_error(frame)
+            if frame.kind != P.REPLY:
+                raise P.ProtocolError(f"unexpected {P.KIND_NAMES[frame.kind]} before the reply to {method}")
+            result, attached = P.parse_reply(frame)
+            if not attached:
+                raise P.ProtocolError(f"{method} with stdio returned no process")
+        except BaseException:
+            client.end(call)
+            raise
+        return RemoteProcess(client, call, result["container_id"], stdio)
+
+    # containers
+    def create(self, spec: dict) -> str:
+        return self._call("create", spec=spec)
+
+    def run(self, spec: dict, stdio: Stdio | None, size: TermSize | None = None):
+        return self._attach("run", {"spec": spec}, stdio, size)
+
+    def start(self, ref: str, stdio: Stdio | None, size: TermSize | None = None):
+        return self._attach("start", {"ref": ref}, stdio, size)
+
+    def exec(self, ref: str, exec_spec: dict, stdio: Stdio, size: TermSize | None = None):
+        return self._attach("exec", {"ref": ref, "exec_spec": exec_spec}, stdio, size)
+
+    def stop(self, ref: str, timeout: float = 10) -> str:
+        return self._call("stop", ref=ref, timeout=timeout)
+
+    def kill(self, ref: str, signal: str = "KILL") -> str:
+        return self._call("kill", ref=ref, signal=signal)
+
+    def rm(self, ref: str, force: bool = False) -> str:
+        return self._call("rm", ref=ref, force=force)
+
+    def wait(self, ref: str) -> int:
+        return self._call("wait", ref=ref)
+
+    def ps(self, all: bool = False) -> list[dict]:
+        return self._call("ps", all=all)
+
+    def inspect(self, ref: str) -> dict:
+        return self._call("inspect", ref=ref)
+
+    def logs(self, ref: str, stdio: Stdio, follow: bool = False, tail: int | None = None) -> None:
+        client = self.client
+        call = client.begin("logs", {"ref": ref, "follow": follow, "tail": tail}, {"stdin": False})
+        sinks = {P.STDOUT: stdio.stdout, P.STDERR: stdio.stderr}
+        try:
+            while True:
+                frame = client.next_frame(call)
+                if frame.kind == P.DATA:
+                    _write_all(sinks[frame.stream], frame.payload)
+                elif frame.kind == P.REPLY:
+                    return None
+                elif frame.kind == P.ERROR:
+                    raise P.parse_error(frame)
+                elif frame.kind != P.EOF:
+                    raise P.ProtocolError(f"unexpected {P.KIND_NAMES[frame.kind]} for logs")
+        finally:
+            client.end(call)
+
+    # images
+    def images(self) -> list[dict]:
+        return self._call("images")
+
+    def image_inspect(self, ref: str) -> dict:
+        return self._call("image_inspect", ref=ref)
+
+    def pull(self, ref: str, platform: str | None = None, credentials: dict | None = None,
+             progress: ProgressFn | None = None) -> dict:
+        return self._call("pull", progress, ref=ref, platform=platform, credentials=credentials)
+
+    def push(self, ref: str, credentials: dict | None = None, progress: ProgressFn | None = None) -> str:
+        return self._call("push", progress, ref=ref, credentials=credentials)
+
+    def tag(self, source: str, target: str) -> None:
+        self._call("tag", source=source, target=target)
+
+    def rmi(self, ref: str, force: bool = False) -> list[str]:
+        return self._call("rmi", ref=ref, force=force)
+
+    def load(self, stream: IO[bytes]) -> list[str]:
+        return self._upload("load", {}, stream)
+
+    def save(self, refs: list[str], stream: IO[bytes]) -> None:
+        client = self.client
+        call = client.begin("save", {"refs": list(refs)})
+        try:
+            while True:
+                frame = client.next_frame(call)
+                if frame.kind == P.DATA:
+                    stream.write(frame.payload)
+                elif frame.kind == P.REPLY:
+                    return None
+                elif frame.kind == P.ERROR:
+                    raise P.parse_error(frame)
+                elif frame.kind != P.EOF:
+                    raise P.ProtocolError(f"unexpected {P.KIND_NAMES[frame.kind]} for save")
+        finally:
+            client.end(call)
+
+    def import_image(self, stream: IO[bytes], name: str, changes: dict | None = None) -> str:
+        return self._upload("import_image", {"name": name, "changes": changes}, stream)
+
+    def _upload(self, method: str, args: dict, stream: IO[bytes]) -> Any:
+        """Send ``stream`` as blob frames, then wait for the reply. An early ERROR (a bad tar header) stops
+        the upload at once instead of after the whole file."""
+        client = self.client
+        call = client.begin(method, args)
+        try:
+            while True:
+                early = client.next_frame(call, block=False)
+                if early is not None:
+                    if early.kind == P.ERROR:
+                        raise P.parse_error(early)
+                    raise P.ProtocolError(f"unexpected {P.KIND_NAMES[early.kind]} during an upload")
+                data = stream.read(P.CHUNK)
+                if not data:
+                    client.send_frame(P.encode(P.EOF, call.id, stream=P.BLOB))
+                    break
+                client.send_frame(P.encode(P.DATA, call.id, data, P.BLOB))
+            return client.finish(call)
+        finally:
+            client.end(call)
+
+    def info(self) -> dict:
+        return self._call("info")

@@ -1,0 +1,510 @@
+"""The agent protocol: how the host's runner talks to the resident agent in the VM. Messages only, no I/O.
+
+The agent (``runner.agent.server``) serves the very same :class:`runner.engine.engine.Engine` the native
+backend calls in-process. Each CLI call opens one byte stream to it (a paramiko ``direct-tcpip`` channel, or
+a plain socket in tests) and speaks this protocol. Both ends keep this module: it is shipped into the guest
+with the engine, and its version is a hash of the shipped source, so host and guest either run identical
+code or refuse each other with a clear message.
+
+Every frame has a fixed 10-byte header and a bounded payload::
+
+     0        1        2                                6                                10
+    +--------+--------+--------------------------------+--------------------------------+-------------+
+    |  kind  | stream |        call id (u32, BE)       |      payload length (u32, BE)  |   payload   |
+    +--------+--------+--------------------------------+--------------------------------+-------------+
+
+``kind`` says what the payload is (JSON object, raw bytes, or empty); ``stream`` is only non-zero on DATA
+and EOF frames (0 stdin, 1 stdout, 2 stderr, 3 blob = a tar archive for load/save/import); ``call id``
+matches every frame to the request it belongs to (0 = the handshake), so several calls can share one
+connection and a reply can never be taken for another call's. JSON payloads are at most
+``MAX_JSON`` bytes, DATA payloads at most ``MAX_DATA``; a larger length is refused before it is read.
+
+A session, seen from both ends::
+
+    client (host)                                         agent (guest)
+    ─────────────                                         ─────────────
+                                  ◄── CHALLENGE  0 {version, nonce}
+    HELLO 0 {version, proof} ──►                          proof = HMAC-SHA256(token, nonce + version);
+                                                          constant-time compare; version must be equal
+                                  ◄── WELCOME    0 {version, pid}    (or ERROR 0, then close)
+    REQUEST n {method, args, stdio} ──►                   (may be sent right after HELLO: no wait)
+                                                          plain call ........ ◄── REPLY n {result}
+                                                          failed call ....... ◄── ERROR n {type, message,
+                                                                                          hint, exit_code}
+                                                          pull / push ....... ◄── PROGRESS n {...} ...
+                                                                              ◄── REPLY n
+    attached run / start / exec:                                              ◄── REPLY n {result:
+                                                                                   {container_id}, attached}
+    DATA n stdin bytes ──►  ...  EOF n stdin ──►          ◄── DATA n stdout|stderr bytes ...
+    RESIZE n {rows, cols} ──►  SIGNAL n {signal} ──►      ◄── EOF n stdout, EOF n stderr
+                                                          ◄── EXIT n {exit_code}        (ends the call)
+    logs:                                                 ◄── DATA n stdout|stderr ... ◄── REPLY n
+    load / import:   DATA n blob ... EOF n blob ──►       ◄── REPLY n
+    save:                                                 ◄── DATA n blob ... EOF n blob ◄── REPLY n
+
+EOF on stdin is the half-close: the container reads end-of-file while its output keeps flowing. A call
+ends with exactly one REPLY (plain, logs, blob and progress calls), ERROR, or EXIT (attached calls, after
+their REPLY and their output). Frames for a call that has ended are ignored: the client may still be
+sending stdin when the process exits. A frame that is malformed, too large, of a kind the receiver never
+accepts, or outside the handshake order ends the connection with a :class:`ProtocolError`.
+
+If the connection drops, the client fails every pending call with a :class:`runner.errors.VMError`; the
+agent lets attached containers run on detached, as Docker does when its client dies (output still reaches
+the container's log).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import json
+import re
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from runner.errors import RunnerError, VMError
+
+HEADER = struct.Struct(">BBII")
+MAX_JSON = 16 * 1024 * 1024  # ps/inspect/images of a large store still fit; a rogue length does not
+MAX_DATA = 1024 * 1024
+CHUNK = 64 * 1024  # what senders put into one DATA frame
+MAX_CALL_ID = 2 ** 32 - 1
+
+# frame kinds
+CHALLENGE, HELLO, WELCOME, REQUEST, REPLY, ERROR, DATA, EOF, EXIT, SIGNAL, RESIZE, PROGRESS = range(1, 13)
+KIND_NAMES = {CHALLENGE: "CHALLENGE", HELLO: "HELLO", WELCOME: "WELCOME", REQUEST: "REQUEST", REPLY: "REPLY",
+              ERROR: "ERROR", DATA: "DATA", EOF: "EOF", EXIT: "EXIT", SIGNAL: "SIGNAL", RESIZE: "RESIZE",
+              PROGRESS: "PROGRESS"}
+_EMPTY_KINDS = {EOF}
+_BINARY_KINDS = {DATA}
+# Which kinds each side may receive: a peer sending anything else is broken or hostile.
+FROM_CLIENT = {HELLO, REQUEST, DATA, EOF, SIGNAL, RESIZE}
+FROM_SERVER = {CHALLENGE, WELCOME, REPLY, ERROR, DATA, EOF, EXIT, PROGRESS}
+
+# streams (DATA and EOF frames)
+STDIN, STDOUT, STDERR, BLOB = 0, 1, 2, 3
+STREAM_NAMES = {STDIN: "stdin", STDOUT: "stdout", STDERR: "stderr", BLOB: "blob"}
+_STREAMS_FROM_CLIENT = {STDIN, BLOB}
+_STREAMS_FROM_SERVER = {STDOUT, STDERR, BLOB}
+
+NONCE_BYTES = 32
+_HEX_RE = re.compile(r"^[0-9a-f]+$")
+_VERSION_RE = re.compile(r"^[0-9a-f]{16}$")
+_SIGNAL_RE = re.compile(r"^[A-Z][A-Z0-9]{1,9}$")
+_AUTH_CONTEXT = b"runner-agent-auth-v1\0"
+
+# What the host ships into the guest, relative to the directory holding the ``runner`` package: the
+# stdlib-only part of runner. The protocol version is the hash of exactly these files.
+SHIPPED_FILES = ("runner/__init__.py", "runner/errors.py", "runner/spec.py", "runner/backends/__init__.py",
+                 "runner/backends/base.py")
+SHIPPED_TREES = ("runner/engine/", "runner/images/", "runner/agent/")
+
+
+class ProtocolError(VMError):
+    """The peer sent something this protocol does not allow; the connection cannot be trusted any more."""
+
+    def __init__(self, message: str):
+        super().__init__(f"agent protocol error: {message}",
+                         hint="this is a bug in runner or a corrupted connection; `runner vm stop` and retry")
+
+
+class VersionMismatch(VMError):
+    """Host and agent run different runner code (raised on the host; the agent sends a plain VMError)."""
+
+
+# ---------------------------------------------------------------------------------------------- framing
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int
+    call_id: int = 0
+    payload: bytes = b""
+    stream: int = 0
+
+    def json(self) -> dict:
+        """The payload as a JSON object; anything else is a :class:`ProtocolError`."""
+        try:
+            value = json.loads(self.payload)
+        except (ValueError, RecursionError):
+            raise ProtocolError(f"{KIND_NAMES[self.kind]} frame carries invalid JSON") from None
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{KIND_NAMES[self.kind]} frame must carry a JSON object")
+        return value
+
+
+def encode(kind: int, call_id: int = 0, payload: bytes = b"", stream: int = 0) -> bytes:
+    """One frame as bytes. Senders chunk DATA to :data:`CHUNK`; over-long payloads are a bug here."""
+    limit = MAX_DATA if kind in _BINARY_KINDS else MAX_JSON
+    if kind not in KIND_NAMES or len(payload) > limit or not 0 <= call_id <= MAX_CALL_ID:
+        raise ValueError(f"cannot encode {KIND_NAMES.get(kind, kind)} frame of {len(payload)} bytes")
+    return HEADER.pack(kind, stream, call_id, len(payload)) + payload
+
+
+def encode_json(kind: int, call_id: int, obj: Any) -> bytes:
+    return encode(kind, call_id, json.dumps(obj, separators=(",", ":")).encode())
+
+
+class Decoder:
+    """Incremental frame parser: ``feed`` bytes as they arrive, get complete, header-checked frames back.
+
+    ``accepts`` is the set of kinds this side may receive (:data:`FROM_CLIENT` or :data:`FROM_SERVER`).
+    The length is checked before any payload is buffered, so a hostile length cannot make us allocate.
+    """
+
+    def __init__(self, accepts: set[int]):
+        self.accepts = accepts
+        self._streams = _STREAMS_FROM_CLIENT if accepts is FROM_CLIENT else _STREAMS_FROM_SERVER
+        self._buf = bytearray()
+        self._need: tuple[int, int, int, int] | None = None
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buf += data
+        frames = []
+        while True:
+            if self._need is None:
+                if len(self._buf) < HEADER.size:
+                    return frames
+                self._need = self._check_header(*HEADER.unpack_from(self._buf))
+                del self._buf[:HEADER.size]
+            kind, stream, call_id, length = self._need
+            if len(self._buf) < length:
+                return frames
+            frames.append(Frame(kind, call_id, bytes(self._buf[:length]), stream))
+            del self._buf[:length]
+            self._need = None
+
+    @property
+    def pending(self) -> bool:
+        """True while a frame is partly received (a connection closing now was cut mid-frame)."""
+        return bool(self._buf) or self._need is not None
+
+    def _check_header(self, kind: int, stream: int, call_id: int, length: int) -> tuple[int, int, int, int]:
+        if kind not in self.accepts:
+            raise ProtocolError(f"unexpected frame kind {KIND_NAMES.get(kind, kind)}")
+        limit = MAX_DATA if kind in _BINARY_KINDS else MAX_JSON
+        if length > limit:
+            raise ProtocolError(f"{KIND_NAMES[kind]} frame of {length} bytes exceeds the limit of {limit}")
+        if kind in _EMPTY_KINDS and length:
+            raise ProtocolError(f"{KIND_NAMES[kind]} frame must be empty")
+        if kind in (DATA, EOF):
+            if stream not in self._streams:
+                raise ProtocolError(f"{KIND_NAMES[kind]} frame on stream {stream} not allowed in this direction")
+        elif stream:
+            raise ProtocolError(f"{KIND_NAMES[kind]} frame must have stream 0")
+        if (kind in (CHALLENGE, HELLO, WELCOME)) != (call_id == 0) and kind != ERROR:  # ERROR 0: refused
+            raise ProtocolError(f"{KIND_NAMES[kind]} frame with call id {call_id}")
+        return kind, stream, call_id, length
+
+
+# ---------------------------------------------------------------------------------------------- versions
+
+def is_shipped(relpath: str) -> bool:
+    """Whether a file (``/``-separated, relative to the directory holding ``runner/``) goes into the guest."""
+    if "__pycache__" in relpath.split("/") or not relpath.endswith(".py"):
+        return False
+    return relpath in SHIPPED_FILES or relpath.startswith(SHIPPED_TREES)
+
+
+def version_of(files: Mapping[str, bytes]) -> str:
+    """The protocol version: a hash over the shipped files' names and contents, in a fixed order."""
+    h = hashlib.sha256(b"runner-agent-source-v1\0")
+    for name in sorted(files):
+        data = files[name]
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
+def auth_proof(token: str, nonce: bytes, version: str) -> str:
+    """The HELLO proof. The token itself never crosses the wire (a host-network container could sniff the
+    guest's loopback), and the nonce makes a recorded proof useless for a second connection."""
+    return hmac.new(token.encode(), _AUTH_CONTEXT + nonce + version.encode(), hashlib.sha256).hexdigest()
+
+
+def check_token(text: str) -> str:
+    """A token read from a file: hex, at least 128 bits. Whitespace around it (a trailing newline) is fine."""
+    token = text.strip()
+    if len(token) < 32 or not _HEX_RE.match(token):
+        raise VMError("the agent token is malformed (expected at least 32 hex digits)")
+    return token
+
+
+def mismatch_error(client_version: str, agent_version: str) -> VersionMismatch:
+    return VersionMismatch(
+        f"the runner agent in the VM runs code version {agent_version}, but this runner is version "
+        f"{client_version}",
+        hint="runner restarts the agent with its own code automatically; if this persists, run "
+             "`runner vm stop` and retry")
+
+
+# ---------------------------------------------------------------------------------------------- messages
+
+def _require(cond: bool, what: str) -> None:
+    if not cond:
+        raise ProtocolError(what)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_hex(value: Any, length: int) -> bool:
+    return isinstance(value, str) and len(value) == length and bool(_HEX_RE.match(value))
+
+
+def parse_challenge(frame: Frame) -> tuple[str, bytes]:
+    msg = frame.json()
+    _require(isinstance(msg.get("version"), str) and bool(_VERSION_RE.match(msg["version"])),
+             "CHALLENGE without a valid version")
+    _require(_is_hex(msg.get("nonce"), 2 * NONCE_BYTES), "CHALLENGE without a valid nonce")
+    return msg["version"], bytes.fromhex(msg["nonce"])
+
+
+def parse_hello(frame: Frame) -> tuple[str, str]:
+    msg = frame.json()
+    version = msg.get("version")
+    _require(isinstance(version, str) and len(version) <= 64, "HELLO without a valid version")
+    _require(_is_hex(msg.get("proof"), 64), "HELLO without a valid proof")
+    return version, msg["proof"]
+
+
+def parse_welcome(frame: Frame) -> dict:
+    msg = frame.json()
+    _require(isinstance(msg.get("version"), str) and _is_int(msg.get("pid")), "malformed WELCOME")
+    return msg
+
+
+def parse_error(frame: Frame) -> RunnerError:
+    """Rebuild the guest's error exactly (same class, message, hint, exit code), after checking its shape."""
+    msg = frame.json()
+    _require(isinstance(msg.get("type"), str) and isinstance(msg.get("message"), str), "malformed ERROR")
+    _require(msg.get("hint") is None or isinstance(msg["hint"], str), "malformed ERROR hint")
+    _require(_is_int(msg.get("exit_code")) and 0 <= msg["exit_code"] <= 255, "malformed ERROR exit code")
+    return RunnerError.from_dict(msg)
+
+
+def parse_exit(frame: Frame) -> int:
+    code = frame.json().get("exit_code")
+    _require(_is_int(code) and 0 <= code <= 255, "malformed EXIT")
+    return code
+
+
+def parse_signal(frame: Frame) -> str:
+    name = frame.json().get("signal")
+    _require(isinstance(name, str) and bool(_SIGNAL_RE.match(name)), "malformed SIGNAL")
+    return name
+
+
+def parse_resize(frame: Frame) -> tuple[int, int]:
+    msg = frame.json()
+    rows, cols = msg.get("rows"), msg.get("cols")
+    _require(_is_int(rows) and _is_int(cols) and 0 <= rows <= 65535 and 0 <= cols <= 65535, "malformed RESIZE")
+    return rows, cols
+
+
+def parse_reply(frame: Frame) -> tuple[Any, bool]:
+    msg = frame.json()
+    _require("result" in msg and isinstance(msg.get("attached", False), bool), "malformed REPLY")
+    attached = msg.get("attached", False)
+    if attached:
+        cid = msg["result"].get("container_id") if isinstance(msg["result"], dict) else None
+        _require(isinstance(cid, str) and bool(cid), "attached REPLY without a container id")
+    return msg["result"], attached
+
+
+# ---------------------------------------------------------------------------------------------- methods
+
+# How a method moves data besides its JSON arguments and result.
+PLAIN, ATTACH, OUTPUT, UPLOAD, DOWNLOAD, PROGRESS_CALL = "plain", "attach", "output", "upload", "download", \
+    "progress"
+
+_JSON = (str, int, float, bool, list, dict, type(None))
+
+
+def _nullable(*types: type) -> tuple[type, ...]:
+    return types + (type(None),)
+
+
+def _str_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _size(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and set(value) == {"rows", "cols"} and all(
+        _is_int(value[k]) and 0 <= value[k] <= 65535 for k in ("rows", "cols")))
+
+
+def _credentials(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()))
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    types: tuple[type, ...]
+    required: bool = True
+    check: Callable[[Any], bool] | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    """One callable engine method: its JSON parameters and how it moves data (see the diagram)."""
+
+    name: str
+    params: tuple[Param, ...]
+    kind: str = PLAIN
+    stdio: str = "none"  # "none", "optional" (None = detached), "required"
+
+
+def _m(name: str, *params: Param, kind: str = PLAIN, stdio: str = "none") -> Method:
+    return Method(name, params, kind, stdio)
+
+
+_REF = Param("ref", (str,))
+_SIZE = Param("size", (dict, type(None)), False, _size)
+
+# The whitelist: exactly the Backend's engine methods (runner.backends.base.Backend), plus ``ping``, the
+# agent's own no-op for liveness and round-trip measurement. Stdio, streams and progress callbacks are not
+# parameters here: they are the frames of the diagram above.
+METHODS: dict[str, Method] = {m.name: m for m in (
+    _m("ping"),
+    _m("create", Param("spec", (dict,))),
+    _m("run", Param("spec", (dict,)), _SIZE, kind=ATTACH, stdio="optional"),
+    _m("start", _REF, _SIZE, kind=ATTACH, stdio="optional"),
+    _m("exec", _REF, Param("exec_spec", (dict,)), _SIZE, kind=ATTACH, stdio="required"),
+    _m("stop", _REF, Param("timeout", (int, float), False)),
+    _m("kill", _REF, Param("signal", (str,), False)),
+    _m("rm", _REF, Param("force", (bool,), False)),
+    _m("wait", _REF),
+    _m("ps", Param("all", (bool,), False)),
+    _m("inspect", _REF),
+    _m("logs", _REF, Param("follow", (bool,), False), Param("tail", _nullable(int), False),
+       kind=OUTPUT, stdio="required"),
+    _m("images"),
+    _m("image_inspect", _REF),
+    _m("pull", _REF, Param("platform", _nullable(str), False),
+       Param("credentials", _nullable(dict), False, _credentials), kind=PROGRESS_CALL),
+    _m("push", _REF, Param("credentials", _nullable(dict), False, _credentials), kind=PROGRESS_CALL),
+    _m("tag", Param("source", (str,)), Param("target", (str,))),
+    _m("rmi", _REF, Param("force", (bool,), False)),
+    _m("load", kind=UPLOAD),
+    _m("save", Param("refs", (list,), True, _str_list), kind=DOWNLOAD),
+    _m("import_image", Param("name", (str,)), Param("changes", _nullable(dict), False), kind=UPLOAD),
+    _m("info"),
+)}
+
+
+@dataclass(frozen=True)
+class Request:
+    method: Method
+    args: dict
+    stdin: bool  # attached with a stdin stream
+    attached: bool  # stdio given (for ``optional`` methods: not detached)
+
+
+def request_payload(method: str, args: dict, stdio: dict | None) -> dict:
+    return {"method": method, "args": args, "stdio": stdio}
+
+
+def parse_request(frame: Frame) -> Request:
+    """Check a REQUEST against the whitelist; every argument's name and JSON type is verified.
+
+    Semantic checks (is the spec valid, does the container exist) stay with the engine, which raises the
+    same errors it raises natively. Errors here are :class:`runner.errors.UsageError`-like RunnerErrors sent
+    back as the call's ERROR, not connection failures: the frame itself was well-formed.
+    """
+    msg = frame.json()
+    name = msg.get("method")
+    if not isinstance(name, str) or name not in METHODS:
+        raise RunnerError(f"the runner agent has no method {str(name)[:64]!r}")
+    method = METHODS[name]
+    args = msg.get("args", {})
+    if not isinstance(args, dict):
+        raise RunnerError(f"{name}: arguments must be an object")
+    known = {p.name: p for p in method.params}
+    unknown = sorted(set(args) - set(known))
+    if unknown:
+        raise RunnerError(f"{name}: unknown arguments {', '.join(a[:64] for a in unknown)}")
+    for p in method.params:
+        if p.name not in args:
+            if p.required:
+                raise RunnerError(f"{name}: missing argument {p.name!r}")
+            continue
+        value = args[p.name]
+        ok = isinstance(value, p.types) and not (isinstance(value, bool) and bool not in p.types)
+        if not ok or (p.check is not None and not p.check(value)):
+            raise RunnerError(f"{name}: invalid argument {p.name!r}")
+    stdio = msg.get("stdio")
+    if stdio is not None and not (isinstance(stdio, dict) and set(stdio) == {"stdin"}
+                                  and isinstance(stdio["stdin"], bool)):
+        raise RunnerError(f"{name}: invalid stdio")
+    if method.stdio == "none" and stdio is not None:
+        raise RunnerError(f"{name}: takes no stdio")
+    if method.stdio == "required" and stdio is None:
+        raise RunnerError(f"{name}: needs stdio")
+    if method.kind == OUTPUT and stdio is not None and stdio["stdin"]:
+        raise RunnerError(f"{name}: takes no stdin")
+    return Request(method, args, bool(stdio and stdio["stdin"]), stdio is not None)
+
+
+# ---------------------------------------------------------------------------------------------- flow control
+
+class Inbox:
+    """A bounded queue between a connection's reader thread and one call's consumer (no I/O of its own).
+
+    Why bounded: a client uploading a 1 GB tar, or stdin for a container that reads slowly, must not pile up
+    in memory; when ``limit`` bytes wait, ``put`` blocks the reader, which stops reading the socket, and TCP
+    pushes back on the sender. Why closable: once the consumer is done (the engine returned early with an
+    error), ``put`` must drop instead of block, or the reader would wait forever on a queue nobody drains.
+
+    ``None`` as an item is end-of-stream. :meth:`fail` marks a lost connection: the consumer sees the end
+    at once and ``failed`` tells it the end was not a clean EOF.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.failed = False
+        self._items: collections.deque = collections.deque()
+        self._bytes = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def put(self, item: Any, size: int = 0, force: bool = False) -> None:
+        with self._cond:
+            while self._bytes >= self.limit and not self._closed and not force:
+                self._cond.wait()
+            if self._closed:
+                return
+            self._items.append((item, size))
+            self._bytes += size
+            self._cond.notify_all()
+
+    EMPTY = object()  # what a non-blocking get returns when nothing waits
+
+    def get(self, block: bool = True) -> Any:
+        """The next item; None at end-of-stream or once closed; :attr:`EMPTY` if not ``block`` and none waits."""
+        with self._cond:
+            while block and not self._items and not self._closed:
+                self._cond.wait()
+            if not self._items:
+                return None if self._closed or block else self.EMPTY
+            item, size = self._items.popleft()
+            self._bytes -= size
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        """The consumer is done: drop what waits and whatever comes later."""
+        with self._cond:
+            self._closed = True
+            self._items.clear()
+            self._bytes = 0
+            self._cond.notify_all()
+
+    def fail(self) -> None:
+        self.failed = True
+        self.close()

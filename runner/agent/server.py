@@ -1,0 +1,599 @@
+"""The resident agent: serves the Engine inside the VM to the host's runner (standard library only).
+
+Started once per VM boot by the host (``runner.agent.ship``), from the runner code the host shipped::
+
+    python3 -m runner.agent.server --port P --token-file /runner/config.json --root /var/lib/runner --daemon
+
+It listens on the guest's loopback only (the host reaches it through an SSH ``direct-tcpip`` channel) and
+still demands the token in the handshake, because a ``--network host`` container shares that loopback. One
+thread per connection reads frames (see :mod:`runner.agent.protocol` for the diagram); each request runs in
+its own thread, so a blocking call (``wait``, ``logs -f``, an attached ``run``) never stalls the frames of
+another. Methods are served generically: the whitelist in ``protocol.METHODS`` maps a name to the Engine
+method of the same name; JSON arguments are passed through; stdio becomes pipes whose far ends are relayed
+to and from frames; tar streams and progress become file objects and callbacks backed by frames.
+
+When a connection drops, attached containers run on detached, as Docker's do when its client dies: stdin is
+closed (Docker's StdinOnce), output is no longer relayed (the engine's shim drops a sink it cannot write to
+and keeps logging), and the exit status is still collected so nothing is left a zombie.
+
+With ``--daemon`` the process detaches (double fork, new session), writes ``/run/runner/agent.pid`` (JSON:
+pid, version, port) and logs to ``/run/runner/agent.log``; the parent exits 0 only once the socket listens and
+the engine is loaded, so whoever started it can connect right away (or gets the error on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hmac
+import io
+import json
+import logging
+import os
+import secrets
+import selectors
+import signal as signals
+import socket
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+from runner.agent import protocol as P
+from runner.agent.ship import collect_sources
+from runner.backends.base import Stdio, TermSize
+from runner.errors import RunnerError, VMError
+
+RUN_DIR = "/run/runner"
+INBOX_LIMIT = 4 * 1024 * 1024  # unconsumed stdin/blob bytes per call before the connection is back-pressured
+DRAIN_TIMEOUT = 10.0  # after an exit, how long output may still trickle from a process's leftover children
+
+log = logging.getLogger("runner.agent")
+
+
+def read_token(path: str) -> str:
+    """The agent token: a file holding the hex token, or the guest's ``/runner/config.json`` (``agent_token``)."""
+    text = Path(path).read_text()
+    with contextlib.suppress(ValueError):
+        data = json.loads(text)
+        if isinstance(data, dict):
+            text = str(data.get("agent_token", ""))
+    return P.check_token(text)
+
+
+def own_version() -> str:
+    """The version of the code this process runs: the same hash the host computes over what it shipped."""
+    return P.version_of(collect_sources(Path(__file__).resolve().parents[2]))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class Connection:
+    """One client connection: the handshake, then frames dispatched to calls by id."""
+
+    def __init__(self, sock: socket.socket, engine: Any, version: str, token: str):
+        self.sock = sock
+        self.engine = engine
+        self.version = version
+        self.token = token
+        self.calls: dict[int, Call] = {}
+        self.closed = False
+        self._send_lock = threading.Lock()
+        self._calls_lock = threading.Lock()
+
+    def send(self, data: bytes) -> bool:
+        """Send one encoded frame; False once the client is gone (callers then stop producing)."""
+        with self._send_lock:
+            if self.closed:
+                return False
+            try:
+                self.sock.sendall(data)
+                return True
+            except OSError:
+                self.closed = True
+                return False
+
+    def serve(self) -> None:
+        peer = f"connection {self.sock.fileno()}"
+        try:
+            self._serve()
+        except P.ProtocolError as exc:
+            log.warning("%s: %s", peer, exc)
+        except OSError as exc:
+            log.info("%s: connection error: %s", peer, exc)
+        finally:
+            with self._send_lock:
+                self.closed = True
+            with contextlib.suppress(OSError):
+                self.sock.close()
+            with self._calls_lock:
+                calls = list(self.calls.values())
+            for call in calls:
+                call.disconnected()
+
+    def _serve(self) -> None:
+        nonce = secrets.token_bytes(P.NONCE_BYTES)
+        self.send(P.encode_json(P.CHALLENGE, 0, {"version": self.version, "nonce": nonce.hex()}))
+        decoder = P.Decoder(P.FROM_CLIENT)
+        authed = False
+        while True:
+            data = self.sock.recv(256 * 1024)
+            if not data:
+                return
+            for frame in decoder.feed(data):
+                if not authed:
+                    if frame.kind != P.HELLO:
+                        raise P.ProtocolError("the first frame must be HELLO")
+                    if not self._handshake(frame, nonce):
+                        return
+                    authed = True
+                elif frame.kind == P.HELLO:
+                    raise P.ProtocolError("HELLO sent twice")
+                elif frame.kind == P.REQUEST:
+                    self._request(frame)
+                else:
+                    with self._calls_lock:
+                        call = self.calls.get(frame.call_id)
+                    if call is not None:  # frames for a call that has ended are dropped (see the diagram)
+                        call.frame(frame)
+
+    def _handshake(self, frame: P.Frame, nonce: bytes) -> bool:
+        version, proof = P.parse_hello(frame)
+        expected = P.auth_proof(self.token, nonce, self.version)
+        # compare_digest: the time taken must not tell an attacker how much of a guessed proof was right.
+        if not hmac.compare_digest(proof, expected):
+            log.warning("refused a client with a wrong agent token")
+            self._refuse(VMError("the runner agent refused the connection: wrong agent token",
+                                 hint="the machine's files do not match the running VM; `runner vm stop` "
+                                      "and start it again"))
+            return False
+        if version != self.version:
+            self._refuse(VMError(f"the runner agent in the VM runs code version {self.version}, but the "
+                                 f"client is version {version}",
+                                 hint="runner restarts the agent with its own code automatically; if this "
+                                      "persists, run `runner vm stop` and retry"))
+            return False
+        self.send(P.encode_json(P.WELCOME, 0, {"version": self.version, "pid": os.getpid()}))
+        return True
+
+    def _refuse(self, error: RunnerError) -> None:
+        self.send(P.encode_json(P.ERROR, 0, error.to_dict()))
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+
+    def _request(self, frame: P.Frame) -> None:
+        cid = frame.call_id
+        with self._calls_lock:
+            if cid == 0 or cid in self.calls:
+                raise P.ProtocolError(f"call id {cid} is zero or already in use")
+        try:
+            req = P.parse_request(frame)
+        except RunnerError as exc:
+            self.send(P.encode_json(P.ERROR, cid, exc.to_dict()))
+            return
+        if req.method.name == "ping":  # answered inline: it exists to measure the bare round trip
+            self.send(P.encode_json(P.REPLY, cid, {"result": None}))
+            return
+        call = Call(self, cid, req)
+        with self._calls_lock:
+            self.calls[cid] = call
+        threading.Thread(target=call.run, name=f"call-{cid}-{req.method.name}", daemon=True).start()
+
+    def forget(self, call: "Call") -> None:
+        with self._calls_lock:
+            self.calls.pop(call.id, None)
+
+
+class Call:
+    """One request being served: runs the engine method and owns its pipes, inbox and process handle."""
+
+    def __init__(self, conn: Connection, call_id: int, req: P.Request):
+        self.conn = conn
+        self.id = call_id
+        self.req = req
+        # stdin (attached calls with stdin) or the uploaded tar (load, import): bytes from the client
+        self.inbox = P.Inbox(INBOX_LIMIT) if req.stdin or req.method.kind == P.UPLOAD else None
+        self.handle: Any = None
+        self._early: list[P.Frame] = []  # RESIZE/SIGNAL that arrived before the process existed
+        self._lock = threading.Lock()
+
+    # -- frames from the connection thread
+    def frame(self, frame: P.Frame) -> None:
+        if frame.kind in (P.DATA, P.EOF):
+            expected = P.BLOB if self.req.method.kind == P.UPLOAD else P.STDIN
+            if self.inbox is None or frame.stream != expected:
+                raise P.ProtocolError(f"{P.KIND_NAMES[frame.kind]} on stream {frame.stream} for "
+                                      f"{self.req.method.name}")
+            self.inbox.put(frame.payload if frame.kind == P.DATA else None, len(frame.payload))
+            return
+        if self.req.method.kind != P.ATTACH:
+            raise P.ProtocolError(f"{P.KIND_NAMES[frame.kind]} for {self.req.method.name}")
+        with self._lock:
+            if self.handle is None:
+                self._early.append(frame)
+                return
+        self._control(frame)
+
+    def _control(self, frame: P.Frame) -> None:
+        if frame.kind == P.RESIZE:
+            rows, cols = P.parse_resize(frame)
+            self.handle.resize(TermSize(rows, cols))
+        else:  # SIGNAL: by name, because signal numbers differ between the host's OS and Linux
+            name = P.parse_signal(frame)
+            signum = getattr(signals, "SIG" + name, None)
+            if isinstance(signum, signals.Signals):
+                self.handle.signal(int(signum))
+            else:
+                log.warning("ignored unknown signal %s", name)
+
+    def disconnected(self) -> None:
+        if self.inbox is not None:
+            self.inbox.fail()  # an upload ends in an error, stdin in EOF (Docker's StdinOnce)
+
+    # -- the call's own thread
+    def run(self) -> None:
+        try:
+            kind = self.req.method.kind
+            if kind == P.ATTACH:
+                self._attach()
+            elif kind == P.OUTPUT:
+                self._output()
+            else:
+                result = self._simple()
+                self.conn.send(P.encode_json(P.REPLY, self.id, {"result": result}))
+        except RunnerError as exc:
+            self.conn.send(P.encode_json(P.ERROR, self.id, exc.to_dict()))
+        except Exception as exc:  # a bug: logged in full here, reported in one line to the user
+            log.error("call %s failed:\n%s", self.req.method.name, traceback.format_exc())
+            err = RunnerError(f"the runner agent failed in {self.req.method.name}: {type(exc).__name__}: {exc}",
+                              hint=f"the traceback is in {RUN_DIR}/agent.log in the VM (`runner vm ssh`)")
+            self.conn.send(P.encode_json(P.ERROR, self.id, err.to_dict()))
+        finally:
+            if self.inbox is not None:
+                self.inbox.close()
+            self.conn.forget(self)
+
+    def _method(self):
+        return getattr(self.conn.engine, self.req.method.name)
+
+    def _simple(self) -> Any:
+        kind, args = self.req.method.kind, dict(self.req.args)
+        if kind == P.PROGRESS_CALL:
+            args["progress"] = self._progress
+        elif kind == P.UPLOAD:
+            return self._method()(io.BufferedReader(InboxReader(self.inbox), P.CHUNK), **args)
+        elif kind == P.DOWNLOAD:
+            out = io.BufferedWriter(FrameWriter(self.conn, self.id), P.CHUNK)
+            self._method()(stream=out, **args)
+            out.flush()
+            if not self.conn.send(P.encode(P.EOF, self.id, stream=P.BLOB)):
+                raise VMError("the client went away during save")
+            return None
+        return self._method()(**args)
+
+    def _progress(self, event: dict) -> None:
+        self.conn.send(P.encode_json(P.PROGRESS, self.id, event))
+
+    def _output(self) -> None:
+        """``logs``: the engine writes into pipes, a relay turns them into frames, then REPLY."""
+        relay = OutputRelay(self.conn, self.id)
+        relay.start()
+        try:
+            self._method()(stdio=relay.stdio(None), **self.req.args)
+        finally:
+            relay.finish()
+        self.conn.send(P.encode_json(P.REPLY, self.id, {"result": None}))
+
+    def _attach(self) -> None:
+        args = dict(self.req.args)
+        size = args.pop("size", None)
+        term = TermSize(size["rows"], size["cols"]) if size else None
+        if not self.req.attached:  # run -d / start without -a: a plain call returning the id
+            result = self._method()(stdio=None, size=term, **args)
+            self.conn.send(P.encode_json(P.REPLY, self.id, {"result": result}))
+            return
+        relay = OutputRelay(self.conn, self.id)
+        stdin_r = feeder = None
+        try:
+            if self.req.stdin:
+                stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
+                feeder = threading.Thread(target=self._feed_stdin, args=(stdin_w,), daemon=True)
+                feeder.start()
+            handle = self._method()(stdio=relay.stdio(stdin_r), size=term, **args)
+            self.conn.send(P.encode_json(P.REPLY, self.id, {"result": {"container_id": handle.container_id},
+                                                            "attached": True}))
+            relay.start()
+            with self._lock:
+                self.handle = handle
+                early, self._early = self._early, []
+            for frame in early:
+                self._control(frame)
+            code = handle.wait()
+        finally:
+            # The caller owns the fds it lent the engine (as the CLI owns its 0/1/2 natively): close ours
+            # only now, so the relay sees EOF once the container's side is gone too.
+            if stdin_r is not None:
+                os.close(stdin_r)
+            if self.inbox is not None:
+                self.inbox.fail()
+            relay.finish(DRAIN_TIMEOUT)
+        self.conn.send(P.encode_json(P.EXIT, self.id, {"exit_code": code}))
+
+    def _feed_stdin(self, fd: int) -> None:
+        """Client stdin frames → the container's stdin pipe; EOF (or a drop) closes it: the half-close."""
+        try:
+            while (chunk := self.inbox.get()) is not None:
+                _write_all(fd, chunk)
+        except OSError:
+            pass  # the container closed its stdin: the rest is dropped, as a pipe would
+        finally:
+            self.inbox.close()
+            os.close(fd)
+
+
+class OutputRelay:
+    """Pipes handed to the engine as stdout/stderr; once started, a thread turns what arrives into DATA frames
+    and then EOF per stream.
+
+    Attached calls start it only after their REPLY, so the client always sees the REPLY before any output
+    (the pipes hold what the container writes meanwhile). If the client is gone the read ends are closed at
+    once: the writer (the engine's shim or exec'd process) gets EPIPE and drops this sink, while the container
+    itself runs on and keeps logging.
+    """
+
+    def __init__(self, conn: Connection, call_id: int):
+        self.conn, self.id = conn, call_id
+        self._out_r, self._out_w = os.pipe2(os.O_CLOEXEC)
+        self._err_r, self._err_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._run, name=f"relay-{call_id}", daemon=True)
+
+    def stdio(self, stdin: int | None) -> Stdio:
+        return Stdio(stdin, self._out_w, self._err_w)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def finish(self, timeout: float | None = None) -> None:
+        """Close our write ends and wait until everything written has been sent (or ``timeout`` passes)."""
+        for fd in (self._out_w, self._err_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        else:  # never started: the call failed before any output could be relayed
+            os.close(self._out_r)
+            os.close(self._err_r)
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        streams = {self._out_r: P.STDOUT, self._err_r: P.STDERR}
+        for fd in streams:
+            sel.register(fd, selectors.EVENT_READ)
+        try:
+            while streams:
+                for key, _ in sel.select():
+                    data = os.read(key.fd, P.CHUNK)
+                    stream = streams[key.fd]
+                    if data:
+                        frame = P.encode(P.DATA, self.id, data, stream)
+                    else:
+                        sel.unregister(key.fd)
+                        os.close(key.fd)
+                        del streams[key.fd]
+                        frame = P.encode(P.EOF, self.id, stream=stream)
+                    if not self.conn.send(frame):
+                        return
+        finally:
+            sel.close()
+            for fd in streams:
+                os.close(fd)
+
+
+class InboxReader(io.RawIOBase):
+    """The uploaded tar stream as a readable file for the engine (``load``, ``import_image``)."""
+
+    def __init__(self, inbox: P.Inbox):
+        self._inbox = inbox
+        self._buf = b""
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf and not self._eof:
+            chunk = self._inbox.get()
+            if chunk is None:
+                if self._inbox.failed:
+                    raise VMError("the client went away during the upload")
+                self._eof = True
+            else:
+                self._buf = chunk
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+class FrameWriter(io.RawIOBase):
+    """A writable file for the engine (``save``) whose bytes leave as DATA frames on the blob stream."""
+
+    def __init__(self, conn: Connection, call_id: int):
+        self._conn, self._id = conn, call_id
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        data = bytes(b)
+        for i in range(0, len(data), P.CHUNK):
+            if not self._conn.send(P.encode(P.DATA, self._id, data[i:i + P.CHUNK], P.BLOB)):
+                raise BrokenPipeError("the client went away during save")
+        return len(data)
+
+
+# ---------------------------------------------------------------------------------------------- process
+
+def serve_forever(listener: socket.socket, engine: Any, version: str, token: str) -> None:
+    while True:
+        sock, _ = listener.accept()
+        # Frames are small and interactive (a keystroke, a prompt): Nagle's delay would add up to 40 ms each.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = Connection(sock, engine, version, token)
+        threading.Thread(target=conn.serve, name="conn", daemon=True).start()
+
+
+class RunDir:
+    """The daemon's files in ``/run/runner`` (tmpfs: a reboot forgets them, as it forgets the agent)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.pid_file = os.path.join(path, "agent.pid")
+        self.log_file = os.path.join(path, "agent.log")
+        self.lock_file = os.path.join(path, "agent.lock")
+
+    def lock(self) -> int:
+        """Serialise starts: two hosts calls shipping at once must end with one agent, not two racing ones."""
+        import fcntl
+
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def running_agent(self) -> dict | None:
+        """The pid file's record if it names a live agent process (a recycled pid is not trusted)."""
+        try:
+            with open(self.pid_file) as f:
+                rec = json.load(f)
+            with open(f"/proc/{int(rec['pid'])}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return rec if b"runner.agent.server" in cmdline else None
+
+    def write_pid(self, version: str, port: int) -> None:
+        tmp = f"{self.pid_file}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"pid": os.getpid(), "version": version, "port": port}, f)
+        os.replace(tmp, self.pid_file)
+
+    def remove_pid(self) -> None:
+        if (self.running_agent() or {}).get("pid") == os.getpid():
+            with contextlib.suppress(OSError):
+                os.unlink(self.pid_file)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie counts as gone (the guest's init may reap it late)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _stop_agent(pid: int, timeout: float = 5.0) -> None:
+    """Stop an agent of another version: TERM, then KILL. Its containers live on in their shims."""
+    import time
+
+    for sig in (signals.SIGTERM, signals.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not _alive(pid):
+            return
+
+
+def _daemonize(log_file: str) -> None:
+    """Double fork + setsid: the agent must outlive the SSH session that started it and own no terminal."""
+    if os.fork() != 0:
+        os._exit(0)
+    os.setsid()
+    if os.fork() != 0:
+        os._exit(0)
+    logfd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(logfd, 1)
+    os.dup2(logfd, 2)
+    os.close(devnull)
+    os.close(logfd)
+    os.chdir("/")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m runner.agent.server", description=__doc__.split("\n")[0])
+    parser.add_argument("--port", type=int, required=True, help="TCP port on 127.0.0.1")
+    parser.add_argument("--token-file", required=True, help="hex token file, or the guest's config.json")
+    parser.add_argument("--root", required=True, help="the engine's state root")
+    parser.add_argument("--daemon", action="store_true",
+                        help="detach, keep one agent per VM (reuse one of this version, replace another)")
+    parser.add_argument("--run-dir", default=RUN_DIR, help="pid, log and lock files of --daemon")
+    args = parser.parse_args(argv)
+    if not 1 <= args.port <= 65535:
+        parser.error("--port must be 1-65535")
+    run_dir = RunDir(args.run_dir)
+    ready_w = lock_fd = None
+    try:
+        token = read_token(args.token_file)
+        version = own_version()
+        if args.daemon:
+            lock_fd = run_dir.lock()  # held (by the daemon too, after the fork) until it is ready
+            current = run_dir.running_agent()
+            if current and current.get("version") == version and current.get("port") == args.port:
+                print(f"ready pid={current['pid']} version={version} (already running)")
+                return 0
+            if current:
+                _stop_agent(int(current["pid"]))
+        # Guest loopback only: the host comes in through SSH's direct-tcpip, never over the network.
+        listener = socket.create_server(("127.0.0.1", args.port))
+        if args.daemon:
+            ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+            if os.fork() != 0:  # the starter: wait until the daemon reports ready (or its error)
+                os.close(ready_w)
+                with os.fdopen(ready_r, "rb") as f:
+                    status = f.read().decode(errors="replace").strip()
+                print(status or "runner agent: the daemon died while starting",
+                      file=sys.stdout if status.startswith("ready") else sys.stderr)
+                return 0 if status.startswith("ready") else 1
+            os.close(ready_r)
+            _daemonize(run_dir.log_file)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s agent[%(process)d] %(levelname)s %(message)s")
+        from runner.engine.engine import Engine  # after the fork: the starter need not pay for it
+        engine = Engine(args.root)
+        if args.daemon:
+            run_dir.write_pid(version, args.port)
+    except Exception as exc:  # incl. an engine that fails to import: whoever started us must hear about it
+        detail = str(exc) if isinstance(exc, (RunnerError, OSError)) else f"{type(exc).__name__}: {exc}"
+        if ready_w is not None:
+            os.write(ready_w, f"runner agent: cannot start: {detail}".encode())
+            os._exit(1)
+        print(f"runner agent: cannot start: {detail}", file=sys.stderr)
+        return 1
+    log.info("listening on 127.0.0.1:%d, version %s, root %s", args.port, version, args.root)
+    if ready_w is not None:
+        os.write(ready_w, f"ready pid={os.getpid()} version={version}".encode())
+        os.close(ready_w)
+        os.close(lock_fd)
+
+    def terminate(*_: Any) -> None:
+        # Leave at once: running containers belong to their shims, which outlive the agent.
+        if args.daemon:
+            run_dir.remove_pid()
+        os._exit(0)
+
+    signals.signal(signals.SIGTERM, terminate)
+    serve_forever(listener, engine, version, token)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

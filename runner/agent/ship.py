@@ -1,0 +1,159 @@
+"""Ship this runner's engine code into the guest and start the agent from it.
+
+Why ship instead of baking the agent into the VM image: the guest then always runs exactly the host's code,
+and changing runner never needs a new image. The shipped files are the stdlib-only part of runner
+(``protocol.SHIPPED_FILES`` and ``SHIPPED_TREES``); their hash is the protocol version, computed the same
+way by the agent over its own files, so the handshake proves both ends run identical code.
+
+Per boot (``ensure_agent``), with one SSH connection:
+
+1. open a ``direct-tcpip`` channel to the agent port and read its CHALLENGE, which names its version (no
+   token needed for that). Same version: done. This is the only step once the agent runs.
+2. otherwise, over SFTP: if ``/var/lib/runner/agent/<version>/.complete`` is missing, upload a tar.gz of the
+   files (the data disk keeps it across reboots, so usually once per runner version);
+3. one SSH exec: unpack into a temp dir and rename it into place (a half-unpacked tree is never used),
+   then ``python3 -m runner.agent.server --daemon`` from there. The daemon takes a lock in the guest,
+   reuses an agent of the same version, replaces one of another version, and returns once it listens.
+
+Standard library only at import time (paramiko objects are passed in), because the agent imports
+:func:`collect_sources` in the guest to compute its own version.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import os
+import secrets
+import shlex
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from runner.agent import protocol as P
+from runner.errors import VMError
+
+GUEST_ROOT = "/var/lib/runner"  # the data disk: engine state, images, and the shipped agent trees
+AGENT_BASE = f"{GUEST_ROOT}/agent"
+GUEST_CONFIG = "/runner/config.json"  # the per-boot config from the host; holds agent_token
+START_TIMEOUT = 120.0  # a first agent start under TCG: python3 plus the engine's imports, ~1-3 s here
+
+_local: tuple[str, dict[str, bytes]] | None = None
+
+
+def package_root() -> Path:
+    """The directory that holds the ``runner`` package this code was imported from."""
+    return Path(__file__).resolve().parents[2]
+
+
+def collect_sources(root: Path) -> dict[str, bytes]:
+    """The shipped files under ``root`` (``relative/posix/path`` → contents); the same rule on both ends."""
+    files: dict[str, bytes] = {}
+    for dirpath, dirnames, filenames in os.walk(root / "runner"):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for name in filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if P.is_shipped(rel):
+                files[rel] = path.read_bytes()
+    return files
+
+
+def local_sources() -> tuple[str, dict[str, bytes]]:
+    """This runner's protocol version and shipped files (read once per process)."""
+    global _local
+    if _local is None:
+        files = collect_sources(package_root())
+        _local = (P.version_of(files), files)
+    return _local
+
+
+def local_version() -> str:
+    return local_sources()[0]
+
+
+def tarball(files: dict[str, bytes]) -> bytes:
+    """A deterministic tar.gz of ``files`` (fixed owner, mode and time: same files, same bytes)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(files):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(files[name]), 0o644, 1
+            tar.addfile(info, io.BytesIO(files[name]))
+    return gzip.compress(raw.getvalue(), mtime=0)
+
+
+def running_version(transport: Any, port: int, timeout: float = 10.0) -> str | None:
+    """The version of the agent listening on the guest's ``port``, or None if nothing answers there."""
+    try:
+        chan = transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=timeout)
+    except Exception:  # paramiko.ChannelException: the guest refused the connection (no agent yet)
+        return None
+    try:
+        chan.settimeout(timeout)
+        decoder = P.Decoder(P.FROM_SERVER)
+        frames: list[P.Frame] = []
+        while not frames:
+            data = chan.recv(65536)
+            if not data:
+                return None
+            frames = decoder.feed(data)
+        return P.parse_challenge(frames[0])[0] if frames[0].kind == P.CHALLENGE else None
+    except (OSError, P.ProtocolError):
+        return None
+    finally:
+        chan.close()
+
+
+def start_script(version: str, port: int, upload: str | None) -> str:
+    """The one shell command that installs an uploaded tree (if any) and starts the agent from it."""
+    d = f"{AGENT_BASE}/{version}"
+    q = shlex.quote
+    lines = ["set -e", "umask 077"]
+    if upload is not None:
+        lines += [
+            f"if [ ! -e {q(d)}/.complete ]; then",
+            f"  t=$(mktemp -d {q(AGENT_BASE)}/.unpack.XXXXXX)",
+            f"  tar -xzf {q(upload)} -C \"$t\" && touch \"$t/.complete\"",
+            f"  rm -rf {q(d)} && mv \"$t\" {q(d)}",
+            "fi",
+            f"rm -f {q(upload)}",
+        ]
+    lines += [
+        # Trees of other runner versions are dead weight on the data disk once this one runs.
+        f"for old in {q(AGENT_BASE)}/*; do [ \"$old\" = {q(d)} ] || rm -rf \"$old\"; done",
+        f"cd {q(d)}",
+        f"exec python3 -m runner.agent.server --port {int(port)} --token-file {q(GUEST_CONFIG)} "
+        f"--root {q(GUEST_ROOT)} --daemon",
+    ]
+    return "\n".join(lines)
+
+
+def ensure_agent(ssh_client: Any, port: int) -> str:
+    """Make sure the agent of this runner's version serves ``port`` in the guest; return its version."""
+    from runner.vm import ssh
+
+    version, files = local_sources()
+    transport = ssh_client.get_transport()
+    if running_version(transport, port) == version:
+        return version
+    upload = None
+    sftp = ssh_client.open_sftp()
+    try:
+        try:
+            sftp.stat(f"{AGENT_BASE}/{version}/.complete")
+        except OSError:
+            with contextlib.suppress(OSError):  # it exists
+                sftp.mkdir(AGENT_BASE, 0o700)
+            upload = f"{AGENT_BASE}/.upload-{version}-{secrets.token_hex(4)}.tar.gz"
+            sftp.putfo(io.BytesIO(tarball(files)), upload)
+    finally:
+        sftp.close()
+    code, out, err = ssh.run(ssh_client, start_script(version, port, upload), timeout=START_TIMEOUT)
+    if code != 0:
+        detail = (err or out).decode(errors="replace").strip().splitlines()
+        raise VMError(f"cannot start the runner agent in the VM: {detail[-1] if detail else f'exit code {code}'}",
+                      hint="see /run/runner/agent.log in the VM (`runner vm ssh`)")
+    return version
+

@@ -1,0 +1,67 @@
+"""Which backend serves this call: flag > RUNNER_BACKEND > config file > platform default.
+
+The winner is remembered with the reason, so ``runner info`` can say *why* a backend was chosen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+from runner.errors import UsageError
+
+BACKENDS = ("native", "vm")
+
+
+@dataclass(frozen=True)
+class Choice:
+    backend: str
+    reason: str
+
+
+def config_path() -> str:
+    """The user's config file (platformdirs' config dir), overridable with RUNNER_CONFIG."""
+    if os.environ.get("RUNNER_CONFIG"):
+        return os.environ["RUNNER_CONFIG"]
+    from platformdirs import user_config_dir
+    return os.path.join(user_config_dir("runner"), "config.json")
+
+
+def _from_config() -> str | None:
+    try:
+        with open(config_path()) as f:
+            value = json.load(f).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def platform_default(platform: str = sys.platform) -> str:
+    return "native" if platform.startswith("linux") else "vm"
+
+
+def choose(flag: str | None, env: dict | None = None, platform: str = sys.platform,
+           config_value: str | None = None, read_config: bool = True) -> Choice:
+    env = os.environ if env is None else env
+    candidates = (
+        (flag, "--backend flag"),
+        (env.get("RUNNER_BACKEND"), "RUNNER_BACKEND environment variable"),
+        (config_value if config_value is not None else (_from_config() if read_config else None),
+         "config file"),
+    )
+    for value, reason in candidates:
+        if value:
+            if value not in BACKENDS:
+                raise UsageError(f"unknown backend {value!r} (from {reason})", hint="use native or vm")
+            return Choice(value, reason)
+    return Choice(platform_default(platform), f"default on {platform}")
+
+
+def make_backend(choice: Choice, machine: str = "default"):
+    if choice.backend == "native":
+        from runner.backends.native import NativeBackend
+        return NativeBackend()
+    from runner.backends.vm import VMBackend
+    return VMBackend(machine)

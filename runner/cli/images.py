@@ -1,0 +1,210 @@
+"""Image commands: images, pull, push, tag, rmi, load, save, import."""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+from runner.cli import render
+from runner.errors import UsageError
+
+
+def _backend():
+    from runner.cli.app import STATE
+    return STATE.backend
+
+
+def _credentials(ref: str) -> dict:
+    """Host-side credentials for the image's registry; the engine (maybe in the VM) gets only these."""
+    from runner.images.credentials import credentials_for
+    from runner.images.reference import Reference
+    return credentials_for(Reference.parse(ref).registry)
+
+
+def _progress(quiet: bool, to_stderr: bool):
+    if quiet:
+        return None, None
+    try:
+        from runner.cli.progress import ProgressDisplay
+    except ImportError:
+        return None, None
+    display = ProgressDisplay(file=sys.stderr if to_stderr else sys.stdout)
+    return display, display.update
+
+
+def pull_image(ref: str, platform: str | None, quiet: bool, to_stderr: bool = False) -> dict:
+    display, progress = _progress(quiet, to_stderr)
+    try:
+        result = _backend().pull(ref, platform=platform, credentials=_credentials(ref), progress=progress)
+    finally:
+        if display is not None:
+            display.close()
+    return result
+
+
+def images(
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="only print image ids"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="json for machine-readable output"),
+):
+    """List images (docker images)."""
+    items = _backend().images()
+    if quiet:
+        for img in items:
+            print(img["Id"].split(":")[-1][:12])
+        return
+    if fmt == "json":
+        render.print_json(items)
+        return
+    rows = []
+    for img in items:
+        names = img["RepoTags"] or ["<none>:<none>"]
+        for name in names:
+            repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "<none>")
+            rows.append([repo, tag, img["Id"].split(":")[-1][:12], render.ago(img.get("Created")),
+                         render.human_size(img.get("Size"))])
+    render.table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows)
+
+
+def pull(
+    image: str = typer.Argument(...),
+    platform: Optional[str] = typer.Option(None, "--platform", help="e.g. linux/arm64"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="suppress progress output"),
+):
+    """Pull an image from a registry (docker pull)."""
+    result = pull_image(image, platform, quiet)
+    digest = result.get("ManifestDigest", "")
+    if not quiet:
+        print(f"Digest: {digest}")
+    print(image if quiet else f"Downloaded: {image}")
+
+
+def push(
+    image: str = typer.Argument(...),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="suppress progress output"),
+):
+    """Push an image to a registry (docker push)."""
+    display, progress = _progress(quiet, False)
+    try:
+        digest = _backend().push(image, credentials=_credentials(image), progress=progress)
+    finally:
+        if display is not None:
+            display.close()
+    print(f"{image}: digest: {digest}")
+
+
+def tag(source: str = typer.Argument(...), target: str = typer.Argument(...)):
+    """Give an image another name (docker tag)."""
+    _backend().tag(source, target)
+
+
+def rmi(
+    refs: List[str] = typer.Argument(...),
+    force: bool = typer.Option(False, "-f", "--force", help="remove even if a container uses it"),
+):
+    """Remove images (docker rmi)."""
+    for ref in refs:
+        for line in _backend().rmi(ref, force=force):
+            print(line)
+
+
+def load(
+    input_: Optional[str] = typer.Option(None, "-i", "--input", help="read from a tar archive instead of stdin"),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="suppress output"),
+):
+    """Load images from a docker-save archive or an OCI layout tar (docker load)."""
+    if input_ is None and sys.stdin.isatty():
+        raise UsageError("requested load from stdin, but stdin is a terminal", hint="use -i FILE or a pipe")
+    try:
+        stream = open(input_, "rb") if input_ else sys.stdin.buffer
+    except OSError as exc:
+        raise UsageError(f"cannot open {input_}: {exc.strerror}") from None
+    with stream:
+        names = _backend().load(stream)
+    if not quiet:
+        for name in names:
+            print(f"Loaded image: {name}")
+
+
+def save(
+    refs: List[str] = typer.Argument(...),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="write to a file instead of stdout"),
+):
+    """Save images to a tar archive, docker-save and OCI layout at once (docker save)."""
+    if output is None and sys.stdout.isatty():
+        raise UsageError("refusing to write an archive to a terminal", hint="use -o FILE or redirect stdout")
+    if output is None:
+        _backend().save(list(refs), sys.stdout.buffer)
+        return
+    import os
+    tmp = f"{output}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            _backend().save(list(refs), f)
+        os.replace(tmp, output)  # a failed save never leaves a truncated archive under the real name
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def import_(
+    source: str = typer.Argument(..., help="rootfs tar file, or - for stdin"),
+    name: str = typer.Argument(..., help="NAME[:TAG] of the new image"),
+    change: List[str] = typer.Option([], "-c", "--change", help="CMD/ENV/WORKDIR/ENTRYPOINT/USER instruction"),
+):
+    """Create an image from a root filesystem tarball (docker import)."""
+    changes = parse_changes(change)
+    try:
+        stream = sys.stdin.buffer if source == "-" else open(source, "rb")
+    except OSError as exc:
+        raise UsageError(f"cannot open {source}: {exc.strerror}") from None
+    with stream:
+        print(_backend().import_image(stream, name, changes))
+
+
+def parse_changes(items: list[str]) -> dict:
+    """The Dockerfile instructions docker import -c accepts, as an image config fragment."""
+    import json
+    import shlex
+    config: dict = {}
+    for item in items:
+        word, _, rest = item.strip().partition(" ")
+        word, rest = word.upper(), rest.strip()
+        if not rest:
+            raise UsageError(f"invalid --change {item!r}")
+
+        def words(text: str) -> list[str]:
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except ValueError:
+                    raise UsageError(f"invalid JSON in --change {item!r}") from None
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise UsageError(f"--change {item!r} needs a JSON list of strings")
+                return value
+            return ["/bin/sh", "-c", text] if word in ("CMD", "ENTRYPOINT") else shlex.split(text)
+
+        if word in ("CMD", "ENTRYPOINT"):
+            config["Cmd" if word == "CMD" else "Entrypoint"] = words(rest)
+        elif word == "ENV":
+            config.setdefault("Env", []).append(rest if "=" in rest else rest.replace(" ", "=", 1))
+        elif word == "WORKDIR":
+            config["WorkingDir"] = rest
+        elif word == "USER":
+            config["User"] = rest
+        else:
+            raise UsageError(f"unsupported --change instruction {word}", hint="use CMD, ENTRYPOINT, ENV, WORKDIR or USER")
+    return config
+
+
+def register(app: typer.Typer) -> None:
+    app.command("images")(images)
+    app.command("pull")(pull)
+    app.command("push")(push)
+    app.command("tag")(tag)
+    app.command("rmi")(rmi)
+    app.command("load")(load)
+    app.command("save")(save)
+    app.command("import")(import_)

@@ -1,0 +1,36 @@
+"""System commands: info and version."""
+
+from __future__ import annotations
+
+import typer
+
+from runner.cli import render
+
+
+def info(fmt: str = typer.Option(None, "--format", help="json for machine-readable output")):
+    """Show which backend serves this host and why, and what it runs on."""
+    from runner.cli.app import STATE
+    choice = STATE.choice
+    data = {"backend": choice.backend, "backend_reason": choice.reason}
+    data.update(STATE.backend.info())
+    if fmt == "json":
+        render.print_json(data)
+        return
+    for key, value in data.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"  {k}: {v}")
+        else:
+            print(f"{key}: {value}")
+
+
+def version():
+    """Print the version."""
+    from runner import __version__
+    print(f"runner {__version__}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("info")(info)
+    app.command("version")(version)

@@ -1,0 +1,430 @@
+"""The Engine: the one place where container semantics live.
+
+Natively the CLI calls it in-process (``NativeBackend``); in the VM the agent calls this very class, so a
+behaviour exists once. Its public methods are exactly the :class:`runner.backends.base.Backend` operations,
+with JSON-safe arguments and results, so the agent can serve them generically.
+
+Linux only and standard library only (it runs inside the guest, which has nothing but python3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import shutil
+import signal as signals
+import time
+from typing import IO
+
+from runner.backends.base import Stdio, TermSize
+from runner.engine import logs, shim
+from runner.engine.state import CREATED, EXITED, RUNNING, ContainerRecord, StateStore, now
+from runner.errors import Conflict, NotFound, PlatformError, RunnerError, UsageError
+from runner.spec import ContainerSpec, ExecSpec
+
+DEFAULT_ROOT = "/var/lib/runner"
+DEFAULT_IMAGE = "localhost/busybox:latest"
+
+
+def default_root() -> str:
+    return os.environ.get("RUNNER_ROOT") or DEFAULT_ROOT
+
+
+def parse_signal(name: str | int) -> int:
+    """``KILL``, ``SIGKILL``, ``9`` → 9; anything else is a usage error."""
+    text = str(name).upper()
+    if text.isdigit():
+        num = int(text)
+        if 0 < num < signals.NSIG:
+            return num
+    else:
+        sig = getattr(signals, text if text.startswith("SIG") else "SIG" + text, None)
+        if isinstance(sig, signals.Signals):
+            return int(sig)
+    raise UsageError(f"invalid signal {name!r}", hint="use a name like TERM, KILL, HUP or a number")
+
+
+class Engine:
+    """Containers and images under one state root (``/var/lib/runner`` by default, ``$RUNNER_ROOT``)."""
+
+    def __init__(self, root: str | None = None, runtime=None):
+        if os.name != "posix" or not os.path.exists("/proc/self/ns"):
+            raise PlatformError("containers need a Linux kernel",
+                                hint="on macOS and Windows use the VM backend: runner --backend vm ...")
+        self.root = root or default_root()
+        try:
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+        except PermissionError:
+            raise PlatformError(f"cannot write the state directory {self.root}",
+                                hint="run runner as root (sudo), or set RUNNER_ROOT") from None
+        self.state = StateStore(self.root)
+        self._runtime = runtime
+        self._store = None
+
+    # ------------------------------------------------------------------ plumbing
+    @property
+    def runtime(self):
+        if self._runtime is None:
+            from runner.engine.runtime.builtin import BuiltinRuntime
+            self._runtime = BuiltinRuntime()
+        return self._runtime
+
+    @property
+    def images_store(self):
+        if self._store is None:
+            from runner.images.store import Store
+            self._store = Store(os.path.join(self.root, "images"), in_use=self._image_in_use)
+        return self._store
+
+    def _image_in_use(self, image_id: str) -> bool:
+        for cid in self.state.ids():
+            with contextlib.suppress(NotFound, ValueError):
+                if self.state.load(cid).image_id == image_id:
+                    return True
+        return False
+
+    def bundle_dir(self, cid: str) -> str:
+        return os.path.join(self.state.dir(cid), "bundle")
+
+    def log_path(self, cid: str) -> str:
+        return os.path.join(self.state.dir(cid), "container.log")
+
+    def _require_root(self) -> None:
+        if os.geteuid() != 0:
+            raise PlatformError("creating containers needs root privileges",
+                                hint="run it with sudo, or use the VM backend: runner --backend vm ...")
+
+    def _record(self, ref: str) -> ContainerRecord:
+        return self.state.reconcile(self.state.load(self.state.resolve(ref)))
+
+    def _image(self, ref: str):
+        from runner.images.reference import Reference
+        store = self.images_store
+        try:
+            return store.resolve(ref)
+        except NotFound:
+            with contextlib.suppress(UsageError):
+                if Reference.parse(ref).name == Reference.parse(DEFAULT_IMAGE).name:
+                    from runner.images.default import ensure_default_image
+                    return ensure_default_image(store)
+            raise
+
+    # ------------------------------------------------------------------ rootfs (runs in the shim)
+    def prepare_rootfs(self, rec: ContainerRecord) -> None:
+        """Mount the container's overlay in a private mount namespace and write the OCI ``config.json``.
+
+        Called in the shim. The new mount namespace is made recursively private first, so the overlay
+        neither shows up on the host nor receives the host's later mount events.
+        """
+        from runner.engine.runtime import linux, oci
+        linux.unshare(linux.CLONE_NEWNS)
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        cdir = self.state.dir(rec.id)
+        rootfs = os.path.join(self.bundle_dir(rec.id), "rootfs")
+        image = self.images_store.resolve(rec.image_id)
+        lowers = self.images_store.layer_dirs(image) or [self._empty_dir()]
+        # Relative lowerdirs keep the mount options short (they are limited to one page) with many layers.
+        base = os.path.commonpath(lowers) if len(lowers) > 1 else os.path.dirname(lowers[0])
+        opts = "lowerdir={},upperdir={},workdir={}".format(
+            ":".join(os.path.relpath(p, base) for p in lowers),
+            os.path.join(cdir, "upper"), os.path.join(cdir, "work"))
+        cwd = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.chdir(base)
+            linux.mount("overlay", rootfs, "overlay", 0, opts)
+        finally:
+            os.fchdir(cwd)
+            os.close(cwd)
+        spec = ContainerSpec.from_dict(rec.spec)
+        uid, gid, gids = oci.resolve_user(spec.user or image.config.get("config", {}).get("User") or None, rootfs)
+        config = oci.make_config(
+            spec, image.config, rootfs=rootfs, container_id=rec.id,
+            hostname=rec.extra["hostname"], etc_files=self._etc_files(rec.id),
+            cgroups_path=f"runner/{rec.id}", uid=uid, gid=gid, additional_gids=gids,
+            home=oci.home_dir(uid, rootfs))
+        from runner.engine.state import write_json_atomic
+        write_json_atomic(os.path.join(self.bundle_dir(rec.id), "config.json"), config)
+
+    def release_rootfs(self, cid: str) -> None:
+        """Unmount the overlay (in the shim's namespace) so the container's files can be removed."""
+        from runner.engine.runtime import linux
+        with contextlib.suppress(OSError):
+            linux.umount2(os.path.join(self.bundle_dir(cid), "rootfs"), linux.MNT_DETACH)
+
+    def _empty_dir(self) -> str:
+        path = os.path.join(self.root, "empty")
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def _etc_files(self, cid: str) -> dict[str, str]:
+        etc = os.path.join(self.state.dir(cid), "etc")
+        return {"/etc/" + name: os.path.join(etc, name) for name in ("hostname", "hosts", "resolv.conf")}
+
+    def _write_etc_files(self, cid: str, spec: ContainerSpec, hostname: str) -> None:
+        etc = os.path.join(self.state.dir(cid), "etc")
+        os.makedirs(etc, exist_ok=True)
+        hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+                 f"127.0.1.1\t{hostname}\n")
+        resolv = ""
+        if spec.network == "host":
+            with contextlib.suppress(OSError), open("/etc/hosts") as f:
+                hosts = f.read()
+            with contextlib.suppress(OSError), open("/etc/resolv.conf") as f:
+                resolv = f.read()
+        for name, content in (("hostname", hostname + "\n"), ("hosts", hosts), ("resolv.conf", resolv)):
+            with open(os.path.join(etc, name), "w") as f:
+                f.write(content)
+            os.chmod(os.path.join(etc, name), 0o644)
+
+    # ------------------------------------------------------------------ containers
+    def create(self, spec: dict) -> str:
+        self._require_root()
+        cspec = ContainerSpec.from_dict(spec).validate()
+        if cspec.network == "bridge":
+            raise UsageError("the bridge network is not available yet", hint="use --network none or --network host")
+        for m in cspec.mounts:
+            if not os.path.exists(m.source):
+                raise NotFound(f"bind source path does not exist: {m.source}",
+                               hint="create the directory first, or fix the -v source path")
+        image = self._image(cspec.image)
+
+        def make(cid: str, name: str) -> ContainerRecord:
+            hostname = cspec.hostname or cid[:12]
+            return ContainerRecord(id=cid, name=name, spec=cspec.to_dict(), image_id=image.id,
+                                   image_ref=cspec.image, created=now(), runtime=self.runtime.name,
+                                   extra={"hostname": hostname})
+
+        rec = self.state.create(cspec.name, make)
+        try:
+            cdir = self.state.dir(rec.id)
+            for sub in ("bundle/rootfs", "upper", "work"):
+                os.makedirs(os.path.join(cdir, sub), mode=0o755)
+            self._write_etc_files(rec.id, cspec, rec.extra["hostname"])
+        except BaseException:
+            self.state.remove_dir(rec.id)
+            raise
+        return rec.id
+
+    def start(self, ref: str, stdio: Stdio | None, size: TermSize | None = None):
+        self._require_root()
+        rec = self._record(ref)
+        with self.state.lock(rec.id):
+            rec = self.state.load(rec.id)
+            if rec.status == RUNNING:
+                raise Conflict(f"container {rec.name} is already running")
+            rec.status = CREATED
+            self.state.save(rec)
+        handle = shim.launch(self, rec.id, stdio, size, bool(rec.spec.get("tty")))
+        return handle if handle is not None else rec.id
+
+    def run(self, spec: dict, stdio: Stdio | None, size: TermSize | None = None):
+        cid = self.create(spec)
+        try:
+            return self.start(cid, stdio, size)
+        except BaseException:
+            self._remove(cid)  # nothing half-created is left behind
+            raise
+
+    def exec(self, ref: str, exec_spec: dict, stdio: Stdio, size: TermSize | None = None):
+        from runner.engine import execution
+        rec = self._record(ref)
+        if rec.status != RUNNING:
+            raise Conflict(f"container {rec.name} is not running")
+        return execution.start_exec(self, rec, ExecSpec.from_dict(exec_spec), stdio, size)
+
+    def kill(self, ref: str, signal: str = "KILL") -> str:
+        signum = parse_signal(signal)
+        rec = self._record(ref)
+        if rec.status != RUNNING:
+            raise Conflict(f"container {rec.name} is not running")
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(rec.pid, signum)
+        return rec.name
+
+    def stop(self, ref: str, timeout: float = 10) -> str:
+        rec = self._record(ref)
+        if rec.status == RUNNING:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signals.SIGTERM)
+            if not self._wait_exited(rec.id, timeout):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rec.pid, signals.SIGKILL)
+                self._wait_exited(rec.id, None)
+        return rec.name
+
+    def _wait_exited(self, cid: str, timeout: float | None) -> bool:
+        """Wait until the record says exited (or the container is gone); False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pidfd = None
+        while True:
+            try:
+                rec = self.state.reconcile(self.state.load(cid))
+            except NotFound:
+                return True
+            if rec.status != RUNNING:
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            # Sleep on the shim's pidfd: woken the moment it exits, with a short poll as a fallback.
+            if pidfd is None and rec.shim_pid:
+                with contextlib.suppress(OSError):
+                    pidfd = os.pidfd_open(rec.shim_pid)
+            step = 0.05 if remaining is None else min(0.05, remaining)
+            if pidfd is not None:
+                select.select([pidfd], [], [], step)
+            else:
+                time.sleep(step)
+
+    def wait(self, ref: str) -> int:
+        cid = self.state.resolve(ref)
+        self._wait_exited(cid, None)
+        try:
+            rec = self.state.load(cid)
+        except NotFound:
+            raise NotFound(f"container {ref} was removed before its exit code was read") from None
+        return rec.exit_code if rec.exit_code is not None else 0
+
+    def rm(self, ref: str, force: bool = False) -> str:
+        rec = self._record(ref)
+        if rec.status == RUNNING:
+            if not force:
+                raise Conflict(f"container {rec.name} is running", hint="stop it first, or use rm -f")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signals.SIGKILL)
+            self._wait_exited(rec.id, None)
+        self._remove(rec.id)
+        return rec.name
+
+    def _remove(self, cid: str) -> None:
+        with contextlib.suppress(Exception):
+            self.runtime.delete(self.bundle_dir(cid), cid)
+        self.remove_container_files(cid)
+
+    def remove_container_files(self, cid: str) -> None:
+        self.state.remove_dir(cid)
+
+    def ps(self, all: bool = False) -> list[dict]:
+        out = []
+        for cid in self.state.ids():
+            with contextlib.suppress(NotFound, ValueError):
+                rec = self.state.reconcile(self.state.load(cid))
+                if all or rec.status == RUNNING:
+                    out.append(self._summary(rec))
+        return sorted(out, key=lambda c: c["Created"], reverse=True)
+
+    def _summary(self, rec: ContainerRecord) -> dict:
+        spec = rec.spec
+        cmd = (spec.get("entrypoint") or []) + (spec.get("command") or [])
+        return {"Id": rec.id, "Name": rec.name, "Image": rec.image_ref, "Command": " ".join(cmd),
+                "Created": rec.created, "State": rec.status, "ExitCode": rec.exit_code,
+                "StartedAt": rec.started_at, "FinishedAt": rec.finished_at}
+
+    def inspect(self, ref: str) -> dict:
+        rec = self._record(ref)
+        spec = ContainerSpec.from_dict(rec.spec)
+        config = {}
+        with contextlib.suppress(OSError, ValueError):
+            import json
+            with open(os.path.join(self.bundle_dir(rec.id), "config.json")) as f:
+                config = json.load(f)
+        process = config.get("process", {})
+        return {
+            "Id": rec.id, "Name": rec.name, "Created": _iso(rec.created), "Image": rec.image_id,
+            "Path": (process.get("args") or [""])[0], "Args": (process.get("args") or [])[1:],
+            "State": {"Status": rec.status, "Running": rec.status == RUNNING, "Pid": rec.pid or 0,
+                      "ExitCode": rec.exit_code if rec.exit_code is not None else 0,
+                      "OOMKilled": rec.oom_killed, "Error": rec.error,
+                      "StartedAt": _iso(rec.started_at), "FinishedAt": _iso(rec.finished_at)},
+            "Config": {"Image": rec.image_ref, "Hostname": rec.extra.get("hostname"), "Cmd": spec.command,
+                       "Entrypoint": spec.entrypoint, "Env": process.get("env", spec.env),
+                       "WorkingDir": process.get("cwd", spec.workdir or ""), "User": spec.user or "",
+                       "Tty": spec.tty, "OpenStdin": spec.interactive, "Labels": spec.labels},
+            "HostConfig": {"Memory": spec.limits.memory or 0,
+                           "NanoCpus": int((spec.limits.cpus or 0) * 1e9),
+                           "PidsLimit": spec.limits.pids or 0, "ReadonlyRootfs": spec.read_only,
+                           "NetworkMode": spec.network, "AutoRemove": spec.auto_remove,
+                           "Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "") for m in spec.mounts],
+                           "Runtime": rec.runtime},
+            "Mounts": [{"Type": "bind", "Source": m.source, "Destination": m.target, "RW": not m.readonly}
+                       for m in spec.mounts],
+            "LogPath": self.log_path(rec.id),
+        }
+
+    def logs(self, ref: str, stdio: Stdio, follow: bool = False, tail: int | None = None) -> None:
+        rec = self._record(ref)
+        cid = rec.id
+
+        def running() -> bool:
+            with contextlib.suppress(NotFound):
+                return self.state.reconcile(self.state.load(cid)).status == RUNNING
+            return False
+
+        path = self.log_path(cid)
+        skip = 0
+        if tail is not None and tail >= 0:  # like Docker's --tail, counted in output chunks as written
+            skip = max(0, sum(1 for _ in logs.read_frames(path)) - tail)
+        sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr}
+        for i, (stream, _, data) in enumerate(logs.read_frames(path, running if follow else None)):
+            if i >= skip:
+                logs.write_all(sinks.get(stream, stdio.stdout), data)
+
+    # ------------------------------------------------------------------ images
+    def images(self) -> list[dict]:
+        return [self._image_summary(img) for img in self.images_store.list()]
+
+    def _image_summary(self, img) -> dict:
+        return {"Id": img.id, "RepoTags": img.repo_tags, "Size": img.size, "Created": img.created,
+                "ManifestDigest": img.manifest_digest}
+
+    def image_inspect(self, ref: str) -> dict:
+        img = self._image(ref)
+        summary = self._image_summary(img)
+        summary.update({"Config": img.config.get("config", {}), "Architecture": img.config.get("architecture"),
+                        "Os": img.config.get("os"), "RootFS": img.config.get("rootfs", {}),
+                        "Layers": [layer.digest for layer in img.layers]})
+        return summary
+
+    def pull(self, ref: str, platform: str | None = None, credentials: dict | None = None,
+             progress=None) -> dict:
+        from runner.images.pull import pull
+        return self._image_summary(pull(self.images_store, ref, platform=platform, credentials=credentials,
+                                        progress=progress))
+
+    def push(self, ref: str, credentials: dict | None = None, progress=None) -> str:
+        from runner.images.push import push
+        return push(self.images_store, ref, credentials=credentials, progress=progress)
+
+    def tag(self, source: str, target: str) -> None:
+        self.images_store.tag(source, target)
+
+    def rmi(self, ref: str, force: bool = False) -> list[str]:
+        return self.images_store.remove(ref, force=force)
+
+    def load(self, stream: IO[bytes]) -> list[str]:
+        from runner.images import archive
+        return archive.load(self.images_store, stream)
+
+    def save(self, refs: list[str], stream: IO[bytes]) -> None:
+        from runner.images import archive
+        for ref in refs:
+            self._image(ref)  # the default image is made on demand, as for run
+        archive.save(self.images_store, refs, stream)
+
+    def import_image(self, stream: IO[bytes], name: str, changes: dict | None = None) -> str:
+        from runner.images.rootfs import import_rootfs
+        return import_rootfs(self.images_store, stream, name, changes).id
+
+    def info(self) -> dict:
+        from runner import __version__
+        from runner.engine.runtime import cgroups
+        return {"root": self.root, "runtime": self.runtime.name, "cgroups": cgroups.describe(),
+                "version": __version__, "kernel": os.uname().release, "arch": os.uname().machine,
+                "containers": len(self.state.ids())}
+
+
+def _iso(ts: float | None) -> str:
+    if not ts:
+        return "0001-01-01T00:00:00Z"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e9):09d}Z"

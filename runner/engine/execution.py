@@ -1,0 +1,86 @@
+"""``runner exec``: a new process inside a running container, attached to the caller's stdio.
+
+The runtime does the entering (setns, cgroup, capabilities); this module only wires stdio. Without a
+terminal the process writes straight into the caller's fds. With one, a pty is made here and a thread pumps
+it, because the caller (the CLI natively, the agent in the guest) may hand us pipes rather than a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+
+from runner.backends.base import Stdio, TermSize
+from runner.engine import logs
+from runner.engine.shim import exit_code_of, set_winsize
+from runner.engine.state import ContainerRecord
+from runner.spec import ExecSpec
+
+
+class ExecProcess:
+    def __init__(self, cid: str, pid: int, master: int | None, pump: threading.Thread | None):
+        self.container_id = cid
+        self.pid = pid
+        self._master = master
+        self._pump = pump
+        self._code: int | None = None
+
+    def wait(self) -> int:
+        if self._code is None:
+            _, status = os.waitpid(self.pid, 0)
+            self._code = exit_code_of(status)
+            if self._pump is not None:
+                self._pump.join()
+            if self._master is not None:
+                os.close(self._master)
+                self._master = None
+        return self._code
+
+    def resize(self, size: TermSize) -> None:
+        if self._master is not None:
+            with contextlib.suppress(OSError):
+                set_winsize(self._master, size)
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+
+def start_exec(engine, rec: ContainerRecord, spec: ExecSpec, stdio: Stdio, size: TermSize | None) -> ExecProcess:
+    from runner.engine.runtime import oci
+    bundle = engine.bundle_dir(rec.id)
+    with open(os.path.join(bundle, "config.json")) as f:
+        config = json.load(f)
+    # The container's own /etc/passwd, seen through its PID 1's root: names resolve as they do inside.
+    user = spec.user
+    if user is not None:
+        uid, gid, gids = oci.resolve_user(user, f"/proc/{rec.pid}/root")
+    else:
+        u = config["process"]["user"]
+        uid, gid, gids = u["uid"], u["gid"], u.get("additionalGids", [])
+    process = oci.exec_process(spec, config, uid, gid, gids)
+    devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if spec.tty:
+            master, slave = os.openpty()
+            os.set_inheritable(master, False)
+            set_winsize(master, size)
+            try:
+                pid = engine.runtime.exec(bundle, rec.id, rec.pid, process, (slave, slave, slave))
+            except BaseException:
+                os.close(master)
+                raise
+            finally:
+                os.close(slave)
+            stdin = (stdio.stdin, master) if spec.interactive and stdio.stdin is not None else None
+            pump = threading.Thread(target=logs.relay, args=({master: logs.STDOUT}, None,
+                                                             {logs.STDOUT: stdio.stdout}, stdin), daemon=True)
+            pump.start()
+            return ExecProcess(rec.id, pid, master, pump)
+        cin = stdio.stdin if spec.interactive and stdio.stdin is not None else devnull
+        pid = engine.runtime.exec(bundle, rec.id, rec.pid, process, (cin, stdio.stdout, stdio.stderr))
+        return ExecProcess(rec.id, pid, None, None)
+    finally:
+        os.close(devnull)

@@ -1,0 +1,237 @@
+"""The shim: one small process per running container that owns it from start to exit.
+
+Why a shim (containerd and conmon have one too): somebody must be the container's parent to learn its real
+exit status, keep its output flowing into the log and clean up, even when the CLI that started it has
+exited (``-d``) or been killed. The shim is forked from the caller (no new interpreter: fork is cheap, a
+Python start is not, least of all in a TCG guest) and lives in its own session, so a Ctrl-C typed at the
+terminal never reaches it; the CLI forwards signals deliberately instead.
+
+Sequence (caller = CLI process natively, the agent in the guest)::
+
+    caller                                shim                                   container
+    ──────                                ────                                   ─────────
+    pipe(sync), [openpty]
+    fork ───────────────────────────────► setsid, [fork again if detached]
+                                          unshare(NEWNS), / rprivate
+                                          mount overlay on bundle/rootfs
+                                          write config.json (user resolved)
+                                          runtime.start(bundle) ─── fork ──────► namespaces, pivot_root,
+                                                                                 caps, exec workload
+                                          record: running, pid
+    read sync ◄──── {"started": pid} ──── relay output → log (+ caller fds)
+    [wait: read sync]                     waitpid → exit code, OOM?, runtime.delete
+                                          record: exited  [--rm: remove dir]
+    exit code ◄──── {"exited": code} ──── _exit
+
+The overlay is mounted inside the shim's private mount namespace: the host's mount table never sees it and
+it disappears by itself when the shim and the container are gone, even after a SIGKILL, so a killed shim
+cannot leak a mount.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import struct
+import termios
+import traceback
+
+from runner.backends.base import Stdio, TermSize
+from runner.engine import logs
+from runner.engine.state import EXITED, RUNNING, now, proc_start_time
+from runner.errors import ContainerStartError, RunnerError
+
+
+def set_winsize(fd: int, size: TermSize | None) -> None:
+    if size is not None:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.rows, size.cols, 0, 0))
+
+
+def exit_code_of(status: int) -> int:
+    """Docker's convention: the exit code, or 128 + signal number when killed by a signal."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
+
+
+class ContainerProcess:
+    """The caller's handle on an attached container: wait for it, resize its terminal, signal it."""
+
+    def __init__(self, engine, container_id: str, sync_fd: int, shim_pid: int, pid: int, master: int | None):
+        self.engine = engine
+        self.container_id = container_id
+        self._sync = os.fdopen(sync_fd, "rb")
+        self._shim_pid = shim_pid
+        self.pid = pid
+        self._master = master
+        self._code: int | None = None
+
+    def wait(self) -> int:
+        if self._code is None:
+            msg = _read_msg(self._sync)
+            self._sync.close()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._shim_pid, 0)
+            if self._master is not None:
+                os.close(self._master)
+                self._master = None
+            if msg and "exited" in msg:
+                self._code = int(msg["exited"])
+            else:  # the shim died: the record, reconciled, says what is known
+                self._code = self.engine.wait(self.container_id)
+        return self._code
+
+    def resize(self, size: TermSize) -> None:
+        if self._master is not None:
+            with contextlib.suppress(OSError):
+                set_winsize(self._master, size)
+
+    def signal(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signum)
+
+
+def _read_msg(f) -> dict | None:
+    line = f.readline()
+    if not line:
+        return None
+    return json.loads(line)
+
+
+def _send(fd: int, msg: dict) -> None:
+    with contextlib.suppress(OSError):
+        logs.write_all(fd, json.dumps(msg).encode() + b"\n")
+
+
+def launch(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty: bool) -> ContainerProcess | None:
+    """Fork the shim for container ``cid``; return once the workload runs (or raise its start error).
+
+    Attached (``stdio`` given) returns a :class:`ContainerProcess`; detached returns None and the shim is
+    re-parented to init, so the caller never has to reap it.
+    """
+    sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+    master = slave = None
+    if tty:
+        master, slave = os.openpty()
+        os.set_inheritable(master, False)
+        set_winsize(master, size)
+    pid = os.fork()
+    if pid == 0:  # ---- child: becomes the shim (or the intermediate when detaching)
+        code = 125
+        try:
+            os.close(sync_r)
+            os.setsid()
+            if stdio is None and os.fork() != 0:
+                os._exit(0)  # the intermediate: lets the shim be adopted by init
+            code = _shim_main(engine, cid, stdio, sync_w, master, slave)
+        except BaseException:  # never let an exception unwind into the caller's code in this child
+            with contextlib.suppress(BaseException):
+                _send(sync_w, {"error": {"message": "shim failed: " + traceback.format_exc(limit=3)}})
+        finally:
+            os._exit(code)
+    # ---- parent
+    os.close(sync_w)
+    if slave is not None:
+        os.close(slave)
+    if stdio is None:
+        os.waitpid(pid, 0)  # reap the intermediate right away
+    sync = os.fdopen(sync_r, "rb", closefd=False)
+    msg = _read_msg(sync)
+    sync.close()
+    if not msg or "started" not in msg:
+        if stdio is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        os.close(sync_r)
+        if master is not None:
+            os.close(master)
+        err = (msg or {}).get("error") or {"message": "the container's shim exited before starting it"}
+        raise RunnerError.from_dict(err)
+    if stdio is None:
+        os.close(sync_r)
+        return None
+    return ContainerProcess(engine, cid, sync_r, pid, int(msg["started"]), master)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    """Close every fd the caller had open (the agent's sockets, the CLI's files) except ``keep``."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _shim_main(engine, cid: str, stdio: Stdio | None, sync_w: int, master: int | None, slave: int | None) -> int:
+    # Signal dispositions the caller installed (Ctrl-C forwarding, SIGWINCH) must not run in the shim.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    keep = {sync_w} | {fd for fd in (master, slave) if fd is not None}
+    if stdio is not None:
+        keep |= {fd for fd in (stdio.stdin, stdio.stdout, stdio.stderr) if fd is not None}
+    _close_fds_except(keep)
+    devnull = os.open("/dev/null", os.O_RDWR)
+    if stdio is None:
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)  # a detached shim must not hold the caller's pipes or terminal open
+    store = engine.state
+    rec = store.load(cid)
+    runtime = engine.runtime
+    bundle = engine.bundle_dir(cid)
+    started = False
+    try:
+        engine.prepare_rootfs(rec)  # private mount namespace + overlay + config.json
+        container_fds: list[int] = []
+        if slave is not None:
+            cstdio = (slave, slave, slave)
+            sources = {master: logs.STDOUT}
+            pump_stdin = (stdio.stdin, master) if stdio is not None and stdio.stdin is not None else None
+        else:
+            out_r, out_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            cin = stdio.stdin if stdio is not None and stdio.stdin is not None else devnull
+            cstdio = (cin, out_w, err_w)
+            container_fds = [out_w, err_w]
+            sources = {out_r: logs.STDOUT, err_r: logs.STDERR}
+            pump_stdin = None
+        pid = runtime.start(bundle, cid, cstdio)
+        started = True
+        for fd in container_fds + ([slave] if slave is not None else []):
+            os.close(fd)  # only the container holds the write ends now: EOF arrives when it exits
+        with store.update(cid) as rec:
+            rec.status, rec.pid, rec.pid_start = RUNNING, pid, proc_start_time(pid)
+            rec.shim_pid, rec.shim_start = os.getpid(), proc_start_time(os.getpid())
+            rec.started_at, rec.exit_code, rec.oom_killed, rec.error = now(), None, False, ""
+            rec.finished_at = None
+        _send(sync_w, {"started": pid})
+        log = logs.LogWriter(engine.log_path(cid))
+        sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr} if stdio is not None else {}
+        logs.relay(sources, log, sinks, pump_stdin)
+        log.close()
+        _, status = os.waitpid(pid, 0)
+        code = exit_code_of(status)
+        oom = runtime.oom_killed(bundle, cid)
+    except RunnerError as exc:
+        if started:
+            raise
+        _send(sync_w, {"error": exc.to_dict()})
+        runtime.delete(bundle, cid)
+        return 125
+    except OSError as exc:
+        if started:
+            raise
+        _send(sync_w, {"error": ContainerStartError(f"cannot start container: {exc}").to_dict()})
+        runtime.delete(bundle, cid)
+        return 125
+    runtime.delete(bundle, cid)
+    engine.release_rootfs(cid)
+    with store.update(cid) as rec:
+        rec.status, rec.exit_code, rec.oom_killed, rec.finished_at = EXITED, code, oom, now()
+        auto_remove = bool(rec.spec.get("auto_remove"))
+    if auto_remove:
+        engine.remove_container_files(cid)
+    _send(sync_w, {"exited": code})
+    return code

@@ -1,0 +1,511 @@
+"""The local image store: content-addressed blobs, a name index and unpacked layer directories.
+
+Layout below the root the engine gives (``<state_root>/images``)::
+
+    blobs/sha256/<hex>    manifests, configs and layers, each file named by the sha256 of its bytes
+    index.json            {"names": {full name: manifest digest}, "digests": {repo@digest: manifest digest},
+                           "images": {manifest digest: {"id": config digest, "added": time}}}
+    index.lock            flock'ed around every read-modify-write of index.json
+    l/<hex12>/d           a layer unpacked for overlayfs (``l/<hex12>/diff_id`` says which one)
+    tmp/                  downloads and unpacks in progress (same filesystem, so renames are atomic)
+
+Why this shape: a blob becomes visible only by an atomic rename after its digest and size were checked,
+so an interrupted or tampered download can never look like valid content; the index is replaced
+atomically (temp, fsync, rename) under a lock, so concurrent CLI calls and killed processes never leave a
+half-written index; unpacked layers are shared between images by diff_id and kept under short paths
+because overlayfs takes all its lowerdirs in one page of mount options. An image is a manifest digest;
+its ID is the config digest, as in Docker. Standard library only: this runs in the VM guest too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Iterator
+
+from runner.errors import Conflict, ImageError, NotFound, UsageError
+from runner.images import layers as layers_mod
+from runner.images.digest import sha256_digest, validate_digest
+from runner.images.reference import Reference
+
+__all__ = ["Store", "Image", "Layer", "validate_digest"]
+
+MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+MEDIA_OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+MEDIA_OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+MEDIA_OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+MEDIA_OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+MEDIA_DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+MEDIA_DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+MEDIA_DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+MEDIA_DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+MEDIA_DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+MANIFEST_TYPES = (MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST)
+INDEX_TYPES = (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST)
+LAYER_TYPES = (MEDIA_OCI_LAYER, MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_LAYER_ZSTD, MEDIA_DOCKER_LAYER,
+               MEDIA_DOCKER_LAYER_GZIP, "application/vnd.oci.image.layer.nondistributable.v1.tar",
+               "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+               "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
+
+MAX_METADATA = 8 << 20  # manifests and configs are small; refuse to parse anything bigger
+_CHUNK = 1 << 20
+_SHORT_LEN = 12
+_ID_PREFIX_RE = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
+_NOT_FOUND_HINT = "pull it with 'runner pull NAME' or load it with 'runner load -i FILE'"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of an image: its blob (as stored, maybe compressed) and the digest of its plain tar."""
+
+    digest: str
+    size: int
+    media_type: str
+    diff_id: str
+
+
+@dataclass
+class Image:
+    """An image in the store. ``id`` is the config digest (Docker's image ID); ``names`` are full names."""
+
+    id: str
+    names: list[str]
+    manifest_digest: str
+    media_type: str
+    config: dict
+    layers: list[Layer]
+    size: int
+    created: str | None
+    annotations: dict = field(default_factory=dict)
+    repo_digests: list[str] = field(default_factory=list)
+
+    @property
+    def short_id(self) -> str:
+        """The 12 hex digits Docker shows."""
+        return self.id.split(":", 1)[1][:_SHORT_LEN]
+
+    @property
+    def repo_tags(self) -> list[str]:
+        """Names in the short form Docker shows (``busybox:latest``)."""
+        return [Reference.parse(n).familiar for n in self.names]
+
+
+class Store:
+    """A content-addressed image store below ``root``; ``in_use(image_id)`` says a container needs it."""
+
+    validate_digest = staticmethod(validate_digest)
+
+    def __init__(self, root: str, in_use: Callable[[str], bool] | None = None):
+        self.root = os.path.abspath(root)
+        self.in_use = in_use
+        self.layers_root = os.path.join(self.root, "l")
+        self._blobs = os.path.join(self.root, "blobs", "sha256")
+        self._tmp = os.path.join(self.root, "tmp")
+        self._index = os.path.join(self.root, "index.json")
+        for path in (self._blobs, self._tmp, self.layers_root):
+            os.makedirs(path, exist_ok=True)
+
+    # -- blobs -----------------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> str:
+        """Where the blob ``digest`` lives (validated first, so the path stays inside the store)."""
+        return os.path.join(self._blobs, validate_digest(digest)[len("sha256:"):])
+
+    def has_blob(self, digest: str) -> bool:
+        return os.path.isfile(self.blob_path(digest))
+
+    def open_blob(self, digest: str) -> BinaryIO:
+        """Open a blob for reading; NotFound when the store lacks it."""
+        try:
+            return open(self.blob_path(digest), "rb")
+        except FileNotFoundError:
+            raise NotFound(f"blob {digest} is not in the image store") from None
+
+    def ingest(self, fileobj: BinaryIO, expected_digest: str | None = None,
+               expected_size: int | None = None) -> tuple[str, int]:
+        """Stream ``fileobj`` into the store; return (digest, size).
+
+        The bytes go to a temp file in the store while being hashed; a size or digest different from the
+        expected one raises ImageError and leaves the store unchanged. Only then is the file fsynced and
+        renamed into place.
+        """
+        digest, size, _ = self.ingest_new(fileobj, expected_digest, expected_size)
+        return digest, size
+
+    def ingest_new(self, fileobj: BinaryIO, expected_digest: str | None,
+                expected_size: int | None) -> tuple[str, int, bool]:
+        """:meth:`ingest`, also telling whether the blob is new (so a caller can discard what it brought in)."""
+        if expected_digest is not None:
+            validate_digest(expected_digest)
+        reader = layers_mod.HashingReader(fileobj)
+        fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self._tmp)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while True:
+                    chunk = reader.read(_CHUNK)
+                    if not chunk:
+                        break
+                    if expected_size is not None and reader.size > expected_size:
+                        raise ImageError(f"blob {expected_digest or 'download'} is larger than the expected "
+                                         f"{expected_size} bytes")
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            digest, size = reader.digest, reader.size
+            if expected_size is not None and size != expected_size:
+                raise ImageError(f"blob {digest} has {size} bytes, expected {expected_size}")
+            if expected_digest is not None and digest != expected_digest:
+                raise ImageError(f"blob content does not match its digest: expected {expected_digest}, got {digest}")
+            path = self.blob_path(digest)
+            if os.path.isfile(path):
+                os.unlink(tmp)
+                return digest, size, False
+            os.chmod(tmp, 0o644)
+            os.rename(tmp, path)
+            _fsync_dir(self._blobs)
+            return digest, size, True
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store ``data`` as a blob; return its digest."""
+        return self.ingest(io.BytesIO(data), sha256_digest(data), len(data))[0]
+
+    def read_json(self, digest: str) -> dict:
+        """A small JSON blob (manifest, config, index) parsed into a dict; ImageError if it is not one."""
+        with self.open_blob(digest) as f:
+            data = f.read(MAX_METADATA + 1)
+        if len(data) > MAX_METADATA:
+            raise ImageError(f"blob {digest} is too large to be a manifest or config")
+        try:
+            value = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ImageError(f"blob {digest} is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise ImageError(f"blob {digest} is not a JSON object")
+        return value
+
+    # -- the index -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict]:
+        """Hold the index lock and yield the index; it is written back atomically on a normal exit."""
+        fd = os.open(os.path.join(self.root, "index.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            index = self._read_index()
+            before = json.dumps(index, sort_keys=True)
+            yield index
+            if json.dumps(index, sort_keys=True) != before:
+                _write_atomic(self._index, json.dumps(index, indent=1, sort_keys=True).encode() + b"\n")
+        finally:
+            os.close(fd)
+
+    def _read_index(self) -> dict:
+        """The index as last written (readers need no lock: it is only ever replaced by rename)."""
+        try:
+            with open(self._index, "rb") as f:
+                index = json.load(f)
+        except FileNotFoundError:
+            index = {}
+        except ValueError as exc:
+            raise ImageError(f"image index {self._index} is corrupt: {exc}") from None
+        for key in ("names", "digests", "images"):
+            index.setdefault(key, {})
+        return index
+
+    # -- images ----------------------------------------------------------------------------------
+    def add(self, name: str | None, manifest_digest: str) -> Image:
+        """Record the image whose manifest (and all its blobs) is in the store, under ``name`` if given.
+
+        A name with a digest (``repo@sha256:...``, e.g. pulled by the digest of a multi-platform index)
+        is remembered as a repo digest, so that name resolves to this image later; a name moved to another
+        image leaves the old one untagged, as Docker does.
+        """
+        ref = Reference.parse(name) if name else None
+        with self._locked() as index:  # checked under the lock, so a concurrent remove cannot delete a blob
+            image = self._build(manifest_digest, [])
+            for layer in image.layers:
+                if not self.has_blob(layer.digest):
+                    raise ImageError(f"layer {layer.digest} of image {manifest_digest} is missing from the store")
+            index["images"].setdefault(manifest_digest, {"id": image.id, "added": time.time()})
+            if ref is not None and ref.tag is not None:
+                index["names"][ref.with_tag(ref.tag).name] = manifest_digest
+            if ref is not None and ref.digest is not None:
+                index["digests"][f"{ref.base}@{ref.digest}"] = manifest_digest
+            return self._named(index, manifest_digest, image)
+
+    def tag(self, src: str, dst: str) -> Image:
+        """Give the image ``src`` resolves to the additional name ``dst``."""
+        ref = Reference.parse(dst)
+        if ref.digest:
+            raise UsageError(f"cannot tag with a digest: {dst}", hint="use NAME[:TAG]")
+        return self.add(ref.name, self.resolve(src).manifest_digest)
+
+    def resolve(self, ref: str) -> Image:
+        """The image a user means by ``ref``: a name, ``name@sha256:...`` or an image ID (prefix ≥ 12 hex)."""
+        index = self._read_index()
+        return self._named(index, _find(index, ref))
+
+    def list(self) -> list[Image]:
+        """All images, newest first."""
+        index = self._read_index()
+        order = sorted(index["images"].items(), key=lambda kv: kv[1].get("added", 0), reverse=True)
+        return [self._named(index, digest) for digest, _ in order]
+
+    def remove(self, ref: str, force: bool = False) -> list[str]:
+        """Untag ``ref`` and delete the image once no name is left; return Docker-style report lines.
+
+        Removing by ID an image with several names, or an image a container uses, raises Conflict unless
+        ``force``; forced removal of an image in use only untags it (its layers stay for the container).
+        Blobs and unpacked layers that no remaining image references are deleted.
+        """
+        with self._locked() as index:
+            digest = _find(index, ref)
+            entry = index["images"][digest]
+            names = _names_of(index, digest)
+            by_name = _name_in(ref, names)
+            if by_name and len(names) > 1:
+                del index["names"][by_name]
+                return [f"Untagged: {Reference.parse(by_name).familiar}"]
+            short = entry["id"].split(":", 1)[1][:_SHORT_LEN]
+            if not by_name and len(names) > 1 and not force:
+                raise Conflict(f"image {short} has several names: "
+                               f"{', '.join(Reference.parse(n).familiar for n in names)}",
+                               hint="remove the names one by one, or use --force")
+            used = self.in_use is not None and self.in_use(entry["id"])
+            if used and not force:
+                raise Conflict(f"image {ref} is used by a container", hint="remove the container first, or use --force")
+            report = []
+            for name in names:
+                del index["names"][name]
+                report.append(f"Untagged: {Reference.parse(name).familiar}")
+            if used:
+                return report
+            image = self._build(digest, [], entry)
+            del index["images"][digest]
+            index["digests"] = {k: v for k, v in index["digests"].items() if v != digest}
+            report.append(f"Deleted: {image.id}")
+        with self._locked() as index:  # once the index no longer names the image, delete what it alone used
+            self._collect(index, [digest, image.id] + [layer.digest for layer in image.layers],
+                          [layer.diff_id for layer in image.layers])
+        return report
+
+    def discard_unreferenced(self, digests: list[str]) -> None:
+        """Delete those of ``digests`` that no image references (leftovers of a load that was refused)."""
+        with self._locked() as index:
+            self._collect(index, digests, [])
+
+    def _collect(self, index: dict, digests: list[str], diff_ids: list[str]) -> None:
+        """Delete candidate blobs and layer dirs that no image in ``index`` references; lock held."""
+        blobs, unpacked = set(), set()
+        for digest, entry in index["images"].items():
+            with contextlib.suppress(ImageError, NotFound):
+                image = self._build(digest, [], entry)
+                blobs.update([digest, image.id], (layer.digest for layer in image.layers))
+                unpacked.update(layer.diff_id for layer in image.layers)
+        for digest in set(digests) - blobs:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.blob_path(digest))
+        for diff_id in set(diff_ids) - unpacked:
+            path = self._find_layer_dir(diff_id)
+            if path is not None:
+                gone = tempfile.mkdtemp(prefix="rm-", dir=self._tmp)
+                os.rename(path, os.path.join(gone, "x"))  # vanish atomically, then delete at leisure
+                _rmtree(gone)
+
+    def _named(self, index: dict, digest: str, image: Image | None = None) -> Image:
+        """The image ``digest`` with its names and repo digests from ``index``."""
+        image = image or self._build(digest, [], index["images"][digest])
+        image.names = _names_of(index, digest)
+        image.repo_digests = sorted(k for k, v in index["digests"].items() if v == digest)
+        return image
+
+    def _build(self, digest: str, names: list[str], entry: dict | None = None) -> Image:
+        """Read and check the manifest ``digest`` and its config into an :class:`Image`."""
+        manifest = self.read_json(validate_digest(digest))
+        media_type = manifest.get("mediaType") or MEDIA_OCI_MANIFEST
+        if media_type in INDEX_TYPES or "manifests" in manifest:
+            raise ImageError(f"{digest} is an image index, not an image manifest",
+                             hint="pick the manifest for one platform")
+        if media_type not in MANIFEST_TYPES or manifest.get("schemaVersion") != 2:
+            raise ImageError(f"manifest {digest} has unsupported media type {media_type!r}")
+        try:
+            config_digest = validate_digest(manifest["config"]["digest"])
+            descriptors = list(manifest["layers"])
+        except (KeyError, TypeError):
+            raise ImageError(f"manifest {digest} lacks a config or layers") from None
+        config = self.read_json(config_digest)
+        diff_ids = (config.get("rootfs") or {}).get("diff_ids")
+        if not isinstance(diff_ids, list) or len(diff_ids) != len(descriptors):
+            raise ImageError(f"image config {config_digest} lists {len(diff_ids or [])} diff_ids for "
+                             f"{len(descriptors)} layers")
+        image_layers = []
+        for desc, diff_id in zip(descriptors, diff_ids):
+            layer_type = desc.get("mediaType") if isinstance(desc, dict) else None
+            if layer_type not in LAYER_TYPES:
+                raise ImageError(f"manifest {digest} has a layer of unsupported media type {layer_type!r}")
+            size = desc.get("size")
+            if not isinstance(size, int) or size < 0:
+                raise ImageError(f"manifest {digest} has a layer without a valid size")
+            image_layers.append(Layer(validate_digest(desc.get("digest")), size, layer_type,
+                                      validate_digest(diff_id)))
+        if entry is not None and entry.get("id") not in (None, config_digest):
+            raise ImageError(f"image index entry for {digest} does not match its manifest")
+        return Image(id=config_digest, names=names, manifest_digest=digest, media_type=media_type, config=config,
+                     layers=image_layers, size=sum(layer.size for layer in image_layers),
+                     created=config.get("created"), annotations=dict(manifest.get("annotations") or {}))
+
+    # -- unpacked layers -------------------------------------------------------------------------
+    def layer_dirs(self, image: Image) -> list[str]:
+        """The image's layers unpacked for overlayfs, TOP-MOST FIRST (the order ``lowerdir=`` wants).
+
+        Each layer is unpacked once (shared by diff_id between images) into a temp dir, its diff_id
+        verified, and renamed into ``l/<first 12 hex>/d``; a prefix already used by another diff_id
+        moves to a longer prefix.
+        """
+        return [self._layer_dir(layer) for layer in reversed(image.layers)]
+
+    def _find_layer_dir(self, diff_id: str) -> str | None:
+        """The ``l/<prefix>`` directory holding ``diff_id``, or None."""
+        for path in self._layer_candidates(diff_id):
+            owner = _read_text(os.path.join(path, "diff_id"))
+            if owner == diff_id:
+                return path
+            if owner is None:
+                return None
+        return None
+
+    def _layer_candidates(self, diff_id: str) -> list[str]:
+        hex_ = validate_digest(diff_id)[len("sha256:"):]
+        return [os.path.join(self.layers_root, hex_[:n]) for n in (_SHORT_LEN, 16, 24, 32, 64)]
+
+    def _layer_dir(self, layer: Layer) -> str:
+        for _ in range(3):  # another process may be unpacking the same layer right now
+            for path in self._layer_candidates(layer.diff_id):
+                owner = _read_text(os.path.join(path, "diff_id"))
+                if owner == layer.diff_id:
+                    return os.path.join(path, "d")
+                if owner is None:
+                    if self._unpack_into(layer, path):
+                        return os.path.join(path, "d")
+                    break
+        raise ImageError(f"cannot unpack layer {layer.diff_id}: its directory keeps changing")
+
+    def _unpack_into(self, layer: Layer, path: str) -> bool:
+        """Unpack ``layer`` and rename it to ``path``; False if another process got there first."""
+        tmp = tempfile.mkdtemp(prefix="unpack-", dir=self._tmp)
+        try:
+            os.mkdir(os.path.join(tmp, "d"), 0o755)
+            with self.open_blob(layer.digest) as blob:
+                layers_mod.unpack(blob, os.path.join(tmp, "d"), expected_diff_id=layer.diff_id)
+            with open(os.path.join(tmp, "diff_id"), "w") as f:
+                f.write(layer.diff_id)
+            os.chmod(tmp, 0o755)
+            try:
+                os.rename(tmp, path)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    return False
+                raise
+            return True
+        finally:
+            if os.path.exists(tmp):
+                _rmtree(tmp)
+
+
+def _find(index: dict, ref: str) -> str:
+    """The manifest digest ``ref`` designates in ``index``: by name, by name@digest, then by image ID."""
+    text = ref.strip() if isinstance(ref, str) else ""
+    id_match = _ID_PREFIX_RE.fullmatch(text)
+    try:
+        parsed = Reference.parse(text)
+    except UsageError:
+        if not id_match:
+            raise
+        parsed = None
+    if parsed is not None:
+        if parsed.digest:
+            if parsed.digest in index["images"]:
+                return parsed.digest
+            if f"{parsed.base}@{parsed.digest}" in index["digests"]:
+                return index["digests"][f"{parsed.base}@{parsed.digest}"]
+        elif parsed.name in index["names"]:
+            return index["names"][parsed.name]
+    if id_match:
+        prefix = "sha256:" + id_match.group(1)
+        hits = {d: e for d, e in index["images"].items() if str(e.get("id", "")).startswith(prefix)}
+        if len({e["id"] for e in hits.values()}) > 1:
+            raise UsageError(f"image ID prefix {text} is ambiguous", hint="give more digits")
+        if hits:
+            return max(hits, key=lambda d: hits[d].get("added", 0))
+    raise NotFound(f"image {text} not found", hint=_NOT_FOUND_HINT)
+
+
+def _names_of(index: dict, digest: str) -> list[str]:
+    return sorted(n for n, d in index["names"].items() if d == digest)
+
+
+def _name_in(ref: str, names: list[str]) -> str | None:
+    """The full name ``ref`` spells if it is one of ``names`` (removal by name rather than by ID)."""
+    try:
+        parsed = Reference.parse(ref.strip())
+    except UsageError:
+        return None
+    return parsed.name if not parsed.digest and parsed.name in names else None
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so a reader sees the old or the new content, never a mix."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(os.path.dirname(path))
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rmtree(path: str) -> None:
+    """Remove a tree; without root, first make its directories writable (unpacked layers have read-only ones)."""
+    if os.geteuid() != 0:
+        os.chmod(path, stat.S_IRWXU)
+        for top, dirs, _ in os.walk(path):
+            for name in dirs:
+                sub = os.path.join(top, name)
+                if not os.path.islink(sub):
+                    os.chmod(sub, stat.S_IRWXU)
+    shutil.rmtree(path)

@@ -1,0 +1,243 @@
+"""What the user asked for, as plain data: the contract between CLI, backends and engine.
+
+These dataclasses are built by the CLI from flags, travel unchanged to the agent in the VM as JSON
+(``to_dict``/``from_dict``) and are checked by ``validate()`` on the engine side too, because the agent must
+not trust what arrives over the wire. ``validate()`` collects every problem before raising, so a user fixes
+all of them in one go. Standard library only: this module runs inside the guest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from runner.errors import UsageError
+
+_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+_HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$")
+_ENV_KEY_RE = re.compile(r"^[^=\0]+$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+NETWORK_MODES = ("none", "host", "bridge")
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """Docker-style byte sizes: ``32m``, ``1g``, ``512k``, ``1024`` (bytes)."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise UsageError(f"invalid {what} {text!r}", hint="use a number with an optional unit: b, k, m, g (e.g. 64m)")
+    value = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    if value <= 0:
+        raise UsageError(f"invalid {what} {text!r}: must be greater than zero")
+    return value
+
+
+@dataclass
+class Mount:
+    """A bind mount of a host path into the container (``-v SRC:DST[:ro]``)."""
+
+    source: str
+    target: str
+    readonly: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "Mount":
+        parts = text.split(":")
+        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+            raise UsageError(f"invalid volume spec {text!r}", hint="use -v /host/path:/container/path[:ro|rw]")
+        mode = parts[2] if len(parts) == 3 else "rw"
+        if mode not in ("ro", "rw"):
+            raise UsageError(f"invalid volume mode {mode!r} in {text!r}", hint="the mode is ro or rw")
+        if not parts[0].startswith("/"):
+            raise UsageError(f"invalid volume source {parts[0]!r}: named volumes are not supported",
+                             hint="give an absolute host path, e.g. -v $PWD/data:/data")
+        return cls(parts[0], parts[1], mode == "ro")
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.source.startswith("/"):
+            out.append(f"mount source {self.source!r} is not an absolute path")
+        if not self.target.startswith("/") or "\0" in self.target:
+            out.append(f"mount target {self.target!r} is not an absolute path")
+        elif ".." in self.target.split("/"):
+            out.append(f"mount target {self.target!r} must not contain '..'")
+        return out
+
+
+@dataclass
+class PortMapping:
+    """A published port (``-p [ip:]host:container[/proto]``); host port 0 means pick a free one."""
+
+    container_port: int
+    host_port: int = 0
+    host_ip: str = "127.0.0.1"
+    protocol: str = "tcp"
+
+    @classmethod
+    def parse(cls, text: str) -> "PortMapping":
+        spec, _, proto = text.partition("/")
+        proto = proto or "tcp"
+        parts = spec.rsplit(":", 2)
+        try:
+            if len(parts) == 1:
+                mapping = cls(int(parts[0]), 0, protocol=proto)
+            elif len(parts) == 2:
+                mapping = cls(int(parts[1]), int(parts[0]) if parts[0] else 0, protocol=proto)
+            else:
+                ip = parts[0].strip("[]") or "127.0.0.1"
+                mapping = cls(int(parts[2]), int(parts[1]) if parts[1] else 0, ip, proto)
+        except ValueError:
+            raise UsageError(f"invalid port spec {text!r}",
+                             hint="use -p [ip:]hostPort:containerPort[/tcp|udp] or -p containerPort") from None
+        problems = mapping.problems()
+        if problems:
+            raise UsageError(f"invalid port spec {text!r}: {problems[0]}")
+        return mapping
+
+    def problems(self) -> list[str]:
+        out = []
+        if not 1 <= self.container_port <= 65535:
+            out.append(f"container port {self.container_port} out of range 1-65535")
+        if not 0 <= self.host_port <= 65535:
+            out.append(f"host port {self.host_port} out of range 0-65535")
+        if self.protocol not in ("tcp", "udp"):
+            out.append(f"protocol {self.protocol!r} is not tcp or udp")
+        try:
+            ipaddress.ip_address(self.host_ip)
+        except ValueError:
+            out.append(f"host address {self.host_ip!r} is not an IP address")
+        return out
+
+
+@dataclass
+class Limits:
+    """Resource limits: memory in bytes, CPUs as a fraction of cores, max number of tasks; None = unlimited."""
+
+    memory: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.memory is not None and self.memory < 6 * 1024 * 1024:
+            out.append(f"memory limit {self.memory} bytes is below the minimum of 6m")
+        if self.cpus is not None and not 0.01 <= self.cpus <= 1024:
+            out.append(f"--cpus {self.cpus} is out of range (0.01 to the number of CPUs)")
+        if self.pids is not None and self.pids <= 0:
+            out.append(f"pids limit {self.pids} must be positive")
+        return out
+
+
+@dataclass
+class ContainerSpec:
+    """Everything needed to create a container. ``command``/``entrypoint`` None means: the image's."""
+
+    image: str
+    command: list[str] | None = None
+    entrypoint: list[str] | None = None
+    env: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    name: str | None = None
+    hostname: str | None = None
+    tty: bool = False
+    interactive: bool = False
+    mounts: list[Mount] = field(default_factory=list)
+    ports: list[PortMapping] = field(default_factory=list)
+    publish_all: bool = False
+    network: str = "none"
+    limits: Limits = field(default_factory=Limits)
+    read_only: bool = False
+    auto_remove: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ContainerSpec":
+        if not isinstance(data, dict):
+            raise UsageError("container spec must be an object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise UsageError(f"unknown container spec fields: {', '.join(sorted(unknown))}")
+        values = dict(data)
+        try:
+            values["mounts"] = [Mount(**m) for m in values.get("mounts", [])]
+            values["ports"] = [PortMapping(**p) for p in values.get("ports", [])]
+            values["limits"] = Limits(**values.get("limits", {}))
+            spec = cls(**values)
+        except TypeError as exc:
+            raise UsageError(f"malformed container spec: {exc}") from None
+        return spec
+
+    def validate(self) -> "ContainerSpec":
+        """Raise one UsageError listing every problem; return self so calls can chain."""
+        problems: list[str] = []
+        if not isinstance(self.image, str) or not self.image:
+            problems.append("an image is required")
+        for label, value in (("command", self.command), ("entrypoint", self.entrypoint)):
+            if value is not None and (not isinstance(value, list) or not all(isinstance(a, str) for a in value)):
+                problems.append(f"{label} must be a list of strings")
+        if any("\0" in a for a in (self.command or []) + (self.entrypoint or [])):
+            problems.append("command arguments must not contain NUL bytes")
+        for item in self.env:
+            key = str(item).split("=", 1)[0]
+            if not _ENV_KEY_RE.match(key) or "\0" in str(item):
+                problems.append(f"invalid environment variable {item!r}")
+        if self.workdir is not None and not self.workdir.startswith("/"):
+            problems.append(f"working directory {self.workdir!r} is not an absolute path")
+        if self.name is not None and not _NAME_RE.match(self.name):
+            problems.append(f"invalid container name {self.name!r}: use letters, digits, '_', '.', '-'")
+        if self.hostname is not None and not _HOSTNAME_RE.match(self.hostname):
+            problems.append(f"invalid hostname {self.hostname!r}")
+        if self.user is not None and not re.match(r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$", self.user):
+            problems.append(f"invalid user {self.user!r}: use uid[:gid] or name[:group]")
+        if self.network not in NETWORK_MODES:
+            problems.append(f"unknown network mode {self.network!r}: use {', '.join(NETWORK_MODES)}")
+        for m in self.mounts:
+            problems.extend(m.problems())
+        for p in self.ports:
+            problems.extend(p.problems())
+        problems.extend(self.limits.problems())
+        if problems:
+            raise UsageError("; ".join(problems))
+        return self
+
+
+@dataclass
+class ExecSpec:
+    """A process to start in a running container (``runner exec``)."""
+
+    command: list[str]
+    env: list[str] = field(default_factory=list)
+    workdir: str | None = None
+    user: str | None = None
+    tty: bool = False
+    interactive: bool = False
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ExecSpec":
+        try:
+            return cls(**data).validate()
+        except TypeError as exc:
+            raise UsageError(f"malformed exec spec: {exc}") from None
+
+    def validate(self) -> "ExecSpec":
+        problems = []
+        if not self.command or not all(isinstance(a, str) and "\0" not in a for a in self.command):
+            problems.append("exec needs a command")
+        if self.workdir is not None and not self.workdir.startswith("/"):
+            problems.append(f"working directory {self.workdir!r} is not an absolute path")
+        for item in self.env:
+            if not _ENV_KEY_RE.match(str(item).split("=", 1)[0]):
+                problems.append(f"invalid environment variable {item!r}")
+        if problems:
+            raise UsageError("; ".join(problems))
+        return self

@@ -1,0 +1,1 @@
+"""The VM backend host side: QEMU, QMP, SSH, machine state, guest artifacts."""

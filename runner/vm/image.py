@@ -1,0 +1,150 @@
+"""The guest image artifacts on the host: where they are cached, and proof that they are intact.
+
+A guest image is four files built by ``vmimage/`` (see vmimage/README.md for the guest contract)::
+
+    kernel          ELF vmlinux (x86_64, PVH boot) or arm64 Image, for QEMU -kernel
+    initrd.img      stage-1 initramfs (uncompressed newc); runner.vm.initrd appends the per-VM config to it
+    rootfs.ext4     read-only root disk, attached as virtio-blk with serial ``runner-root`` (readonly=on)
+    manifest.json   image_version, arch, kernel_version, cmdline, and file/size/sha256 of every artifact
+
+They live in ``<platformdirs user cache>/runner/vmimage/<IMAGE_VERSION>/<arch>/``. Every artifact's sha256
+is checked against the manifest before it is handed to QEMU, so a partial download or a flipped bit is
+found here, with a clear message, instead of as a guest that hangs or panics under TCG. The images are
+built on Linux only (mmdebstrap); macOS and Windows hosts take the artifacts published with each release.
+Stdlib only; platformdirs is imported lazily so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.errors import PlatformError, VMError
+
+# Bump when the guest contract (init, config.json keys, layout, package set) changes: it names the cache dir
+# and the release asset, so hosts never mix artifacts of two contracts.
+IMAGE_VERSION = "1"
+ARCHES = ("x86_64", "aarch64")
+CACHE_ENV = "RUNNER_VMIMAGE_DIR"
+ROLES = ("kernel", "initrd", "rootfs")
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """Verified paths of one arch's guest image, plus what the manifest says about booting it."""
+
+    arch: str
+    kernel: Path
+    initrd: Path
+    rootfs: Path | None
+    manifest: Path
+    kernel_version: str
+    cmdline: str
+
+
+def host_arch() -> str:
+    """The guest arch that runs natively on this host (QEMU's spelling)."""
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def cache_dir(arch: str) -> Path:
+    """``$RUNNER_VMIMAGE_DIR/<version>/<arch>`` if set, else platformdirs' user cache dir for runner."""
+    _check_arch(arch)
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        root = Path(override)
+    else:
+        import platformdirs  # lazy: only the VM backend needs it
+
+        root = Path(platformdirs.user_cache_dir("runner")) / "vmimage"
+    return root / IMAGE_VERSION / arch
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHES:
+        raise VMError(f"unknown guest arch {arch!r}", hint=f"use one of: {', '.join(ARCHES)}")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify(directory: str | os.PathLike, arch: str) -> Artifacts:
+    """Check the manifest and every artifact's size and sha256; raise VMError naming the first bad file."""
+    directory = Path(directory)
+    manifest_path = directory / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise VMError(f"no guest image in {directory} (manifest.json missing)") from None
+    except (OSError, ValueError) as e:
+        raise VMError(f"unreadable guest image manifest {manifest_path}: {e}") from None
+    if manifest.get("arch") != arch or str(manifest.get("image_version")) != IMAGE_VERSION:
+        raise VMError(f"{manifest_path} is for {manifest.get('arch')} image version "
+                      f"{manifest.get('image_version')}, expected {arch} version {IMAGE_VERSION}")
+    arts = manifest.get("artifacts", {})
+    paths: dict[str, Path | None] = {}
+    for role in ROLES:
+        entry = arts.get(role)
+        if entry is None:
+            if role == "rootfs":
+                paths[role] = None
+                continue
+            raise VMError(f"{manifest_path} lists no {role} artifact")
+        path = directory / entry["file"]
+        if not path.is_file():
+            raise VMError(f"guest image file {path} is missing")
+        if path.stat().st_size != entry["size"]:
+            raise VMError(f"guest image file {path} has {path.stat().st_size} bytes, manifest says "
+                          f"{entry['size']} (partial download or build?)")
+        if _sha256(path) != entry["sha256"]:
+            raise VMError(f"guest image file {path} is corrupt (sha256 does not match manifest.json)")
+        paths[role] = path
+    return Artifacts(arch=arch, kernel=paths["kernel"], initrd=paths["initrd"], rootfs=paths["rootfs"],
+                     manifest=manifest_path, kernel_version=manifest.get("kernel_version", ""),
+                     cmdline=manifest.get("cmdline", ""))
+
+
+def build(arch: str, out_dir: str | os.PathLike, force: bool = False) -> Artifacts:
+    """Build the image for ``arch`` into ``out_dir`` (Linux, root) and return the verified artifacts."""
+    _check_arch(arch)
+    if platform.system() != "Linux":
+        raise PlatformError("the guest image can only be built on Linux", hint=_DOWNLOAD_HINT)
+    from vmimage.build import BuildError, build as run_build  # the recipe ships beside runner/
+
+    try:
+        run_build(arch, out_dir, force=force)
+    except BuildError as e:
+        raise VMError(f"guest image build failed: {e}", hint="see vmimage/README.md for build requirements")
+    return verify(out_dir, arch)
+
+
+_DOWNLOAD_HINT = ("download runner-vmimage-<version>-<arch>.tar.zst from the runner release matching your "
+                  "runner version and unpack it into the directory named in the error (or set "
+                  f"{CACHE_ENV}); on Linux, `runner vm image build` builds it")
+
+
+def ensure(arch: str | None = None, build_if_missing: bool = True) -> Artifacts:
+    """Return verified artifacts for ``arch``; rebuild a missing or corrupt image on Linux if allowed.
+
+    Verification happens on every call, before QEMU is started: it costs a few hundred ms of hashing,
+    far less than debugging a guest booted from a truncated kernel.
+    """
+    arch = arch or host_arch()
+    directory = cache_dir(arch)
+    try:
+        return verify(directory, arch)
+    except VMError as problem:
+        if build_if_missing and platform.system() == "Linux":
+            return build(arch, directory, force=True)
+        raise VMError(f"{problem}", hint=_DOWNLOAD_HINT.replace("the directory named in the error",
+                                                                  str(directory))) from None

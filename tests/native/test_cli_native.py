@@ -1,0 +1,217 @@
+"""Native-only checks of the engine through the real CLI: isolation details, limits, leaks, concurrency,
+bad input. (Scenarios that must match the VM backend live in tests/contract.)"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.helpers import REPO, cli
+
+pytestmark = pytest.mark.root
+IMG = "localhost/busybox"
+
+
+def run(root, *args, **kw):
+    return cli(list(args), root=root, **kw)
+
+
+def text(p):
+    return p.stdout.decode()
+
+
+def host_mounts() -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return f.read().splitlines()
+
+
+def runner_cgroups() -> list[str]:
+    found = []
+    for base, dirs, _ in os.walk("/sys/fs/cgroup"):
+        if os.path.basename(base) == "runner":
+            found += [os.path.join(base, d) for d in dirs]
+            dirs.clear()
+    return found
+
+
+def test_host_processes_and_mounts_are_invisible(native_root):
+    p = run(native_root, "run", "--rm", IMG, "sh", "-c", "ls /proc | grep -c '^[0-9]'; cat /proc/self/mountinfo")
+    lines = text(p).splitlines()
+    assert int(lines[0]) <= 3  # sh, ls/grep — never the host's hundreds of processes
+    assert not any(REPO in ln or " /work" in ln for ln in lines[1:])
+    assert any(" / " in ln and "overlay" in ln for ln in lines[1:])
+
+
+def test_proc_sys_readonly_and_masked_paths(native_root):
+    p = run(native_root, "run", "--rm", IMG, "sh", "-c", "echo x > /proc/sys/kernel/domainname && echo WROTE")
+    assert "WROTE" not in text(p) and "Read-only file system" in p.stderr.decode()
+    masked = [f for f in ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug") if os.path.exists(f)]
+    assert masked, "the host has none of the masked /proc files"
+    script = "; ".join(f"echo {f}=$(cat {f} 2>/dev/null | wc -c)" for f in masked) + "; ls /sys/firmware | wc -l"
+    lines = text(run(native_root, "run", "--rm", IMG, "sh", "-c", script)).split()
+    assert lines == [f"{f}=0" for f in masked] + ["0"]
+
+
+def test_only_stdio_fds_are_open(native_root):
+    # "; true" keeps sh from exec-ing ls, whose own directory fd would show up as 3.
+    p = run(native_root, "run", "--rm", IMG, "sh", "-c", "ls /proc/$$/fd; true")
+    assert sorted(text(p).split()) == ["0", "1", "2"]
+
+
+def test_cpus_quota_is_in_the_container_cgroup(native_root):
+    cid = text(run(native_root, "run", "-d", "--cpus", "0.5", IMG, "sleep", "30")).strip()
+    try:
+        paths = [p for p in runner_cgroups() if p.endswith(cid)]
+        values = []
+        for path in paths:
+            for name in ("cpu.max", "cpu.cfs_quota_us"):
+                if os.path.exists(os.path.join(path, name)):
+                    values.append(open(os.path.join(path, name)).read().split()[0])
+        assert "50000" in values
+    finally:
+        run(native_root, "rm", "-f", cid)
+
+
+def test_bind_mounts_read_write_and_read_only(native_root, tmp_path):
+    (tmp_path / "in.txt").write_text("from host\n")
+    p = run(native_root, "run", "--rm", "-v", f"{tmp_path}:/data", IMG, "sh", "-c",
+            "cat /data/in.txt; echo from container > /data/out.txt")
+    assert text(p) == "from host\n"
+    assert (tmp_path / "out.txt").read_text() == "from container\n"
+    p = run(native_root, "run", "--rm", "-v", f"{tmp_path}:/data:ro", IMG, "sh", "-c", "echo x > /data/nope")
+    assert p.returncode != 0
+    assert not (tmp_path / "nope").exists()
+
+
+def test_read_only_rootfs(native_root):
+    p = run(native_root, "run", "--rm", "--read-only", IMG, "sh", "-c", "touch /x && echo WROTE")
+    assert "WROTE" not in text(p)
+
+
+def test_user_by_name_from_image_passwd(native_root):
+    p = run(native_root, "run", "--rm", "-u", "nobody", IMG, "id", "-u")
+    assert text(p).strip() == "65534"
+    p = run(native_root, "run", "--rm", "-u", "nosuchuser", IMG, "true")
+    assert p.returncode == 125 and "nosuchuser" in p.stderr.decode()
+
+
+def test_tty_gives_a_real_terminal_with_the_window_size(native_root):
+    env = dict(os.environ, RUNNER_ROOT=native_root, PYTHONPATH=REPO)
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(sys.executable, [sys.executable, "-m", "runner", "run", "--rm", "-it", IMG, "sh", "-c",
+                                   "tty; stty size"], env)
+    import fcntl
+    import struct
+    import termios
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+    output = b""
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        r, _, _ = select.select([fd], [], [], 1)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            output += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert b"/dev/pts/0" in output
+    assert b"33 111" in output
+
+
+def test_ctrl_c_reaches_a_foreground_container(native_root):
+    env = dict(os.environ, RUNNER_ROOT=native_root, PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "run", "--rm", IMG, "sh", "-c",
+                             "trap 'echo got-int; exit 5' INT; echo ready; while true; do sleep 0.1; done"],
+                            stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout.readline() == b"ready\n"
+        proc.send_signal(2)
+        assert proc.wait(timeout=30) == 5
+        assert proc.stdout.read() == b"got-int\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_fifty_run_rm_cycles_leak_nothing(native_root):
+    mounts_before = len(host_mounts())
+    cgroups_before = set(runner_cgroups())
+    ids_before = set(os.listdir(os.path.join(native_root, "containers")))
+    for _ in range(50):
+        cid = text(run(native_root, "create", IMG, "true")).strip()
+        assert run(native_root, "start", "-a", cid).returncode == 0
+        assert run(native_root, "rm", cid).returncode == 0
+    assert len(host_mounts()) == mounts_before
+    assert set(runner_cgroups()) == cgroups_before
+    assert set(os.listdir(os.path.join(native_root, "containers"))) == ids_before
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "runner-leak-marker" not in out
+
+
+def test_ten_parallel_runs_all_succeed(native_root):
+    def one(i):
+        return run(native_root, "run", "--rm", IMG, "echo", f"n{i}")
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(one, range(10)))
+    assert [text(p) for p in results] == [f"n{i}\n" for i in range(10)]
+    assert all(p.returncode == 0 for p in results)
+    assert text(run(native_root, "ps", "-a", "-q")).strip() == ""
+
+
+def test_ps_never_shows_a_dead_container_running(native_root):
+    cid = text(run(native_root, "run", "-d", IMG, "sleep", "100")).strip()
+    try:
+        state = json.load(open(os.path.join(native_root, "containers", cid, "state.json")))
+        os.kill(state["shim_pid"], 9)  # the monitor dies first: the workload is still running
+        time.sleep(0.2)
+        assert cid[:12] in text(run(native_root, "ps"))
+        os.kill(state["pid"], 9)
+        time.sleep(0.2)
+        assert cid[:12] not in text(run(native_root, "ps"))
+        info = json.loads(text(run(native_root, "inspect", cid)))[0]
+        assert info["State"]["Status"] == "exited"
+    finally:
+        run(native_root, "rm", "-f", cid)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["run", "--rm", "--pull", "never", "localhost/nope:1", "true"], "not found"),
+    (["run", "--rm", "-v", "relative:/x", IMG, "true"], "volume"),
+    (["run", "--rm", "-v", "/tmp:/x:zz", IMG, "true"], "volume"),
+    (["run", "--rm", "-m", "lots", IMG, "true"], "memory"),
+    (["run", "--rm", "--bogus-flag", IMG, "true"], "bogus"),
+    (["run", "--rm", "-v", "/no/such/dir:/x", IMG, "true"], "does not exist"),
+    (["kill", "-s", "NOPE", "x"], "signal"),
+])
+def test_bad_input_is_one_clear_line_and_creates_nothing(native_root, args, needle):
+    before = set(os.listdir(os.path.join(native_root, "containers")))
+    p = run(native_root, *args)
+    assert p.returncode == 125, p.stderr
+    msg = p.stderr.decode()
+    assert msg.startswith("Error: ") and needle in msg.lower() and "Traceback" not in msg
+    assert len(msg.splitlines()) <= 2
+    assert set(os.listdir(os.path.join(native_root, "containers"))) == before
+
+
+def test_not_root_is_a_clear_error(native_root, tmp_path):
+    os.chmod(tmp_path, 0o777)
+    env = dict(os.environ, RUNNER_ROOT=str(tmp_path / "r"), PYTHONPATH=REPO)
+    # A user namespace without a uid map: the process is uid 65534 to itself, yet can still read this
+    # checkout and the Python installation (the kernel checks file access with its real uid).
+    p = subprocess.run(["unshare", "--user", sys.executable, "-m",
+                        "runner", "run", "--rm", IMG, "true"], capture_output=True, env=env, cwd=str(tmp_path))
+    assert p.returncode == 125
+    assert p.stderr.decode().startswith("Error: ") and "root" in p.stderr.decode()
