@@ -1,8 +1,9 @@
 """``runner exec``: a new process inside a running container, attached to the caller's stdio.
 
 The runtime does the entering (setns, cgroup, capabilities); this module only wires stdio. Without a
-terminal the process writes straight into the caller's fds. With one, a pty is made here and a thread pumps
-it, because the caller (the CLI natively, the agent in the guest) may hand us pipes rather than a terminal.
+terminal the process writes straight into the caller's fds. With one, the runtime makes a pty inside the
+container and hands its master back here; a thread pumps it, because the caller (the CLI natively, the
+agent in the guest) may hand us pipes rather than a terminal.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import threading
 
 from runner.backends.base import Stdio, TermSize
@@ -64,16 +66,19 @@ def start_exec(engine, rec: ContainerRecord, spec: ExecSpec, stdio: Stdio, size:
     devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     try:
         if spec.tty:
-            master, slave = os.openpty()
-            os.set_inheritable(master, False)
-            set_winsize(master, size)
+            # As for run -t: the pty comes from the container's own devpts via a console socket.
+            console, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                pid = engine.runtime.exec(bundle, rec.id, rec.pid, process, (slave, slave, slave))
-            except BaseException:
-                os.close(master)
-                raise
+                pid = engine.runtime.exec(bundle, rec.id, rec.pid, process, (devnull, devnull, devnull),
+                                          console_socket=theirs.fileno())
             finally:
-                os.close(slave)
+                theirs.close()
+            try:
+                _, fds, _, _ = socket.recv_fds(console, 16, 1)
+            finally:
+                console.close()
+            master = fds[0]
+            set_winsize(master, size)
             stdin = (stdio.stdin, master) if spec.interactive and stdio.stdin is not None else None
             pump = threading.Thread(target=logs.relay, args=({master: logs.STDOUT}, None,
                                                              {logs.STDOUT: stdio.stdout}, stdin), daemon=True)

@@ -35,6 +35,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import struct
 import termios
 import traceback
@@ -60,18 +61,19 @@ def exit_code_of(status: int) -> int:
 class ContainerProcess:
     """The caller's handle on an attached container: wait for it, resize its terminal, signal it."""
 
-    def __init__(self, engine, container_id: str, sync_fd: int, shim_pid: int, pid: int, master: int | None):
+    def __init__(self, engine, container_id: str, sync: socket.socket, shim_pid: int, pid: int,
+                 master: int | None):
         self.engine = engine
         self.container_id = container_id
-        self._sync = os.fdopen(sync_fd, "rb")
+        self._sync = sync
         self._shim_pid = shim_pid
         self.pid = pid
-        self._master = master
+        self._master = master  # only for window-size changes; the shim does all the reading and writing
         self._code: int | None = None
 
     def wait(self) -> int:
         if self._code is None:
-            msg = _read_msg(self._sync)
+            msg, _ = _recv(self._sync)
             self._sync.close()
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self._shim_pid, 0)
@@ -94,16 +96,21 @@ class ContainerProcess:
             os.kill(self.pid, signum)
 
 
-def _read_msg(f) -> dict | None:
-    line = f.readline()
-    if not line:
-        return None
-    return json.loads(line)
+# The sync channel is a SOCK_SEQPACKET pair: one JSON message per packet, and it can carry the terminal's
+# master fd (SCM_RIGHTS) from the shim back to the caller, which needs it to pass on window-size changes.
+def _recv(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    try:
+        data, fds, _, _ = socket.recv_fds(sock, 65536, 1)
+    except OSError:
+        return None, []
+    if not data:
+        return None, fds
+    return json.loads(data), fds
 
 
-def _send(fd: int, msg: dict) -> None:
+def _send(sock: socket.socket, msg: dict, fds: list[int] = ()) -> None:
     with contextlib.suppress(OSError):
-        logs.write_all(fd, json.dumps(msg).encode() + b"\n")
+        socket.send_fds(sock, [json.dumps(msg).encode()], list(fds))
 
 
 def launch(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty: bool) -> ContainerProcess | None:
@@ -112,48 +119,42 @@ def launch(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty: bo
     Attached (``stdio`` given) returns a :class:`ContainerProcess`; detached returns None and the shim is
     re-parented to init, so the caller never has to reap it.
     """
-    sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-    master = slave = None
-    if tty:
-        master, slave = os.openpty()
-        os.set_inheritable(master, False)
-        set_winsize(master, size)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # ---- child: becomes the shim (or the intermediate when detaching)
         code = 125
         try:
-            os.close(sync_r)
+            ours.close()
             os.setsid()
             if stdio is None and os.fork() != 0:
                 os._exit(0)  # the intermediate: lets the shim be adopted by init
-            code = _shim_main(engine, cid, stdio, sync_w, master, slave)
+            code = _shim_main(engine, cid, stdio, size if tty else None, tty, theirs)
         except BaseException:  # never let an exception unwind into the caller's code in this child
             with contextlib.suppress(BaseException):
-                _send(sync_w, {"error": {"message": "shim failed: " + traceback.format_exc(limit=3)}})
+                _send(theirs, {"error": {"message": "shim failed: " + traceback.format_exc(limit=3)}})
         finally:
             os._exit(code)
     # ---- parent
-    os.close(sync_w)
-    if slave is not None:
-        os.close(slave)
+    theirs.close()
     if stdio is None:
         os.waitpid(pid, 0)  # reap the intermediate right away
-    sync = os.fdopen(sync_r, "rb", closefd=False)
-    msg = _read_msg(sync)
-    sync.close()
+    msg, fds = _recv(ours)
+    master = fds[0] if fds else None
     if not msg or "started" not in msg:
         if stdio is not None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
-        os.close(sync_r)
-        if master is not None:
-            os.close(master)
+        ours.close()
+        for fd in fds:
+            os.close(fd)
         err = (msg or {}).get("error") or {"message": "the container's shim exited before starting it"}
         raise RunnerError.from_dict(err)
     if stdio is None:
-        os.close(sync_r)
+        ours.close()
+        for fd in fds:
+            os.close(fd)
         return None
-    return ContainerProcess(engine, cid, sync_r, pid, int(msg["started"]), master)
+    return ContainerProcess(engine, cid, ours, pid, int(msg["started"]), master)
 
 
 def _close_fds_except(keep: set[int]) -> None:
@@ -165,11 +166,12 @@ def _close_fds_except(keep: set[int]) -> None:
                 os.close(fd)
 
 
-def _shim_main(engine, cid: str, stdio: Stdio | None, sync_w: int, master: int | None, slave: int | None) -> int:
+def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty: bool,
+               sync: socket.socket) -> int:
     # Signal dispositions the caller installed (Ctrl-C forwarding, SIGWINCH) must not run in the shim.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
-    keep = {sync_w} | {fd for fd in (master, slave) if fd is not None}
+    keep = {sync.fileno()}
     if stdio is not None:
         keep |= {fd for fd in (stdio.stdin, stdio.stdout, stdio.stderr) if fd is not None}
     _close_fds_except(keep)
@@ -178,35 +180,46 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, sync_w: int, master: int |
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)  # a detached shim must not hold the caller's pipes or terminal open
     store = engine.state
-    rec = store.load(cid)
     runtime = engine.runtime
     bundle = engine.bundle_dir(cid)
     started = False
+    master = None
     try:
-        engine.prepare_rootfs(rec)  # private mount namespace + overlay + config.json
-        container_fds: list[int] = []
-        if slave is not None:
-            cstdio = (slave, slave, slave)
+        engine.prepare_rootfs(store.load(cid))  # private mount namespace + overlay + config.json
+        if tty:
+            # runc's console socket: the pty is made inside the container, its master comes back here.
+            console, console_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                pid = runtime.start(bundle, cid, (devnull, devnull, devnull), console_socket=console_theirs.fileno())
+            finally:
+                console_theirs.close()
+            started = True
+            _, fds, _, _ = socket.recv_fds(console, 16, 1)
+            console.close()
+            if not fds:
+                raise ContainerStartError("the container did not hand over its terminal")
+            master = fds[0]
+            set_winsize(master, size)
             sources = {master: logs.STDOUT}
             pump_stdin = (stdio.stdin, master) if stdio is not None and stdio.stdin is not None else None
         else:
             out_r, out_w = os.pipe2(os.O_CLOEXEC)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
             cin = stdio.stdin if stdio is not None and stdio.stdin is not None else devnull
-            cstdio = (cin, out_w, err_w)
-            container_fds = [out_w, err_w]
+            try:
+                pid = runtime.start(bundle, cid, (cin, out_w, err_w))
+            finally:
+                os.close(out_w)  # only the container holds the write ends now: EOF arrives when it exits
+                os.close(err_w)
+            started = True
             sources = {out_r: logs.STDOUT, err_r: logs.STDERR}
             pump_stdin = None
-        pid = runtime.start(bundle, cid, cstdio)
-        started = True
-        for fd in container_fds + ([slave] if slave is not None else []):
-            os.close(fd)  # only the container holds the write ends now: EOF arrives when it exits
         with store.update(cid) as rec:
             rec.status, rec.pid, rec.pid_start = RUNNING, pid, proc_start_time(pid)
             rec.shim_pid, rec.shim_start = os.getpid(), proc_start_time(os.getpid())
             rec.started_at, rec.exit_code, rec.oom_killed, rec.error = now(), None, False, ""
             rec.finished_at = None
-        _send(sync_w, {"started": pid})
+        _send(sync, {"started": pid}, [master] if master is not None and stdio is not None else [])
         log = logs.LogWriter(engine.log_path(cid))
         sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr} if stdio is not None else {}
         logs.relay(sources, log, sinks, pump_stdin)
@@ -214,16 +227,12 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, sync_w: int, master: int |
         _, status = os.waitpid(pid, 0)
         code = exit_code_of(status)
         oom = runtime.oom_killed(bundle, cid)
-    except RunnerError as exc:
+    except (RunnerError, OSError) as exc:
         if started:
             raise
-        _send(sync_w, {"error": exc.to_dict()})
-        runtime.delete(bundle, cid)
-        return 125
-    except OSError as exc:
-        if started:
-            raise
-        _send(sync_w, {"error": ContainerStartError(f"cannot start container: {exc}").to_dict()})
+        if not isinstance(exc, RunnerError):
+            exc = ContainerStartError(f"cannot start container: {exc}")
+        _send(sync, {"error": exc.to_dict()})
         runtime.delete(bundle, cid)
         return 125
     runtime.delete(bundle, cid)
@@ -233,5 +242,5 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, sync_w: int, master: int |
         auto_remove = bool(rec.spec.get("auto_remove"))
     if auto_remove:
         engine.remove_container_files(cid)
-    _send(sync_w, {"exited": code})
+    _send(sync, {"exited": code})
     return code

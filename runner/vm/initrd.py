@@ -17,8 +17,8 @@ config.json contract (validated by :func:`validate_config`, read by ``vmimage/in
     rng_seed        str    hex, 64 bytes; mixed into the guest's entropy pool
     timezone        str    "UTC" (the only zone the image ships)
 
-The init script parses it with sed, so the file is written with one ``"key": value`` per line and every
-string value must be ASCII without ``"`` or ``\\`` (newlines are fine; they become ``\\n``).
+The init script parses it with one sed call, so the file is written with one ``"key": value`` per line and
+every string value must be ASCII without ``"``, ``'`` or ``\\`` (newlines are fine; they become ``\\n``).
 """
 
 from __future__ import annotations
@@ -105,8 +105,8 @@ def validate_config(config: dict) -> None:
             problems.append(f"{key} has type {type(config[key]).__name__}")
     problems += [f"unknown key {key}" for key in config if key not in _REQUIRED]
     for key, value in config.items():
-        if isinstance(value, str) and (not value.isascii() or '"' in value or "\\" in value):
-            problems.append(f"{key} must be ASCII without quotes or backslashes")
+        if isinstance(value, str) and (not value.isascii() or any(c in value for c in "\"'\\")):
+            problems.append(f"{key} must be ASCII without quotes, apostrophes or backslashes")
     seed = config.get("rng_seed")
     if isinstance(seed, str) and (len(seed) != 128 or any(c not in "0123456789abcdef" for c in seed)):
         problems.append("rng_seed must be 64 bytes as lowercase hex")

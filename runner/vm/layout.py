@@ -165,10 +165,3 @@ def write_private(path: Path, data: str | bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
 
-
-def list_machines(root: Path | None = None) -> list[str]:
-    """Names of the machines that have a directory."""
-    base = (root or state_root()) / "machines"
-    if not base.is_dir():
-        return []
-    return sorted(p.name for p in base.iterdir() if p.is_dir() and _NAME_RE.match(p.name))

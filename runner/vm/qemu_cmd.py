@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from runner.errors import PlatformError, UsageError
 
 HOST_OSES = ("linux", "darwin", "windows")
-GUEST_ARCHES = ("x86_64", "aarch64")
 ACCELS = ("kvm", "hvf", "whpx", "tcg")
 
 # The accelerator each host OS offers natively (besides TCG, which every host has).

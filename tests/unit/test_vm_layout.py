@@ -60,8 +60,3 @@ def test_private_files_and_dirs(tmp_path):
     assert stat.S_IMODE(f.stat().st_mode) == 0o600
     assert [p.name for p in d.iterdir()] == ["run.json"]  # no temp files left behind
 
-
-def test_list_machines(tmp_path):
-    for name in ("b", "a"):
-        MachinePaths.for_name(name, root=tmp_path).dir.mkdir(parents=True)
-    assert layout.list_machines(tmp_path) == ["a", "b"]

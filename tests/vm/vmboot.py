@@ -72,6 +72,7 @@ class Guest:
     ssh_port: int
     client_key: keys.KeyPair
     host_key: keys.KeyPair
+    config: dict
     timings: dict = field(default_factory=dict)
 
     def serial_tail(self, lines: int = 30) -> str:
@@ -155,14 +156,15 @@ def start(art: Artifacts, workdir: Path, data_disk: Path | None = None, config: 
         (workdir / stale).unlink(missing_ok=True)
     client_key, host_key = keys.ensure_keys(keys_dir or workdir / "keys", "test")
     boot_initrd = workdir / "initrd.img"
-    initrd.combined_initrd(art.initrd, config or make_config(host_key, client_key), boot_initrd)
+    config = config or make_config(host_key, client_key)
+    initrd.combined_initrd(art.initrd, config, boot_initrd)
     port = free_port()
     argv = qemu_argv(art, workdir, boot_initrd, data_disk, port)
     log = open(workdir / "qemu.log", "wb")
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     log.close()
-    return Guest(art.arch, workdir, proc, port, client_key, host_key, timings={"launch": t0})
+    return Guest(art.arch, workdir, proc, port, client_key, host_key, config, timings={"launch": t0})
 
 
 def make_data_disk(path: Path, size: str = "2G") -> Path:

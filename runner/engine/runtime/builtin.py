@@ -58,6 +58,7 @@ import json
 import os
 import resource
 import signal
+import socket
 import stat
 
 from runner.engine.runtime import caps as capsmod
@@ -152,7 +153,11 @@ class BuiltinRuntime:
     name = "builtin"
 
     # -------------------------------------------------------------------------------- start
-    def start(self, bundle: str, container_id: str, stdio: tuple[int, int, int]) -> int:
+    def start(self, bundle: str, container_id: str, stdio: tuple[int, int, int],
+              console_socket: int | None = None) -> int:
+        """See the module docstring. With ``process.terminal`` and a ``console_socket`` (a unix socket, as
+        runc's ``--console-socket``), the pty is created inside the container and its master fd is sent
+        there (SCM_RIGHTS) before execve; ``stdio`` is then ignored."""
         config = _load_config(bundle)
         rootfs = (config.get("root") or {}).get("path") or "rootfs"
         if not os.path.isabs(rootfs):
@@ -169,7 +174,7 @@ class BuiltinRuntime:
         cg.create((config.get("linux") or {}).get("resources") or {})
         pid_ns = next((ns for ns in namespaces if ns.get("type") == "pid"), None)
         try:
-            plan = _StartPlan(config, rootfs, cg, stdio)
+            plan = _StartPlan(config, rootfs, cg, stdio, console_socket)
             pid = _fork(pid_ns, plan)
         except BaseException:
             cg.delete()
@@ -178,7 +183,8 @@ class BuiltinRuntime:
 
     # -------------------------------------------------------------------------------- exec
     def exec(self, bundle: str, container_id: str, init_pid: int, process: dict,
-             stdio: tuple[int, int, int]) -> int:
+             stdio: tuple[int, int, int], console_socket: int | None = None) -> int:
+        """Like start, for a new process in the running container whose PID 1 is ``init_pid``."""
         config = _load_config(bundle)
         cg = _cgroup_for(config, container_id)
         if not process.get("args"):
@@ -201,7 +207,7 @@ class BuiltinRuntime:
                 os.close(fd)
             raise
         try:
-            plan = _ExecPlan(process, cg, fds, stdio)
+            plan = _ExecPlan(process, cg, fds, stdio, console_socket)
             pid = _fork({"fd": fds["pid"]} if "pid" in fds else None, plan)
         finally:
             for fd in fds.values():
@@ -335,10 +341,13 @@ def _await_exec(pid: int, errpipe_r: int, on_error=None) -> int:
 class _Child:
     """What both start and exec children do; subclasses fill in ``setup``. Runs only in the forked child."""
 
-    def __init__(self, process: dict, cg: cgroups.Cgroup, stdio: tuple[int, int, int]):
+    def __init__(self, process: dict, cg: cgroups.Cgroup, stdio: tuple[int, int, int],
+                 console_socket: int | None = None):
         self.process = process
         self.cg = cg
         self.stdio = stdio
+        # With a console socket the terminal is made inside the container (setup_console), not passed in.
+        self.console_socket = console_socket if process.get("terminal") else None
         self.step = "starting"
         self.last_cap = capsmod.last_cap()  # read now: after pivot_root /proc/sys is read-only and masked
         self.errpipe_r, self.errpipe_w = os.pipe2(os.O_CLOEXEC)
@@ -377,12 +386,36 @@ class _Child:
         # setsid: the container's process leads its own session (the caller's terminal signals stay out), and
         # a session leader is what may take a controlling terminal below.
         os.setsid()
+        if self.console_socket is not None:
+            return  # stdio becomes the container's own pty in setup_console
         tmp = [os.dup(fd) for fd in self.stdio]  # dup first: the fds may already be 0-2 in another order
         for i, fd in enumerate(tmp):
             os.dup2(fd, i, inheritable=True)
             os.close(fd)
         if self.process.get("terminal"):
             linux.set_controlling_tty(0)
+
+    def setup_console(self, bind_console: bool) -> None:
+        """runc's console socket: a pty from the container's devpts, master sent out, slave as stdio."""
+        if self.console_socket is None:
+            return
+        self.step = "creating the console"
+        master, slave_path = linux.open_pty()
+        slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
+        if bind_console:
+            # /dev/console is the container's terminal, as with runc.
+            os.close(os.open("/dev/console", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+            linux.mount(slave_path, "/dev/console", None, linux.MS_BIND)
+        sock = socket.socket(fileno=os.dup(self.console_socket))
+        try:
+            socket.send_fds(sock, [b"console"], [master])
+        finally:
+            sock.close()
+            os.close(master)
+        for i in range(3):
+            os.dup2(slave, i, inheritable=True)
+        os.close(slave)
+        linux.set_controlling_tty(0)
 
     def join_cgroup(self) -> None:
         self.step = "joining the cgroup"
@@ -477,8 +510,8 @@ def _lookup(cmd: str, path_env: str) -> str:
 
 
 class _StartPlan(_Child):
-    def __init__(self, config: dict, rootfs: str, cg: cgroups.Cgroup, stdio):
-        super().__init__(config.get("process") or {}, cg, stdio)
+    def __init__(self, config: dict, rootfs: str, cg: cgroups.Cgroup, stdio, console_socket: int | None = None):
+        super().__init__(config.get("process") or {}, cg, stdio, console_socket)
         self.config = config
         self.rootfs = os.path.realpath(rootfs)  # host path, resolved once here (the host is trusted)
         self.linux = config.get("linux") or {}
@@ -557,6 +590,7 @@ class _StartPlan(_Child):
             raise
         linux.umount2(".", linux.MNT_DETACH)
         os.chdir("/")
+        self.setup_console(bind_console=True)
         for key, value in (self.linux.get("sysctl") or {}).items():
             self.step = f"setting sysctl {key}"
             with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
@@ -681,7 +715,7 @@ class _StartPlan(_Child):
                     os.symlink(target, name, dir_fd=dev_fd)
                 except FileExistsError:
                     pass
-            if self.process.get("terminal") and os.isatty(self.stdio[0]):
+            if self.process.get("terminal") and self.console_socket is None and os.isatty(self.stdio[0]):
                 # /dev/console is the container's terminal, as with runc (bind of the pty we were given).
                 os.close(os.open("console", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                                  dir_fd=dev_fd))
@@ -730,8 +764,9 @@ class _StartPlan(_Child):
 
 
 class _ExecPlan(_Child):
-    def __init__(self, process: dict, cg: cgroups.Cgroup, ns_fds: dict[str, int], stdio):
-        super().__init__(process, cg, stdio)
+    def __init__(self, process: dict, cg: cgroups.Cgroup, ns_fds: dict[str, int], stdio,
+                 console_socket: int | None = None):
+        super().__init__(process, cg, stdio, console_socket)
         self.ns_fds = ns_fds
 
     def setup(self) -> None:
@@ -743,4 +778,5 @@ class _ExecPlan(_Child):
             if fd is not None:
                 self.step = f"joining the container's {typ} namespace"
                 linux.setns(fd, linux.NS_FLAGS[typ])
+        self.setup_console(bind_console=False)
         self.finalize()

@@ -228,5 +228,28 @@ def interface_up(name: str = "lo") -> None:
         os.close(fd)
 
 
+# <asm-generic/ioctls.h>, the same on x86_64 and arm64: _IOR('T', 0x30, unsigned int), _IOW('T', 0x31, int).
+TIOCGPTN = 0x80045430
+TIOCSPTLCK = 0x40045431
+
+
+def open_pty() -> tuple[int, str]:
+    """A new pty pair from ``/dev/ptmx`` as the caller sees it: (master fd, slave path).
+
+    Called inside the container after pivot_root, so the pair belongs to the container's own devpts
+    instance: the workload sees /dev/pts/0, not a number from the host's devpts.
+    """
+    import fcntl
+    import struct
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))  # unlockpt
+        number = struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0" * 4))[0]
+    except BaseException:
+        os.close(master)
+        raise
+    return master, f"/dev/pts/{number}"
+
+
 def set_controlling_tty(fd: int = 0) -> None:
     _check(_libc.ioctl(fd, TIOCSCTTY, None), "TIOCSCTTY")

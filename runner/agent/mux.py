@@ -1,0 +1,226 @@
+"""The host-side connection cache: one SSH connection per machine, shared by every CLI call.
+
+Why: under TCG a new SSH connection costs ~0.25 s (key exchange and auth in a slow guest), and importing
+paramiko another ~0.15 s, against a budget of ~0.15 s for a whole ``runner run``. So the first CLI call that
+needs the VM starts this small process (``python -m runner.agent.mux --machine NAME``); it holds the paramiko
+transport and listens on a Unix socket in the machine's directory (0600, in a 0700 directory). Each later
+call connects there and the mux opens a ``direct-tcpip`` channel to the agent for it, then just copies bytes
+both ways. The mux never reads the agent protocol: the handshake (token proof, version) stays end to end
+between the CLI and the agent, so the socket grants nothing a caller could not already do with the token.
+
+Lifetime: it exits when its SSH transport dies (the VM stopped or crashed: so ``runner vm stop`` ends it
+within a second, and a new boot gets a new mux), after ``IDLE_TIMEOUT`` without any connection, or on
+SIGTERM (:func:`stop`). It removes its socket and pid file on the way out.
+
+Hosts without Unix sockets (Windows) skip it: there each CLI call opens its own SSH connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from runner.errors import VMError
+
+IDLE_TIMEOUT = 30 * 60.0
+START_TIMEOUT = 60.0
+_SUN_PATH_MAX = 100  # sizeof(sun_path) is 104 on macOS, 108 on Linux
+
+SUPPORTED = hasattr(socket, "AF_UNIX") and os.name == "posix"
+
+
+def socket_path(machine_dir: Path) -> Path:
+    """``<machine dir>/agent.sock``, or a short per-user temp path when that exceeds sun_path."""
+    path = machine_dir / "agent.sock"
+    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
+        return path
+    from runner.vm.layout import short_socket_dir
+
+    digest = hashlib.sha256(os.fsencode(machine_dir)).hexdigest()[:16]
+    return short_socket_dir() / f"{digest}.agent"
+
+
+def pid_path(machine_dir: Path) -> Path:
+    return machine_dir / "agent-mux.pid"
+
+
+def connect(machine_dir: Path, timeout: float = 5.0) -> socket.socket:
+    """A connection through the mux to the agent (raises OSError if no mux listens)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(str(socket_path(machine_dir)))
+        sock.settimeout(None)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def start(machine: str, machine_dir: Path) -> None:
+    """Start the mux for ``machine`` detached from this CLI call; return once it listens.
+
+    The caller has just made sure the machine and its agent run; the mux opens its own SSH connection
+    (the caller's paramiko client cannot cross a process boundary).
+    """
+    log = open(machine_dir / "agent-mux.log", "ab")
+    with log:
+        proc = subprocess.Popen([sys.executable, "-m", "runner.agent.mux", "--machine", machine],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
+                                start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]))
+    line = b""
+    with contextlib.suppress(OSError):
+        line = proc.stdout.readline()  # "ready" once it listens, EOF if it failed (reason in the log)
+    proc.stdout.close()
+    if not line.startswith(b"ready"):
+        proc.wait(START_TIMEOUT)
+        raise VMError(f"the SSH connection cache for machine {machine!r} did not start",
+                      hint=f"see {machine_dir / 'agent-mux.log'}")
+
+
+def stop(machine_dir: Path) -> bool:
+    """Stop the machine's mux if one runs (for ``runner vm stop``; it would also notice by itself)."""
+    try:
+        pid = int(pid_path(machine_dir).read_text())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            if b"runner.agent.mux" not in f.read():
+                return False
+    except (OSError, ValueError):
+        return False  # no mux, or not on Linux: it exits with the SSH transport anyway
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------- the process
+
+def _pipe(src_recv, dst_send, done) -> None:
+    """Copy until EOF, then half-close the other side (the agent protocol relies on half-close for stdin)."""
+    try:
+        while data := src_recv(256 * 1024):
+            dst_send(data)
+    except (OSError, EOFError):
+        pass
+    finally:
+        done()
+
+
+def _relay(conn: socket.socket, transport: Any, port: int) -> None:
+    try:
+        chan = transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=30)
+    except Exception:  # the agent is not listening (anymore): the client sees EOF and restarts it
+        conn.close()
+        return
+    left = threading.Semaphore(0)
+
+    def half_close_chan() -> None:
+        with contextlib.suppress(OSError, EOFError):
+            chan.shutdown_write()
+        left.release()
+
+    def half_close_conn() -> None:
+        with contextlib.suppress(OSError):
+            conn.shutdown(socket.SHUT_WR)
+        left.release()
+
+    up = threading.Thread(target=_pipe, args=(conn.recv, chan.sendall, half_close_chan), daemon=True)
+    up.start()
+    _pipe(chan.recv, conn.sendall, half_close_conn)
+    left.acquire()
+    left.acquire()
+    chan.close()
+    conn.close()
+
+
+def serve(machine_name: str) -> int:
+    from runner.vm.machine import Machine
+
+    machine = Machine(machine_name)
+    sock_path = socket_path(machine.paths.dir)
+    client = machine.ssh()
+    transport = client.get_transport()
+    # One TCP connection carries every call's frames: Nagle's delay would cost up to 40 ms per small frame.
+    transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    with contextlib.suppress(OSError):  # a mux of a previous boot whose socket outlived it
+        connect(machine.paths.dir, timeout=1).close()
+        print("ready (already running)", flush=True)
+        return 0
+    with contextlib.suppress(FileNotFoundError):
+        sock_path.unlink()
+    sock_path.parent.mkdir(parents=True, exist_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket is born 0600: no window in which another user could connect
+    try:
+        listener.bind(str(sock_path))
+    finally:
+        os.umask(old)
+    listener.listen(64)
+    listener.settimeout(1.0)
+    pid_path(machine.paths.dir).write_text(str(os.getpid()))
+
+    def cleanup(*_: Any) -> None:
+        with contextlib.suppress(OSError):
+            if socket_path(machine.paths.dir) == sock_path:
+                sock_path.unlink()
+        with contextlib.suppress(OSError):
+            pid_path(machine.paths.dir).unlink()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, cleanup)
+    signal.signal(signal.SIGINT, cleanup)
+    print("ready", flush=True)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)  # the starter stopped reading: never block or die on a write to its pipe
+    os.close(devnull)
+    idle_since = time.monotonic()
+    active = [0]
+    lock = threading.Lock()
+
+    def handle(conn: socket.socket) -> None:
+        try:
+            _relay(conn, transport, machine.agent_port)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    while transport.is_active():
+        try:
+            conn, _ = listener.accept()
+        except socket.timeout:
+            with lock:
+                if active[0]:
+                    idle_since = time.monotonic()
+            if time.monotonic() - idle_since > IDLE_TIMEOUT:
+                break
+            continue
+        with lock:
+            active[0] += 1
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    cleanup()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m runner.agent.mux", description=__doc__.split("\n")[0])
+    parser.add_argument("--machine", required=True)
+    args = parser.parse_args(argv)
+    try:
+        return serve(args.machine)
+    except Exception as exc:
+        print(f"runner agent mux: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
