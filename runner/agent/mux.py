@@ -92,15 +92,27 @@ def stop(machine_dir: Path) -> bool:
     """Stop the machine's mux if one runs (for ``runner vm stop``; it would also notice by itself)."""
     try:
         pid = int(pid_path(machine_dir).read_text())
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            if b"runner.agent.mux" not in f.read():
-                return False
     except (OSError, ValueError):
-        return False  # no mux, or not on Linux: it exits with the SSH transport anyway
+        return False
+    if "runner.agent.mux" not in _cmdline(pid):
+        return False  # a recycled pid: never signal a process we cannot prove is ours
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
         return True
     return False
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace")
+    except FileNotFoundError:
+        if os.path.isdir("/proc"):
+            return ""
+    except OSError:
+        return ""
+    proc = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True)  # macOS: no /proc
+    return proc.stdout.decode(errors="replace")
 
 
 # ---------------------------------------------------------------------------------------------- the process
@@ -144,18 +156,30 @@ def _relay(conn: socket.socket, transport: Any, port: int) -> None:
 
 
 def serve(machine_name: str) -> int:
+    import fcntl
+
     from runner.vm.machine import Machine
 
     machine = Machine(machine_name)
     sock_path = socket_path(machine.paths.dir)
+    # One mux per machine: the lock is held for the mux's whole life. A second starter (two CLI calls racing
+    # after a boot) waits for the first one's socket instead of replacing it.
+    lock_fd = os.open(machine.paths.dir / "agent-mux.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                connect(machine.paths.dir, timeout=1).close()
+                print("ready (already running)", flush=True)
+                return 0
+            time.sleep(0.05)
+        raise VMError("another connection cache holds the lock but does not answer")
     client = machine.ssh()
     transport = client.get_transport()
     # One TCP connection carries every call's frames: Nagle's delay would cost up to 40 ms per small frame.
     transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    with contextlib.suppress(OSError):  # a mux of a previous boot whose socket outlived it
-        connect(machine.paths.dir, timeout=1).close()
-        print("ready (already running)", flush=True)
-        return 0
     with contextlib.suppress(FileNotFoundError):
         sock_path.unlink()
     sock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,6 +230,7 @@ def serve(machine_name: str) -> int:
             continue
         with lock:
             active[0] += 1
+        idle_since = time.monotonic()
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
     cleanup()
     return 0

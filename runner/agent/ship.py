@@ -9,11 +9,13 @@ Per boot (``ensure_agent``), with one SSH connection:
 
 1. open a ``direct-tcpip`` channel to the agent port and read its CHALLENGE, which names its version (no
    token needed for that). Same version: done. This is the only step once the agent runs.
-2. otherwise, over SFTP: if ``/var/lib/runner/agent/<version>/.complete`` is missing, upload a tar.gz of the
-   files (the data disk keeps it across reboots, so usually once per runner version);
-3. one SSH exec: unpack into a temp dir and rename it into place (a half-unpacked tree is never used),
-   then ``python3 -m runner.agent.server --daemon`` from there. The daemon takes a lock in the guest,
-   reuses an agent of the same version, replaces one of another version, and returns once it listens.
+2. otherwise one SSH exec, with a tar.gz of the files (~100 KB) on its stdin: unless
+   ``/var/lib/runner/agent/<version>/.complete`` exists (the data disk keeps it across reboots), unpack into
+   a temp dir and rename it into place, so a half-unpacked tree is never used; then start
+   ``python3 -m runner.agent.server --daemon`` from there. The daemon takes a lock in the guest, reuses an
+   agent of the same version, replaces one of another version, and returns once it listens.
+
+Not SFTP: the guest's dropbear has no sftp-server, and stdin of the one exec we need anyway is cheaper.
 
 Standard library only at import time (paramiko objects are passed in), because the agent imports
 :func:`collect_sources` in the guest to compute its own version.
@@ -21,11 +23,9 @@ Standard library only at import time (paramiko objects are passed in), because t
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
 import os
-import secrets
 import shlex
 import tarfile
 from pathlib import Path
@@ -106,28 +106,27 @@ def running_version(transport: Any, port: int, timeout: float = 10.0) -> str | N
         chan.close()
 
 
-def start_script(version: str, port: int, upload: str | None) -> str:
-    """The one shell command that installs an uploaded tree (if any) and starts the agent from it."""
-    d = f"{AGENT_BASE}/{version}"
-    q = shlex.quote
-    lines = ["set -e", "umask 077"]
-    if upload is not None:
-        lines += [
-            f"if [ ! -e {q(d)}/.complete ]; then",
-            f"  t=$(mktemp -d {q(AGENT_BASE)}/.unpack.XXXXXX)",
-            f"  tar -xzf {q(upload)} -C \"$t\" && touch \"$t/.complete\"",
-            f"  rm -rf {q(d)} && mv \"$t\" {q(d)}",
-            "fi",
-            f"rm -f {q(upload)}",
-        ]
-    lines += [
+def start_script(version: str, port: int) -> str:
+    """The one shell command that installs the tree from stdin (unless present) and starts the agent."""
+    d = shlex.quote(f"{AGENT_BASE}/{version}")
+    base = shlex.quote(AGENT_BASE)
+    return "\n".join([
+        "set -e",
+        "umask 077",
+        f"mkdir -p {base}",
+        f"if [ -e {d}/.complete ]; then cat > /dev/null; else",  # stdin is always drained: no stalled send
+        f"  t=$(mktemp -d {base}/.unpack.XXXXXX)",
+        "  tar -xzf - -C \"$t\"",
+        "  touch \"$t/.complete\"",
+        f"  rm -rf {d}",
+        f"  mv \"$t\" {d}",
+        "fi",
         # Trees of other runner versions are dead weight on the data disk once this one runs.
-        f"for old in {q(AGENT_BASE)}/*; do [ \"$old\" = {q(d)} ] || rm -rf \"$old\"; done",
-        f"cd {q(d)}",
-        f"exec python3 -m runner.agent.server --port {int(port)} --token-file {q(GUEST_CONFIG)} "
-        f"--root {q(GUEST_ROOT)} --daemon",
-    ]
-    return "\n".join(lines)
+        f"for old in {base}/* {base}/.unpack.*; do [ \"$old\" = {d} ] || rm -rf \"$old\"; done",
+        f"cd {d}",
+        f"exec python3 -m runner.agent.server --port {int(port)} --token-file {shlex.quote(GUEST_CONFIG)} "
+        f"--root {shlex.quote(GUEST_ROOT)} --daemon",
+    ])
 
 
 def ensure_agent(ssh_client: Any, port: int) -> str:
@@ -135,25 +134,12 @@ def ensure_agent(ssh_client: Any, port: int) -> str:
     from runner.vm import ssh
 
     version, files = local_sources()
-    transport = ssh_client.get_transport()
-    if running_version(transport, port) == version:
+    if running_version(ssh_client.get_transport(), port) == version:
         return version
-    upload = None
-    sftp = ssh_client.open_sftp()
-    try:
-        try:
-            sftp.stat(f"{AGENT_BASE}/{version}/.complete")
-        except OSError:
-            with contextlib.suppress(OSError):  # it exists
-                sftp.mkdir(AGENT_BASE, 0o700)
-            upload = f"{AGENT_BASE}/.upload-{version}-{secrets.token_hex(4)}.tar.gz"
-            sftp.putfo(io.BytesIO(tarball(files)), upload)
-    finally:
-        sftp.close()
-    code, out, err = ssh.run(ssh_client, start_script(version, port, upload), timeout=START_TIMEOUT)
+    code, out, err = ssh.run(ssh_client, start_script(version, port), timeout=START_TIMEOUT,
+                             stdin=tarball(files))
     if code != 0:
         detail = (err or out).decode(errors="replace").strip().splitlines()
         raise VMError(f"cannot start the runner agent in the VM: {detail[-1] if detail else f'exit code {code}'}",
                       hint="see /run/runner/agent.log in the VM (`runner vm ssh`)")
     return version
-

@@ -30,7 +30,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 
-from runner.errors import Conflict, NotFound, UsageError
+from runner.errors import Conflict, NotFound
 
 CREATED, RUNNING, EXITED = "created", "running", "exited"
 
@@ -171,7 +171,7 @@ class StateStore:
     def resolve(self, ref: str) -> str:
         """Container id from a full id, a unique id prefix or a name (Docker's rules)."""
         if not ref or "/" in ref or ref.startswith("."):
-            raise UsageError(f"invalid container reference {ref!r}")
+            raise NotFound(f"no such container: {ref}")  # no container has such a name (images may)
         ids = self.ids()
         if ref in ids:
             return ref

@@ -168,10 +168,10 @@ class Machine:
         return ssh.run(self.ssh(), command, timeout=timeout, stdin=stdin)
 
     def put_tree(self, local_dir: str | os.PathLike, remote_dir: str) -> int:
-        """Copy a host directory tree into the guest over SFTP; returns the number of files."""
+        """Copy a host directory tree into the guest (a tar stream over SSH); returns the number of files."""
         from runner.vm import ssh
 
-        return ssh.sftp_put_tree(self.ssh(), local_dir, remote_dir)
+        return ssh.put_tree(self.ssh(), local_dir, remote_dir)
 
     def hostfwd_add(self, host_port: int, guest_port: int, proto: str = "tcp", host_ip: str = "127.0.0.1"
                     ) -> None:

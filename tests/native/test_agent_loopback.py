@@ -8,6 +8,7 @@ would see (output bytes, exit codes, error text).
 from __future__ import annotations
 
 import io
+import json
 import os
 import secrets
 import signal
@@ -230,7 +231,36 @@ def test_save_and_load_round_trip(backends):
 
 def test_info(backends):
     native, remote = backends
-    assert remote.info() == native.info()
+    expected = native.info()
+    expected.pop("backend")  # the one key a backend adds about itself
+    assert remote.info() == expected
+
+
+def test_daemon_mode_starts_once_per_version(agent, tmp_path):
+    """--daemon: returns once listening, writes the pid file, and a second start reuses the running agent."""
+    _, token, root = agent
+    token_file = tmp_path / "config.json"
+    token_file.write_text('{"agent_token": "%s", "agent_port": 1}' % token)  # the guest's config format
+    port = free_port()
+    argv = [sys.executable, "-m", "runner.agent.server", "--port", str(port), "--token-file", str(token_file),
+            "--root", root, "--daemon", "--run-dir", str(tmp_path / "run")]
+    first = subprocess.run(argv, cwd=package_root(), capture_output=True, timeout=60)
+    assert first.returncode == 0 and first.stdout.startswith(b"ready pid="), first.stderr
+    record = json.loads((tmp_path / "run" / "agent.pid").read_text())
+    try:
+        assert record["version"] == local_version() and record["port"] == port
+        client = connect(port, token)
+        assert client.call("ping") is None
+        client.close()
+        again = subprocess.run(argv, cwd=package_root(), capture_output=True, timeout=60)
+        assert again.returncode == 0 and b"already running" in again.stdout
+        assert json.loads((tmp_path / "run" / "agent.pid").read_text())["pid"] == record["pid"]
+    finally:
+        os.kill(record["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while (tmp_path / "run" / "agent.pid").exists():
+        assert time.monotonic() < deadline, "the agent did not remove its pid file on SIGTERM"
+        time.sleep(0.05)
 
 
 def test_client_death_leaves_the_container_running_detached(agent, backends):

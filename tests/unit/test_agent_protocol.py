@@ -288,11 +288,10 @@ def test_version_is_a_hash_of_the_shipped_sources():
     assert tarball(files) == tarball(dict(reversed(list(files.items()))))  # deterministic
 
 
-def test_start_script_quotes_and_unpacks_atomically():
-    script = start_script("0123456789abcdef", 7070, "/var/lib/runner/agent/.upload-x.tar.gz")
+def test_start_script_unpacks_atomically_and_starts_the_daemon(tmp_path):
+    script = start_script("0123456789abcdef", 7070)
     assert "mv \"$t\" /var/lib/runner/agent/0123456789abcdef" in script
-    assert script.rstrip().endswith("--daemon")
-    assert "tar" not in start_script("0123456789abcdef", 7070, None)
+    assert script.rstrip().endswith("--root /var/lib/runner --daemon")
 
 
 # ------------------------------------------------------------------------------------------------- handshake
@@ -474,3 +473,51 @@ def test_round_trip_inside_one_connection_is_fast(backend):
     median = statistics.median(samples)
     print(f"ping round trip: median {median * 1e3:.3f} ms, p95 {sorted(samples)[190] * 1e3:.3f} ms")
     assert median < 0.005
+
+
+def test_mux_relays_calls_and_streams_to_a_channel(engine):
+    """The connection cache copies bytes between a local socket and an SSH channel, in both directions."""
+    from runner.agent import mux
+
+    class Channel:  # what paramiko's direct-tcpip channel offers the relay
+        def __init__(self, sock):
+            self.sock = sock
+
+        def recv(self, n):
+            return self.sock.recv(n)
+
+        def sendall(self, data):
+            self.sock.sendall(data)
+
+        def shutdown_write(self):
+            self.sock.shutdown(socket.SHUT_WR)
+
+        def close(self):
+            self.sock.close()
+
+    class Transport:
+        def open_channel(self, kind, dest, src, timeout=None):
+            assert kind == "direct-tcpip" and dest == ("127.0.0.1", 7070)
+            return Channel(serve(engine)[0])
+
+    ours, theirs = socket.socketpair()
+    threading.Thread(target=mux._relay, args=(theirs, Transport(), 7070), daemon=True).start()
+    backend = AgentBackend(lambda: AgentClient(ours, TOKEN, VERSION))
+    stdio, in_w, out_r, err_r, lent = pipe_stdio(with_stdin=True)
+    handle = backend.run({"image": "x"}, stdio)
+    os.write(in_w, b"through the mux")
+    os.close(in_w)
+    assert handle.wait() == 3
+    for fd in lent:
+        os.close(fd)
+    assert read_all(out_r) == b"hello\nTHROUGH THE MUX"
+    assert backend.ps() == [{"Id": "c0ffee", "all": False}]
+    backend.close()
+
+
+def test_mux_socket_path_stays_within_sun_path(tmp_path):
+    from runner.agent import mux
+
+    assert mux.socket_path(tmp_path) == tmp_path / "agent.sock"
+    long_dir = tmp_path / ("x" * 120)
+    assert len(str(mux.socket_path(long_dir))) <= 100
