@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
 import shlex
 import tarfile
@@ -86,6 +87,9 @@ def tarball(files: dict[str, bytes]) -> bytes:
 
 def running_version(transport: Any, port: int, timeout: float = 10.0) -> str | None:
     """The version of the agent listening on the guest's ``port``, or None if nothing answers there."""
+    # paramiko logs a refused channel at ERROR; with no logging configured Python would print it to the
+    # user's terminal, yet "no agent yet" is the expected answer on a fresh boot.
+    logging.getLogger("paramiko.transport").addHandler(logging.NullHandler())
     try:
         chan = transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=timeout)
     except Exception:  # paramiko.ChannelException: the guest refused the connection (no agent yet)

@@ -160,7 +160,7 @@ def _mount_image_commands() -> None:
         from runner.cli.vm_image import image_app
     except ImportError:
         return
-    vm_app.add_typer(image_app, name="image", help="Build, verify and locate the guest image")
+    vm_app.add_typer(image_app, name="image")
 
 
 _mount_image_commands()

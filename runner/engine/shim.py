@@ -10,16 +10,17 @@ Sequence (caller = CLI process natively, the agent in the guest)::
 
     caller                                shim                                   container
     ──────                                ────                                   ─────────
-    pipe(sync), [openpty]
+    socketpair(SEQPACKET) = sync
     fork ───────────────────────────────► setsid, [fork again if detached]
                                           unshare(NEWNS), / rprivate
                                           mount overlay on bundle/rootfs
                                           write config.json (user resolved)
                                           runtime.start(bundle) ─── fork ──────► namespaces, pivot_root,
+                                            [-t: console socket] ◄── pty master ── [pty from its devpts]
                                                                                  caps, exec workload
                                           record: running, pid
-    read sync ◄──── {"started": pid} ──── relay output → log (+ caller fds)
-    [wait: read sync]                     waitpid → exit code, OOM?, runtime.delete
+    recv sync ◄── {"started": pid} [+master] relay output → log (+ caller fds)
+    [wait: recv sync]                     waitpid → exit code, OOM?, runtime.delete
                                           record: exited  [--rm: remove dir]
     exit code ◄──── {"exited": code} ──── _exit
 

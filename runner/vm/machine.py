@@ -268,7 +268,8 @@ class Machine:
             kwargs.update(start_new_session=True, umask=0o077)
         else:
             kwargs.update(creationflags=subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP)
-        with os.fdopen(os.open(self.paths.qemu_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as errlog:
+        log_fd = os.open(self.paths.qemu_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(log_fd, "wb") as errlog:
             try:
                 self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=errlog,
                                               stderr=subprocess.STDOUT, **kwargs)
@@ -289,7 +290,8 @@ class Machine:
         if not os.path.exists(qemu_img):
             qemu_img = shutil.which("qemu-img") or qemu_img
         tmp = self.paths.data_disk.with_name("data.qcow2.tmp")
-        proc = subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(tmp), size],
+        # Bytes, not the user's spelling: qemu-img does not read "20GiB".
+        proc = subprocess.run([qemu_img, "create", "-q", "-f", "qcow2", str(tmp), str(parse_size(size))],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             tmp.unlink(missing_ok=True)
@@ -481,7 +483,8 @@ class _NotYet(Exception):
 
 
 def _describe(config: MachineConfig) -> str:
-    return f"{config.cpus} CPU{'s' if config.cpus != 1 else ''}, {config.memory_mib} MiB memory, a {config.disk_size} disk"
+    cpus = f"{config.cpus} CPU{'s' if config.cpus != 1 else ''}"
+    return f"{cpus}, {config.memory_mib} MiB memory, a {config.disk_size} disk"
 
 
 def _tail(path: Path, lines: int) -> str:
