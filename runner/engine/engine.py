@@ -12,15 +12,14 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import shutil
 import signal as signals
 import time
 from typing import IO
 
 from runner.backends.base import Stdio, TermSize
 from runner.engine import logs, shim
-from runner.engine.state import CREATED, EXITED, RUNNING, ContainerRecord, StateStore, now
-from runner.errors import Conflict, NotFound, PlatformError, RunnerError, UsageError
+from runner.engine.state import CREATED, RUNNING, ContainerRecord, StateStore, now
+from runner.errors import Conflict, NotFound, PlatformError, UsageError
 from runner.spec import ContainerSpec, ExecSpec
 
 DEFAULT_ROOT = "/var/lib/runner"

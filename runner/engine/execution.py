@@ -8,7 +8,6 @@ agent in the guest) may hand us pipes rather than a terminal.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -16,18 +15,17 @@ import threading
 
 from runner.backends.base import Stdio, TermSize
 from runner.engine import logs
-from runner.engine.shim import exit_code_of, set_winsize
+from runner.engine.shim import AttachedProcess, exit_code_of, set_winsize
 from runner.engine.state import ContainerRecord
 from runner.spec import ExecSpec
 
 
-class ExecProcess:
+class ExecProcess(AttachedProcess):
+    """An exec'd process is the caller's own child: wait for it directly, then for its output pump."""
+
     def __init__(self, cid: str, pid: int, master: int | None, pump: threading.Thread | None):
-        self.container_id = cid
-        self.pid = pid
-        self._master = master
+        super().__init__(cid, pid, master)
         self._pump = pump
-        self._code: int | None = None
 
     def wait(self) -> int:
         if self._code is None:
@@ -35,19 +33,8 @@ class ExecProcess:
             self._code = exit_code_of(status)
             if self._pump is not None:
                 self._pump.join()
-            if self._master is not None:
-                os.close(self._master)
-                self._master = None
+            self._close_master()
         return self._code
-
-    def resize(self, size: TermSize) -> None:
-        if self._master is not None:
-            with contextlib.suppress(OSError):
-                set_winsize(self._master, size)
-
-    def signal(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signum)
 
 
 def start_exec(engine, rec: ContainerRecord, spec: ExecSpec, stdio: Stdio, size: TermSize | None) -> ExecProcess:

@@ -59,33 +59,14 @@ def exit_code_of(status: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-class ContainerProcess:
-    """The caller's handle on an attached container: wait for it, resize its terminal, signal it."""
+class AttachedProcess:
+    """What every attached handle shares: a workload pid to signal and maybe a pty master to resize."""
 
-    def __init__(self, engine, container_id: str, sync: socket.socket, shim_pid: int, pid: int,
-                 master: int | None):
-        self.engine = engine
+    def __init__(self, container_id: str, pid: int, master: int | None):
         self.container_id = container_id
-        self._sync = sync
-        self._shim_pid = shim_pid
         self.pid = pid
-        self._master = master  # only for window-size changes; the shim does all the reading and writing
+        self._master = master  # only for window-size changes; someone else does the reading and writing
         self._code: int | None = None
-
-    def wait(self) -> int:
-        if self._code is None:
-            msg, _ = _recv(self._sync)
-            self._sync.close()
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(self._shim_pid, 0)
-            if self._master is not None:
-                os.close(self._master)
-                self._master = None
-            if msg and "exited" in msg:
-                self._code = int(msg["exited"])
-            else:  # the shim died: the record, reconciled, says what is known
-                self._code = self.engine.wait(self.container_id)
-        return self._code
 
     def resize(self, size: TermSize) -> None:
         if self._master is not None:
@@ -95,6 +76,35 @@ class ContainerProcess:
     def signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signum)
+
+    def _close_master(self) -> None:
+        if self._master is not None:
+            os.close(self._master)
+            self._master = None
+
+
+class ContainerProcess(AttachedProcess):
+    """The caller's handle on an attached container: its exit code arrives from the shim."""
+
+    def __init__(self, engine, container_id: str, sync: socket.socket, shim_pid: int, pid: int,
+                 master: int | None):
+        super().__init__(container_id, pid, master)
+        self.engine = engine
+        self._sync = sync
+        self._shim_pid = shim_pid
+
+    def wait(self) -> int:
+        if self._code is None:
+            msg, _ = _recv(self._sync)
+            self._sync.close()
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._shim_pid, 0)
+            self._close_master()
+            if msg and "exited" in msg:
+                self._code = int(msg["exited"])
+            else:  # the shim died: the record, reconciled, says what is known
+                self._code = self.engine.wait(self.container_id)
+        return self._code
 
 
 # The sync channel is a SOCK_SEQPACKET pair: one JSON message per packet, and it can carry the terminal's

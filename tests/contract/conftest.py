@@ -7,7 +7,6 @@ stops it at the end, even when tests fail.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 
