@@ -21,6 +21,7 @@ _ENV_KEY_RE = re.compile(r"^[^=\0]+$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
 NETWORK_MODES = ("none", "host", "bridge")
+_NETWORK_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")  # a user network (runner network create)
 
 
 def parse_size(text: str, what: str = "size") -> int:
@@ -196,8 +197,9 @@ class ContainerSpec:
             problems.append(f"invalid hostname {self.hostname!r}")
         if self.user is not None and not re.match(r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$", self.user):
             problems.append(f"invalid user {self.user!r}: use uid[:gid] or name[:group]")
-        if self.network not in NETWORK_MODES:
-            problems.append(f"unknown network mode {self.network!r}: use {', '.join(NETWORK_MODES)}")
+        if self.network not in NETWORK_MODES and not _NETWORK_NAME_RE.match(str(self.network)):
+            problems.append(f"invalid network mode {self.network!r}: "
+                            f"use {', '.join(NETWORK_MODES)} or a network name")
         for m in self.mounts:
             problems.extend(m.problems())
         for p in self.ports:

@@ -40,9 +40,10 @@ SUITE = "bookworm"
 
 # Only what the guest needs: full python3 (the agent uses json, shutil, asyncio, ctypes), dropbear
 # (an SSH server that is fast under TCG; -bin has dropbearconvert for OpenSSH keys), networking tools for
-# container networks, e2fsprogs to format the data disk, kmod so the kernel can autoload modules.
+# container networks, e2fsprogs to format the data disk, kmod so the kernel can autoload modules, and
+# util-linux's mount (not Essential) so the host can mount 9p shares over SSH.
 PACKAGES = ("python3", "dropbear-bin", "iproute2", "iptables", "busybox-static", "e2fsprogs",
-            "ca-certificates", "kmod")
+            "ca-certificates", "kmod", "mount")
 PATH_EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", "/usr/share/info/*",
                  "/usr/share/lintian/*", "/usr/share/bash-completion/*")
 
@@ -75,6 +76,10 @@ class BuildError(RuntimeError):
     """A build step failed; the message says which and why."""
 
 
+class HostError(BuildError):
+    """This host cannot build the image at all (not Linux, not root, tools or binfmt missing)."""
+
+
 def log(msg: str) -> None:
     print(f"vmimage: {msg}", file=sys.stderr, flush=True)
 
@@ -102,22 +107,27 @@ def sha256_file(path: Path) -> str:
 def preflight(arch: str) -> None:
     """Fail early with one clear line per missing tool; enable the foreign apt arch / binfmt if needed."""
     if platform.system() != "Linux":
-        raise BuildError("the guest image builds on Linux only; download the release artifacts instead")
+        raise HostError("the guest image builds on Linux only; download the release artifacts instead")
     if os.geteuid() != 0:
-        raise BuildError("building the guest image needs root (mmdebstrap and mkfs.ext4 -d keep ownership)")
+        raise HostError("building the guest image needs root (mmdebstrap and mkfs.ext4 -d keep ownership)")
     missing = [t for t in ("mmdebstrap", "apt-get", "apt-cache", "dpkg-deb", "dpkg-query", "mkfs.ext4",
                            "depmod") if shutil.which(t) is None]
+    if ARCHES[arch][0] != _native_debarch() and shutil.which("arch-test") is None:
+        missing.append("arch-test")
     if missing:
-        raise BuildError(f"missing tools: {', '.join(missing)} (apt-get install $(cat vmimage/requirements-apt.txt))")
+        raise HostError(f"missing tools: {', '.join(missing)} (apt-get install $(cat vmimage/requirements-apt.txt))")
     debarch = ARCHES[arch][0]
-    native = run("dpkg", "--print-architecture", capture=True).strip()
-    if debarch != native:
+    if debarch != _native_debarch():
         foreign = run("dpkg", "--print-foreign-architectures", capture=True).split()
         if debarch not in foreign:
             log(f"adding apt architecture {debarch} and updating package lists")
             run("dpkg", "--add-architecture", debarch)
             run("apt-get", "update")
         _ensure_binfmt(arch)
+
+
+def _native_debarch() -> str:
+    return run("dpkg", "--print-architecture", capture=True).strip()
 
 
 def _ensure_binfmt(arch: str) -> None:
@@ -129,7 +139,7 @@ def _ensure_binfmt(arch: str) -> None:
     if not entry.exists() and shutil.which("update-binfmts"):
         subprocess.run(["update-binfmts", "--enable", f"qemu-{arch}"], capture_output=True)
     if not entry.exists() or "enabled" not in entry.read_text():
-        raise BuildError(f"no binfmt_misc handler for {arch}: apt-get install qemu-user-static binfmt-support, "
+        raise HostError(f"no binfmt_misc handler for {arch}: apt-get install qemu-user-static binfmt-support, "
                          "and mount binfmt_misc (mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc)")
 
 
@@ -140,23 +150,30 @@ def apt_sources() -> list[str]:
     return [str(f) for f in files if f.is_file() and f.read_text().strip()]
 
 
-def candidate_versions(names: list[str], debarch: str) -> dict[str, str]:
-    """Current apt candidate version of each package for ``debarch`` (one apt-cache call)."""
-    out = run("apt-cache", "show", "--no-all-versions", *[f"{n}:{debarch}" for n in names], capture=True)
-    versions, pkg = {}, None
-    for line in out.splitlines():
-        if line.startswith("Package: "):
-            pkg = line.split()[1]
-        elif line.startswith("Version: ") and pkg:
-            versions[pkg] = line.split()[1]
+def apt_cache(out: Path, *args: str) -> str:
+    """apt-cache with a binary cache kept in the output dir. Hosts (CI images, containers) often disable
+    apt's own pkgcache, and then every apt-cache call re-parses all package lists: ~4 s each. apt
+    revalidates this cache against the lists, so it is never stale."""
+    out.mkdir(parents=True, exist_ok=True)
+    return run("apt-cache", "-o", f"Dir::Cache::pkgcache={out / '.apt-pkgcache.bin'}",
+               "-o", "Dir::Cache::srcpkgcache=", *args, capture=True)
+
+
+def candidate_versions(out: Path, packages: list[str]) -> dict[str, str]:
+    """Current apt candidate version of each "name:arch" (arch as dpkg records it, "all" included)."""
+    text = apt_cache(out, "show", "--no-all-versions", *packages)
+    versions: dict[str, str] = {}
+    for stanza in text.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and line[0] != " ")
+        if {"Package", "Version", "Architecture"} <= fields.keys():
+            versions[f"{fields['Package']}:{fields['Architecture']}"] = fields["Version"]
     return versions
 
 
-def kernel_package(arch: str) -> str:
+def kernel_package(out: Path, arch: str) -> str:
     """The versioned linux-image package the metapackage currently points at."""
     debarch, meta, _ = ARCHES[arch]
-    out = run("apt-cache", "depends", f"{meta}:{debarch}", capture=True)
-    for line in out.splitlines():
+    for line in apt_cache(out, "depends", f"{meta}:{debarch}").splitlines():
         m = re.match(r"\s*Depends: (linux-image-[0-9][^:\s]*)", line)
         if m:
             return m.group(1)
@@ -179,11 +196,10 @@ def up_to_date(out: Path, arch: str) -> bool:
         return False
     if manifest.get("recipe") != recipe_hash(arch) or manifest.get("arch") != arch:
         return False
-    debarch = ARCHES[arch][0]
     packages = manifest.get("packages", {})
-    if kernel_package(arch) not in packages:
+    if f"{kernel_package(out, arch)}:{ARCHES[arch][0]}" not in packages:
         return False
-    if candidate_versions(sorted(packages), debarch) != packages:
+    if candidate_versions(out, sorted(packages)) != packages:
         return False
     for art in manifest.get("artifacts", {}).values():
         path = out / art["file"]
@@ -194,10 +210,10 @@ def up_to_date(out: Path, arch: str) -> bool:
 
 # ---------------------------------------------------------------- kernel and modules
 
-def fetch_kernel(arch: str, work: Path) -> tuple[str, str, Path]:
+def fetch_kernel(out: Path, arch: str, work: Path) -> tuple[str, str, Path]:
     """Download and unpack the generic kernel package; return (package, version, unpacked dir)."""
     debarch = ARCHES[arch][0]
-    pkg = kernel_package(arch)
+    pkg = kernel_package(out, arch)
     dl = work / "deb"
     dl.mkdir()
     # apt-get download runs as _apt when it can; a root-only temp dir just makes it warn.
@@ -343,8 +359,9 @@ def customize_rootfs(rootfs: Path) -> None:
 
 
 def installed_packages(rootfs: Path) -> dict[str, str]:
-    out = run("dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W", "-f", "${Package} ${Version}\n",
-              capture=True)
+    """{"name:arch": version} of everything installed in the rootfs (the cache key's package half)."""
+    out = run("dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W", "-f",
+              "${Package}:${Architecture} ${Version}\n", capture=True)
     return dict(line.split(" ", 1) for line in out.splitlines() if line)
 
 
@@ -382,6 +399,15 @@ def make_initrd(rootfs: Path, release: str, stage1: list[str], dest: Path) -> No
 
 # ---------------------------------------------------------------- main
 
+def _remove_stale_work_dirs(out: Path) -> None:
+    """Delete work dirs a killed build left behind, unless something is still mounted inside one
+    (mmdebstrap mounts /proc, /sys and /dev/pts in the rootfs while it runs): never rmtree across a mount."""
+    mounts = Path("/proc/self/mounts").read_text().split("\n")
+    for stale in out.glob(".build-*"):
+        if not any(f" {stale}/" in line for line in mounts):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def build(arch: str, out_dir: str | os.PathLike, force: bool = False) -> Path:
     """Build (or reuse) the image for ``arch`` in ``out_dir``; return the manifest path."""
     if arch not in ARCHES:
@@ -393,9 +419,10 @@ def build(arch: str, out_dir: str | os.PathLike, force: bool = False) -> Path:
         return out / "manifest.json"
     started = time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_work_dirs(out)
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=out))
     try:
-        kpkg, kversion, unpacked = fetch_kernel(arch, work)
+        kpkg, kversion, unpacked = fetch_kernel(out, arch, work)
         stage = work / "out"
         stage.mkdir()
         release = extract_kernel(arch, unpacked, stage / "kernel")
@@ -405,7 +432,7 @@ def build(arch: str, out_dir: str | os.PathLike, force: bool = False) -> Path:
         stage1 = install_modules(arch, unpacked, release, rootfs)
         shutil.rmtree(unpacked)
         packages = installed_packages(rootfs)
-        packages[kpkg] = kversion
+        packages[f"{kpkg}:{ARCHES[arch][0]}"] = kversion
         make_initrd(rootfs, release, stage1, stage / "initrd.img")
         make_ext4(rootfs, stage / "rootfs.ext4")
         artifacts = {}

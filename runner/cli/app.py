@@ -74,8 +74,9 @@ def main_options(
 
 
 def _register() -> None:
-    from runner.cli import containers, images, system
+    from runner.cli import containers, images, network, system
     containers.register(app)
+    network.register(app)
     images.register(app)
     system.register(app)
     try:

@@ -93,11 +93,15 @@ _OPTS = dict(
     pids_limit=typer.Option(None, "--pids-limit", help="maximum number of processes (-1 unlimited)"),
     volume=typer.Option([], "-v", "--volume", help="bind mount a host path: /host:/ctr[:ro]"),
     read_only=typer.Option(False, "--read-only", help="mount the container's root filesystem read-only"),
-    network=typer.Option("none", "--network", "--net", help="none or host"),
+    network=typer.Option("bridge", "--network", "--net",
+                         help="bridge (default), host, none, or a network from 'runner network create'"),
     tty=typer.Option(False, "-t", "--tty", help="allocate a pseudo-terminal"),
     interactive=typer.Option(False, "-i", "--interactive", help="keep stdin open"),
-    publish=typer.Option([], "-p", "--publish", help="publish a port: [ip:]hostPort:containerPort[/proto]"),
-    publish_all=typer.Option(False, "-P", "--publish-all", help="publish all exposed ports"),
+    publish=typer.Option([], "-p", "--publish",
+                         help="publish a port: [ip:]hostPort:containerPort[/proto]; binds 127.0.0.1 unless an "
+                              "ip is given (Docker binds all addresses)"),
+    publish_all=typer.Option(False, "-P", "--publish-all",
+                             help="publish all exposed ports to random ports on 127.0.0.1"),
     label=typer.Option([], "-l", "--label", help="set a label KEY=VALUE"),
     pull=typer.Option("missing", "--pull", help="pull the image: missing, always or never"),
 )

@@ -17,7 +17,7 @@ import time
 from typing import IO
 
 from runner.backends.base import Stdio, TermSize
-from runner.engine import logs, shim
+from runner.engine import logs, network, shim
 from runner.engine.state import CREATED, RUNNING, ContainerRecord, StateStore, now
 from runner.errors import Conflict, NotFound, PlatformError, UsageError
 from runner.spec import ContainerSpec, ExecSpec
@@ -110,11 +110,12 @@ class Engine:
             raise
 
     # ------------------------------------------------------------------ rootfs (runs in the shim)
-    def prepare_rootfs(self, rec: ContainerRecord) -> None:
+    def prepare_rootfs(self, rec: ContainerRecord, netns: str | None = None, size: TermSize | None = None) -> None:
         """Mount the container's overlay in a private mount namespace and write the OCI ``config.json``.
 
         Called in the shim. The new mount namespace is made recursively private first, so the overlay
-        neither shows up on the host nor receives the host's later mount events.
+        neither shows up on the host nor receives the host's later mount events. ``netns`` is the network
+        namespace the shim wired (runner.engine.network), which the runtime joins instead of creating one.
         """
         from runner.engine.runtime import linux, oci
         linux.unshare(linux.CLONE_NEWNS)
@@ -142,6 +143,9 @@ class Engine:
             hostname=rec.extra["hostname"], etc_files=self._etc_files(rec.id),
             cgroups_path=f"runner/{rec.id}", uid=uid, gid=gid, additional_gids=gids,
             home=oci.home_dir(uid, rootfs))
+        network.join_config(config, netns)
+        if spec.tty and size is not None:  # set before the workload runs: its first `stty size` must see it
+            config["process"]["consoleSize"] = {"height": size.rows, "width": size.cols}
         from runner.engine.state import write_json_atomic
         write_json_atomic(os.path.join(self.bundle_dir(rec.id), "config.json"), config)
 
@@ -171,6 +175,8 @@ class Engine:
                 hosts = f.read()
             with contextlib.suppress(OSError), open("/etc/resolv.conf") as f:
                 resolv = f.read()
+        elif spec.network != "none":  # a bridge network: the host's resolvers, minus loopback stubs
+            resolv = network.resolv_conf_for_container()
         for name, content in (("hostname", hostname + "\n"), ("hosts", hosts), ("resolv.conf", resolv)):
             with open(os.path.join(etc, name), "w") as f:
                 f.write(content)
@@ -180,8 +186,7 @@ class Engine:
     def create(self, spec: dict) -> str:
         self._require_root()
         cspec = ContainerSpec.from_dict(spec).validate()
-        if cspec.network == "bridge":
-            raise UsageError("the bridge network is not available yet", hint="use --network none or --network host")
+        network.check(self, cspec)  # the network exists (the default one is made on first use)
         for m in cspec.mounts:
             if not os.path.exists(m.source):
                 raise NotFound(f"bind source path does not exist: {m.source}",
@@ -299,6 +304,7 @@ class Engine:
     def _remove(self, cid: str) -> None:
         with contextlib.suppress(Exception):
             self.runtime.delete(self.bundle_dir(cid), cid)
+        network.forget(self, cid)  # a lease or veth a killed shim could not release
         self.remove_container_files(cid)
 
     def remove_container_files(self, cid: str) -> None:
@@ -318,7 +324,9 @@ class Engine:
         cmd = (spec.get("entrypoint") or []) + (spec.get("command") or [])
         return {"Id": rec.id, "Name": rec.name, "Image": rec.image_ref, "Command": " ".join(cmd),
                 "Created": rec.created, "State": rec.status, "ExitCode": rec.exit_code,
-                "StartedAt": rec.started_at, "FinishedAt": rec.finished_at}
+                "StartedAt": rec.started_at, "FinishedAt": rec.finished_at,
+                "Ports": network.ports_text((rec.extra.get("network") or {}).get("Ports") or []),
+                "Networks": spec.get("network", "none")}
 
     def inspect(self, ref: str) -> dict:
         rec = self._record(ref)
@@ -343,11 +351,13 @@ class Engine:
             "HostConfig": {"Memory": spec.limits.memory or 0,
                            "NanoCpus": int((spec.limits.cpus or 0) * 1e9),
                            "PidsLimit": spec.limits.pids or 0, "ReadonlyRootfs": spec.read_only,
-                           "NetworkMode": spec.network, "AutoRemove": spec.auto_remove,
+                           "NetworkMode": spec.network, "PortBindings": network.port_bindings(spec),
+                           "PublishAllPorts": spec.publish_all, "AutoRemove": spec.auto_remove,
                            "Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "") for m in spec.mounts],
                            "Runtime": rec.runtime},
             "Mounts": [{"Type": "bind", "Source": m.source, "Destination": m.target, "RW": not m.readonly}
                        for m in spec.mounts],
+            "NetworkSettings": network.container_settings(rec, spec),
             "LogPath": self.log_path(rec.id),
         }
 
@@ -368,6 +378,26 @@ class Engine:
         for i, (stream, _, data) in enumerate(logs.read_frames(path, running if follow else None)):
             if i >= skip:
                 logs.write_all(sinks.get(stream, stdio.stdout), data)
+
+    # ------------------------------------------------------------------ networks (runner.engine.network)
+    def port(self, ref: str) -> dict:
+        """The published ports of a running container, ``{"80/tcp": [{"HostIp", "HostPort"}]}``."""
+        return network.docker_ports((self._record(ref).extra.get("network") or {}).get("Ports") or [])
+
+    def network_create(self, name: str, subnet: str | None = None) -> dict:
+        self._require_root()
+        return network.Networks(self).create(name, subnet)
+
+    def network_ls(self) -> list[dict]:
+        return [network.Networks(self).inspect(n) for n in network.Networks(self).names()]
+
+    def network_inspect(self, name: str) -> dict:
+        return network.Networks(self).inspect(name)
+
+    def network_rm(self, name: str) -> str:
+        self._require_root()
+        network.Networks(self).remove(name)
+        return name
 
     # ------------------------------------------------------------------ images
     def images(self) -> list[dict]:
@@ -418,7 +448,10 @@ class Engine:
     def info(self) -> dict:
         from runner import __version__
         from runner.engine.runtime import cgroups
-        return {"root": self.root, "runtime": self.runtime.name, "cgroups": cgroups.describe(),
+        layout = cgroups.detect()
+        controllers = sorted({c for h in layout.hierarchies for c in h.controllers})
+        return {"root": self.root, "runtime": self.runtime.name,
+                "cgroups": f"v{layout.version} ({', '.join(controllers) or 'no controllers'})",
                 "version": __version__, "kernel": os.uname().release, "arch": os.uname().machine,
                 "containers": len(self.state.ids())}
 

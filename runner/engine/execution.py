@@ -15,7 +15,7 @@ import threading
 
 from runner.backends.base import Stdio, TermSize
 from runner.engine import logs
-from runner.engine.shim import AttachedProcess, exit_code_of, set_winsize
+from runner.engine.shim import AttachedProcess, exit_code_of
 from runner.engine.state import ContainerRecord
 from runner.spec import ExecSpec
 
@@ -50,6 +50,8 @@ def start_exec(engine, rec: ContainerRecord, spec: ExecSpec, stdio: Stdio, size:
         u = config["process"]["user"]
         uid, gid, gids = u["uid"], u["gid"], u.get("additionalGids", [])
     process = oci.exec_process(spec, config, uid, gid, gids)
+    if spec.tty and size is not None:
+        process["consoleSize"] = {"height": size.rows, "width": size.cols}
     devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
     try:
         if spec.tty:
@@ -65,7 +67,6 @@ def start_exec(engine, rec: ContainerRecord, spec: ExecSpec, stdio: Stdio, size:
             finally:
                 console.close()
             master = fds[0]
-            set_winsize(master, size)
             stdin = (stdio.stdin, master) if spec.interactive and stdio.stdin is not None else None
             pump = threading.Thread(target=logs.relay, args=({master: logs.STDOUT}, None,
                                                              {logs.STDOUT: stdio.stdout}, stdin), daemon=True)

@@ -412,7 +412,9 @@ class Networks:
             mine = self.all()
             used = host_used_networks() + [ipaddress.IPv4Network(n["Subnet"]) for n in mine]
             if subnet is None:
-                net = choose_subnet(used)
+                # 10.88.0.0/16 and index 0 (runner0) are kept for the default network, as docker0's are.
+                pool = candidate_subnets() if name == DEFAULT_NETWORK else candidate_subnets()[1:]
+                net = choose_subnet(used, pool)
             else:
                 try:
                     net = ipaddress.IPv4Network(subnet, strict=True)
@@ -425,7 +427,8 @@ class Networks:
                 if clash is not None:
                     raise Conflict(f"subnet {net} overlaps {clash}, already in use on this host",
                                    hint="choose another --subnet, or omit it to pick a free one")
-            index = min(set(range(len(mine) + 1)) - {n["Index"] for n in mine})
+            index = 0 if name == DEFAULT_NETWORK else \
+                min(set(range(1, len(mine) + 2)) - {n["Index"] for n in mine})
             record = {"Name": name, "Id": secrets.token_hex(32), "Created": now(), "Driver": "bridge",
                       "Subnet": str(net), "Gateway": str(net.network_address + 1),
                       "Bridge": bridge_name(self.tag, index), "Index": index}

@@ -12,15 +12,19 @@ Sequence (caller = CLI process natively, the agent in the guest)::
     ──────                                ────                                   ─────────
     socketpair(SEQPACKET) = sync
     fork ───────────────────────────────► setsid, [fork again if detached]
+                                          [bridge: bind published ports, lease an
+                                           address, wire netns + veth (network.py)]
                                           unshare(NEWNS), / rprivate
                                           mount overlay on bundle/rootfs
                                           write config.json (user resolved)
                                           runtime.start(bundle) ─── fork ──────► namespaces, pivot_root,
                                             [-t: console socket] ◄── pty master ── [pty from its devpts]
                                                                                  caps, exec workload
-                                          record: running, pid
+                                          record: running, pid [+ address, ports]
+                                          [start the port proxy threads]
     recv sync ◄── {"started": pid} [+master] relay output → log (+ caller fds)
     [wait: recv sync]                     waitpid → exit code, OOM?, runtime.delete
+                                          [close ports, delete veth, release lease]
                                           record: exited  [--rm: remove dir]
     exit code ◄──── {"exited": code} ──── _exit
 
@@ -42,7 +46,7 @@ import termios
 import traceback
 
 from runner.backends.base import Stdio, TermSize
-from runner.engine import logs
+from runner.engine import logs, network
 from runner.engine.state import EXITED, RUNNING, now, proc_start_time
 from runner.errors import ContainerStartError, RunnerError
 
@@ -195,8 +199,10 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
     bundle = engine.bundle_dir(cid)
     started = False
     master = None
+    net = network.NO_NETWORK
     try:
-        engine.prepare_rootfs(store.load(cid))  # private mount namespace + overlay + config.json
+        net = network.attach(engine, store.load(cid))  # ports bound, address leased, netns wired
+        engine.prepare_rootfs(store.load(cid), net.netns_path, size)  # private mount ns + overlay + config.json
         if tty:
             # runc's console socket: the pty is made inside the container, its master comes back here.
             console, console_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -210,7 +216,6 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             if not fds:
                 raise ContainerStartError("the container did not hand over its terminal")
             master = fds[0]
-            set_winsize(master, size)
             sources = {master: logs.STDOUT}
             pump_stdin = (stdio.stdin, master) if stdio is not None and stdio.stdin is not None else None
         else:
@@ -230,6 +235,8 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             rec.shim_pid, rec.shim_start = os.getpid(), proc_start_time(os.getpid())
             rec.started_at, rec.exit_code, rec.oom_killed, rec.error = now(), None, False, ""
             rec.finished_at = None
+            rec.extra["network"] = net.settings
+        net.serve()
         _send(sync, {"started": pid}, [master] if master is not None and stdio is not None else [])
         log = logs.LogWriter(engine.log_path(cid))
         sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr} if stdio is not None else {}
@@ -243,13 +250,16 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             raise
         if not isinstance(exc, RunnerError):
             exc = ContainerStartError(f"cannot start container: {exc}")
+        net.detach()
         _send(sync, {"error": exc.to_dict()})
         runtime.delete(bundle, cid)
         return 125
     runtime.delete(bundle, cid)
+    net.detach()
     engine.release_rootfs(cid)
     with store.update(cid) as rec:
         rec.status, rec.exit_code, rec.oom_killed, rec.finished_at = EXITED, code, oom, now()
+        rec.extra.pop("network", None)
         auto_remove = bool(rec.spec.get("auto_remove"))
     if auto_remove:
         engine.remove_container_files(cid)

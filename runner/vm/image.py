@@ -119,12 +119,15 @@ def build(arch: str, out_dir: str | os.PathLike, force: bool = False) -> Artifac
     _check_arch(arch)
     if platform.system() != "Linux":
         raise PlatformError("the guest image can only be built on Linux", hint=_DOWNLOAD_HINT)
-    from vmimage.build import BuildError, build as run_build  # the recipe ships beside runner/
+    from vmimage.build import BuildError, HostError, build as run_build  # the recipe ships beside runner/
 
     try:
         run_build(arch, out_dir, force=force)
+    except HostError as e:
+        raise PlatformError(f"cannot build the {arch} guest image here: {e}",
+                            hint="apt-get install $(cat vmimage/requirements-apt.txt), run as root") from None
     except BuildError as e:
-        raise VMError(f"guest image build failed: {e}", hint="see vmimage/README.md for build requirements")
+        raise VMError(f"guest image build failed: {e}", hint="see vmimage/README.md for build requirements") from None
     return verify(out_dir, arch)
 
 

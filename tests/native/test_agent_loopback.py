@@ -91,19 +91,22 @@ def attached(backend, spec: dict, stdin: bytes | None = None, size: TermSize | N
     if stdin is not None:
         in_r, in_w = os.pipe()
     chunks = {out_r: [], err_r: []}
-    readers = [threading.Thread(target=lambda fd=fd: _drain(fd, chunks[fd])) for fd in chunks]
+    readers = [threading.Thread(target=_drain, args=(fd, chunks[fd]), daemon=True) for fd in chunks]
     for t in readers:
         t.start()
-    handle = backend.run(spec, Stdio(in_r, out_w, err_w), size)
-    if during is not None:
-        during(handle, chunks[out_r])
-    if in_w is not None:
-        os.write(in_w, stdin)
-        os.close(in_w)
-    code = handle.wait()
-    for fd in (in_r, out_w, err_w):
-        if fd is not None:
-            os.close(fd)
+    try:
+        handle = backend.run(spec, Stdio(in_r, out_w, err_w), size)
+        if during is not None:
+            during(handle, chunks[out_r])
+        if in_w is not None:
+            os.write(in_w, stdin)
+            os.close(in_w)
+            in_w = None
+        code = handle.wait()
+    finally:  # also on failure: the readers must see EOF, or they would outlive the test
+        for fd in (in_r, in_w, out_w, err_w):
+            if fd is not None:
+                os.close(fd)
     for t in readers:
         t.join(10)
     return code, b"".join(chunks[out_r]), b"".join(chunks[err_r])

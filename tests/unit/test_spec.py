@@ -36,7 +36,7 @@ def test_port_parse():
 
 
 def test_validate_reports_every_problem_at_once():
-    spec = ContainerSpec(image="img", workdir="rel", name="bad name!", network="bogus",
+    spec = ContainerSpec(image="img", workdir="rel", name="bad name!", network="bogus net!",
                          limits=Limits(memory=1024, cpus=0.0001))
     with pytest.raises(UsageError) as info:
         spec.validate()

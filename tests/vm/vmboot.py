@@ -24,7 +24,10 @@ from runner.vm import initrd, keys
 from runner.vm.image import Artifacts
 
 QEMU = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
-MACHINE = {"x86_64": ["-M", "q35", "-cpu", "max"], "aarch64": ["-M", "virt", "-cpu", "cortex-a72"]}
+# qboot instead of SeaBIOS: direct kernel boot needs no BIOS services, and qboot reaches the kernel
+# ~0.3-0.5 s sooner under TCG. It ships with QEMU (pc-bios/qboot.rom) on every host OS.
+MACHINE = {"x86_64": ["-M", "q35", "-cpu", "max", "-bios", "qboot.rom"],
+           "aarch64": ["-M", "virt", "-cpu", "cortex-a72"]}
 
 
 def free_port() -> int:
@@ -34,7 +37,7 @@ def free_port() -> int:
 
 
 def qemu_argv(art: Artifacts, workdir: Path, initrd_path: Path, data_disk: Path | None, ssh_port: int,
-              memory_mb: int = 1024) -> list[str]:
+              memory_mb: int = 1024, extra: tuple[str, ...] = ()) -> list[str]:
     """The argv this image is measured with (TCG, since KVM hangs on the test machines)."""
     argv = [QEMU[art.arch], "-accel", "tcg", *MACHINE[art.arch], "-m", str(memory_mb), "-smp", "1",
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
@@ -53,7 +56,7 @@ def qemu_argv(art: Artifacts, workdir: Path, initrd_path: Path, data_disk: Path 
     if data_disk is not None:
         argv += ["-drive", f"if=none,id=data,file={data_disk},format=qcow2",
                  "-device", "virtio-blk-pci,drive=data,serial=runner-data"]
-    return argv
+    return argv + list(extra)
 
 
 def make_config(host_key: keys.KeyPair, client_key: keys.KeyPair, hostname: str = "runner") -> dict:
@@ -149,7 +152,7 @@ class Guest:
 
 
 def start(art: Artifacts, workdir: Path, data_disk: Path | None = None, config: dict | None = None,
-          keys_dir: Path | None = None) -> Guest:
+          keys_dir: Path | None = None, extra: tuple[str, ...] = ()) -> Guest:
     """Launch QEMU for ``art`` (keys in ``keys_dir``, generated once and reused across boots)."""
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in ("ready.log", "serial.log"):
@@ -159,7 +162,7 @@ def start(art: Artifacts, workdir: Path, data_disk: Path | None = None, config: 
     config = config or make_config(host_key, client_key)
     initrd.combined_initrd(art.initrd, config, boot_initrd)
     port = free_port()
-    argv = qemu_argv(art, workdir, boot_initrd, data_disk, port)
+    argv = qemu_argv(art, workdir, boot_initrd, data_disk, port, extra=extra)
     log = open(workdir / "qemu.log", "wb")
     t0 = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -174,9 +177,9 @@ def make_data_disk(path: Path, size: str = "2G") -> Path:
 
 @contextlib.contextmanager
 def booted(art: Artifacts, workdir: Path, data_disk: Path | None = None, keys_dir: Path | None = None,
-           timeout: float = 120.0):
+           timeout: float = 120.0, extra: tuple[str, ...] = ()):
     """Boot, wait until SSH works, yield (guest, paramiko client); always stop QEMU afterwards."""
-    guest = start(art, workdir, data_disk, keys_dir=keys_dir)
+    guest = start(art, workdir, data_disk, keys_dir=keys_dir, extra=extra)
     client = None
     try:
         guest.wait_ready(timeout)

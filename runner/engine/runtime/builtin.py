@@ -54,12 +54,15 @@ in execve or os._exit. Standard library only: this runs in the VM guest's agent 
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import resource
 import signal
 import socket
 import stat
+import struct
+import termios
 
 from runner.engine.runtime import caps as capsmod
 from runner.engine.runtime import cgroups, linux
@@ -401,6 +404,10 @@ class _Child:
             return
         self.step = "creating the console"
         master, slave_path = linux.open_pty()
+        size = self.process.get("consoleSize")
+        if size:
+            fcntl.ioctl(master, termios.TIOCSWINSZ,
+                        struct.pack("HHHH", int(size.get("height", 0)), int(size.get("width", 0)), 0, 0))
         slave = os.open(slave_path, os.O_RDWR | os.O_NOCTTY)
         if bind_console:
             # /dev/console is the container's terminal, as with runc.

@@ -1,0 +1,78 @@
+"""`runner network create|ls|rm|inspect` and `runner port`: the user's view of runner.engine.network."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import typer
+
+from runner.cli import render
+
+network_app = typer.Typer(help="Manage networks (bridge networks; containers on one reach each other by name)",
+                          no_args_is_help=True)
+
+
+def _backend():
+    from runner.cli.app import STATE
+    return STATE.backend
+
+
+@network_app.command("create")
+def create(name: str = typer.Argument(..., help="network name"),
+           subnet: Optional[str] = typer.Option(None, "--subnet",
+                                                help="IPv4 subnet in CIDR form (default: a free private one)")):
+    """Create a bridge network."""
+    print(_backend().network_create(name, subnet)["Id"])
+
+
+@network_app.command("ls")
+def ls(quiet: bool = typer.Option(False, "-q", "--quiet", help="only print names"),
+       fmt: Optional[str] = typer.Option(None, "--format", help="json for machine-readable output")):
+    """List networks (host and none always exist; bridge appears once first used)."""
+    items = _backend().network_ls()
+    if quiet:
+        for n in items:
+            print(n["Name"])
+        return
+    if fmt == "json":
+        render.print_json(items)
+        return
+    rows = [[n["Id"][:12], n["Name"], n["Driver"], n["IPAM"]["Config"][0]["Subnet"], n["Options"]["bridge"],
+             str(len(n["Containers"]))] for n in items]
+    rows += [["-", "host", "host", "-", "-", "-"], ["-", "none", "null", "-", "-", "-"]]
+    render.table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "BRIDGE", "CONTAINERS"], rows)
+
+
+@network_app.command("rm")
+def rm(names: List[str] = typer.Argument(..., help="networks to remove")):
+    """Remove networks (and their bridges); refused while containers use them."""
+    from runner.cli.containers import _each
+    _each(names, lambda name: _backend().network_rm(name))
+
+
+@network_app.command("inspect")
+def inspect(names: List[str] = typer.Argument(...)):
+    """Show networks as JSON, with the containers attached to them."""
+    render.print_json([_backend().network_inspect(n) for n in names])
+
+
+def port(container: str = typer.Argument(...),
+         private: Optional[str] = typer.Argument(None, help="PORT[/PROTO] to show only one mapping")):
+    """List a running container's published ports (docker port)."""
+    from runner.errors import NotFound
+    ports = _backend().port(container)
+    if private is not None:
+        key = private if "/" in private else private + "/tcp"
+        if key not in ports:
+            raise NotFound(f"no public port '{key}' published for {container}")
+        for b in ports[key]:
+            print(f'{b["HostIp"]}:{b["HostPort"]}')
+        return
+    for key, bindings in ports.items():
+        for b in bindings:
+            print(f'{key} -> {b["HostIp"]}:{b["HostPort"]}')
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(network_app, name="network")
+    app.command("port")(port)
