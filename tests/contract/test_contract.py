@@ -106,7 +106,8 @@ def test_pids_limit_stops_a_fork_loop(rn):
 
 
 def test_isolation_pid1_hostname_and_no_network(rn):
-    p = rn("run", "--rm", "--hostname", "boxy", IMG, "sh", "-c", "echo $$; hostname; cat /proc/net/dev")
+    p = rn("run", "--rm", "--network", "none", "--hostname", "boxy", IMG, "sh", "-c",
+           "echo $$; hostname; cat /proc/net/dev")
     lines = text(p).splitlines()
     assert lines[0] == "1" and lines[1] == "boxy"
     ifaces = [ln.split(":")[0].strip() for ln in lines[2:] if ":" in ln]
