@@ -214,7 +214,8 @@ _RESULT_TYPES: dict[str, Any] = {
     "ping": type(None), "create": str, "run": str, "start": str, "stop": str, "kill": str, "rm": str,
     "wait": int, "ps": list, "inspect": dict, "logs": type(None), "images": list, "image_inspect": dict,
     "pull": dict, "push": str, "tag": type(None), "rmi": list, "load": list, "save": type(None),
-    "import_image": str, "info": dict}
+    "import_image": str, "info": dict, "port": dict, "network_create": dict, "network_ls": list,
+    "network_inspect": dict, "network_rm": str}
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -467,6 +468,21 @@ class AgentBackend:
             return client.finish(call)
         finally:
             client.end(call)
+
+    def port(self, ref: str) -> dict:
+        return self._call("port", ref=ref)
+
+    def network_create(self, name: str, subnet: str | None = None) -> dict:
+        return self._call("network_create", name=name, subnet=subnet)
+
+    def network_ls(self) -> list[dict]:
+        return self._call("network_ls")
+
+    def network_inspect(self, name: str) -> dict:
+        return self._call("network_inspect", name=name)
+
+    def network_rm(self, name: str) -> str:
+        return self._call("network_rm", name=name)
 
     def info(self) -> dict:
         return self._call("info")

@@ -394,6 +394,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _m("load", kind=UPLOAD),
     _m("save", Param("refs", (list,), True, _str_list), kind=DOWNLOAD),
     _m("import_image", Param("name", (str,)), Param("changes", _nullable(dict), False), kind=UPLOAD),
+    _m("port", _REF),
+    _m("network_create", Param("name", (str,)), Param("subnet", _nullable(str), False)),
+    _m("network_ls"),
+    _m("network_inspect", Param("name", (str,))),
+    _m("network_rm", Param("name", (str,))),
     _m("info"),
 )}
 

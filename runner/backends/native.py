@@ -14,7 +14,7 @@ from runner.errors import PlatformError
 
 class NativeBackend:
     name = "native"
-    features = Features(bind_mounts=True, host_network=True, published_ports=False)
+    features = Features(bind_mounts=True, host_network=True, published_ports=True)
 
     def __init__(self, root: str | None = None):
         if not sys.platform.startswith("linux"):

@@ -15,6 +15,7 @@ import sys
 from typing import Callable
 
 from runner.backends.base import ProcessHandle, Stdio, TermSize
+from runner.errors import UsageError
 
 
 def terminal_size() -> TermSize | None:
@@ -46,6 +47,9 @@ def stdio_for(interactive: bool) -> Stdio:
 
 def attach(start: Callable[[Stdio, TermSize | None], ProcessHandle | str], tty: bool, interactive: bool) -> int:
     """Start a process attached to this terminal and return its exit code."""
+    if tty and interactive and not os.isatty(0):
+        # As docker: a pty fed from a file or pipe never sees EOF, so the container would wait forever.
+        raise UsageError("the input device is not a TTY", hint="drop -t, or run the command from a terminal")
     size = terminal_size() if tty else None
     sys.stdout.flush()
     handle_box: list[ProcessHandle] = []

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import List, Optional
 
 import typer
 
-from runner.cli import render
+from runner.cli import render, runopts
 from runner.cli.attach import attach
 from runner.errors import NotFound, UsageError
 
@@ -18,100 +17,22 @@ _RUN_CTX = {**_CMD_CTX, "help_option_names": ["--help"]}
 
 
 def _backend():
-    from runner.cli.app import STATE
-    return STATE.backend
+    from runner.cli.context import backend
+    return backend()
 
 
-def parse_env(items: list[str], files: list[str], environ: dict | None = None) -> list[str]:
-    """`-e K=V`, `-e K` (value from this environment, as docker does) and `--env-file` lines."""
-    environ = os.environ if environ is None else environ
-    lines: list[str] = []
-    for path in files:
-        try:
-            with open(path) as f:
-                lines += [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-        except OSError as exc:
-            raise UsageError(f"cannot read env file {path}: {exc.strerror}") from None
-    out = []
-    for item in lines + list(items):
-        key, eq, _ = item.partition("=")
-        if not key:
-            raise UsageError(f"invalid environment variable {item!r}", hint="use -e KEY=VALUE")
-        if eq:
-            out.append(item)
-        elif key in environ:
-            out.append(f"{key}={environ[key]}")
-    return out
+def _option(opt: runopts.Opt):
+    """The Typer form of one entry of the run/create option table."""
+    return typer.Option(opt.default, *opt.flags, help=opt.help)
 
 
-def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, name, hostname, entrypoint,
-               memory, cpus, pids_limit, volume, read_only, network, tty, interactive, rm, publish=(),
-               publish_all=False, label=()) -> dict:
-    from runner.spec import ContainerSpec, Limits, Mount, PortMapping, parse_size
-    labels = {}
-    for item in label:
-        k, _, v = item.partition("=")
-        labels[k] = v
-    spec = ContainerSpec(
-        image=image, command=list(command) or None,
-        entrypoint=None if entrypoint is None else ([entrypoint] if entrypoint else []),
-        env=parse_env(env, env_file), workdir=workdir, user=user, name=name, hostname=hostname, tty=tty,
-        interactive=interactive, mounts=[Mount.parse(v) for v in volume],
-        ports=[PortMapping.parse(p) for p in publish], publish_all=publish_all, network=network,
-        limits=Limits(memory=parse_size(memory, "memory size") if memory else None, cpus=cpus,
-                      pids=pids_limit if pids_limit is None or pids_limit > 0 else None),  # docker: <= 0 is unlimited
-        read_only=read_only, auto_remove=rm, labels=labels)
-    return spec.validate().to_dict()
-
-
-def _ensure_image(image: str, pull: str) -> None:
-    """docker's --pull: 'missing' pulls only when the image is absent, 'always' first, 'never' not at all."""
-    if pull not in ("missing", "always", "never"):
-        raise UsageError(f"invalid --pull value {pull!r}", hint="use missing, always or never")
-    backend = _backend()
-    if pull == "missing":
-        try:
-            backend.image_inspect(image)
-            return
-        except NotFound:
-            pass
-    if pull != "never":
-        from runner.cli.images import pull_image
-        pull_image(image, platform=None, quiet=False, to_stderr=True)
-
-
-_OPTS = dict(
-    env=typer.Option([], "-e", "--env", help="set an environment variable (KEY=VALUE, or KEY to copy it)"),
-    env_file=typer.Option([], "--env-file", help="read environment variables from a file"),
-    workdir=typer.Option(None, "-w", "--workdir", help="working directory inside the container"),
-    user=typer.Option(None, "-u", "--user", help="user as name|uid[:group|gid]"),
-    name=typer.Option(None, "--name", help="assign a name to the container"),
-    hostname=typer.Option(None, "--hostname", "-h", help="container host name"),
-    entrypoint=typer.Option(None, "--entrypoint", help="override the image's entrypoint"),
-    memory=typer.Option(None, "-m", "--memory", help="memory limit (e.g. 64m, 1g)"),
-    cpus=typer.Option(None, "--cpus", help="number of CPUs (e.g. 0.5)"),
-    pids_limit=typer.Option(None, "--pids-limit", help="maximum number of processes (-1 unlimited)"),
-    volume=typer.Option([], "-v", "--volume", help="bind mount a host path: /host:/ctr[:ro]"),
-    read_only=typer.Option(False, "--read-only", help="mount the container's root filesystem read-only"),
-    network=typer.Option("bridge", "--network", "--net",
-                         help="bridge (default), host, none, or a network from 'runner network create'"),
-    tty=typer.Option(False, "-t", "--tty", help="allocate a pseudo-terminal"),
-    interactive=typer.Option(False, "-i", "--interactive", help="keep stdin open"),
-    publish=typer.Option([], "-p", "--publish",
-                         help="publish a port: [ip:]hostPort:containerPort[/proto]; binds 127.0.0.1 unless an "
-                              "ip is given (Docker binds all addresses)"),
-    publish_all=typer.Option(False, "-P", "--publish-all",
-                             help="publish all exposed ports to random ports on 127.0.0.1"),
-    label=typer.Option([], "-l", "--label", help="set a label KEY=VALUE"),
-    pull=typer.Option("missing", "--pull", help="pull the image: missing, always or never"),
-)
+_OPTS = {opt.dest: _option(opt) for opt in runopts.RUN_OPTIONS}
 
 
 def run(
     image: str = typer.Argument(..., help="image to run"),
     command: Optional[List[str]] = typer.Argument(None, help="command and arguments"),
-    detach: bool = typer.Option(False, "-d", "--detach", help="run in the background and print the id"),
-    rm: bool = typer.Option(False, "--rm", help="remove the container when it exits"),
+    detach: bool = _OPTS["detach"], rm: bool = _OPTS["rm"],
     env: List[str] = _OPTS["env"], env_file: List[str] = _OPTS["env_file"],
     workdir: Optional[str] = _OPTS["workdir"], user: Optional[str] = _OPTS["user"],
     name: Optional[str] = _OPTS["name"], hostname: Optional[str] = _OPTS["hostname"],
@@ -122,21 +43,12 @@ def run(
     publish_all: bool = _OPTS["publish_all"], label: List[str] = _OPTS["label"], pull: str = _OPTS["pull"],
 ):
     """Create and start a container (docker run)."""
-    spec = build_spec(image, command or [], env=env, env_file=env_file, workdir=workdir, user=user, name=name,
-                      hostname=hostname, entrypoint=entrypoint, memory=memory, cpus=cpus,
-                      pids_limit=pids_limit, volume=volume, read_only=read_only, network=network, tty=tty,
-                      interactive=interactive, rm=rm, publish=publish, publish_all=publish_all, label=label)
-    _ensure_image(image, pull)
-    backend = _backend()
-    if detach:
-        print(backend.run(spec, None))
-        return 0
-    raise typer.Exit(attach(lambda stdio, size: backend.run(spec, stdio, size), tty, interactive))
+    raise typer.Exit(runopts.run(dict(locals())))
 
 
 def create(
     image: str = typer.Argument(...), command: Optional[List[str]] = typer.Argument(None),
-    rm: bool = typer.Option(False, "--rm", help="remove the container when it exits"),
+    rm: bool = _OPTS["rm"],
     env: List[str] = _OPTS["env"], env_file: List[str] = _OPTS["env_file"],
     workdir: Optional[str] = _OPTS["workdir"], user: Optional[str] = _OPTS["user"],
     name: Optional[str] = _OPTS["name"], hostname: Optional[str] = _OPTS["hostname"],
@@ -147,12 +59,7 @@ def create(
     publish_all: bool = _OPTS["publish_all"], label: List[str] = _OPTS["label"], pull: str = _OPTS["pull"],
 ):
     """Create a container without starting it (docker create)."""
-    spec = build_spec(image, command or [], env=env, env_file=env_file, workdir=workdir, user=user, name=name,
-                      hostname=hostname, entrypoint=entrypoint, memory=memory, cpus=cpus,
-                      pids_limit=pids_limit, volume=volume, read_only=read_only, network=network, tty=tty,
-                      interactive=interactive, rm=rm, publish=publish, publish_all=publish_all, label=label)
-    _ensure_image(image, pull)
-    print(_backend().create(spec))
+    print(runopts.create(dict(locals())))
 
 
 def start(
@@ -182,7 +89,7 @@ def exec_(
 ):
     """Run a command in a running container (docker exec)."""
     from runner.spec import ExecSpec
-    spec = ExecSpec(list(command), parse_env(env, []), workdir, user, tty, interactive).validate().to_dict()
+    spec = ExecSpec(list(command), runopts.parse_env(env, []), workdir, user, tty, interactive).validate().to_dict()
     backend = _backend()
     raise typer.Exit(attach(lambda stdio, size: backend.exec(container, spec, stdio, size), tty, interactive))
 
@@ -246,7 +153,7 @@ def rm(
 
 def _each(refs: list[str], op) -> None:
     """Apply op to each container like docker: print what worked, report each failure, fail at the end."""
-    from runner.cli.app import print_error
+    from runner.cli.context import print_error
     from runner.errors import RunnerError
     failed = None
     for ref in refs:

@@ -12,7 +12,7 @@ from runner.errors import UsageError
 
 
 def _backend():
-    from runner.cli.app import STATE
+    from runner.cli.context import STATE
     return STATE.backend
 
 

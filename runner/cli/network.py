@@ -13,7 +13,7 @@ network_app = typer.Typer(help="Manage networks (bridge networks; containers on 
 
 
 def _backend():
-    from runner.cli.app import STATE
+    from runner.cli.context import STATE
     return STATE.backend
 
 

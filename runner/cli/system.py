@@ -9,7 +9,7 @@ from runner.cli import render
 
 def info(fmt: str = typer.Option(None, "--format", help="json for machine-readable output")):
     """Show which backend serves this host and why, and what it runs on."""
-    from runner.cli.app import STATE
+    from runner.cli.context import STATE
     choice = STATE.choice
     data = {"backend": choice.backend, "backend_reason": choice.reason}
     data.update(STATE.backend.info())

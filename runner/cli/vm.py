@@ -23,7 +23,7 @@ NAME_HELP = "machine name (default: the global --machine, i.e. 'default')"
 
 
 def _machine(name: str | None):
-    from runner.cli.app import STATE
+    from runner.cli.context import STATE
     from runner.vm.machine import Machine
 
     return Machine(name or STATE.machine)

@@ -18,6 +18,7 @@ import errno
 import os
 import selectors
 import struct
+import threading
 import time
 from typing import Callable, Iterator
 
@@ -72,6 +73,14 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+def _copy_until_eof(src: int, dst: int) -> None:
+    try:
+        while data := os.read(src, 65536):
+            write_all(dst, data)
+    except OSError:
+        pass  # the container's side went away: nothing left to feed
+
+
 def relay(sources: dict[int, int], log: LogWriter | None, sinks: dict[int, int | None],
           stdin: tuple[int, int] | None = None) -> None:
     """Copy container output to the log and to attached sinks until every source reaches EOF.
@@ -85,7 +94,11 @@ def relay(sources: dict[int, int], log: LogWriter | None, sinks: dict[int, int |
     for fd, stream in sources.items():
         sel.register(fd, selectors.EVENT_READ, ("out", stream))
     if stdin is not None:
-        sel.register(stdin[0], selectors.EVENT_READ, ("in", stdin[1]))
+        try:
+            sel.register(stdin[0], selectors.EVENT_READ, ("in", stdin[1]))
+        except PermissionError:
+            # A regular file or /dev/null cannot be polled (EPERM): copy it from a thread instead.
+            threading.Thread(target=_copy_until_eof, args=stdin, daemon=True).start()
     open_sources = set(sources)
     while open_sources:
         for key, _ in sel.select():

@@ -150,7 +150,10 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 
 def _udp_loop(listener: socket.socket, target: tuple[str, int]) -> None:
     sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ, None)
+    try:
+        sel.register(listener, selectors.EVENT_READ, None)
+    except ValueError:  # closed before this thread got to run: the container is already going away
+        return
     flows: dict[tuple, list] = {}  # client address -> [socket towards the container, last activity]
     while listener.fileno() >= 0:  # close() (from PortProxy.close) ends the loop within one select timeout
         for key, _ in sel.select(timeout=5):

@@ -237,28 +237,40 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             rec.finished_at = None
             rec.extra["network"] = net.settings
         net.serve()
-        _send(sync, {"started": pid}, [master] if master is not None and stdio is not None else [])
-        log = logs.LogWriter(engine.log_path(cid))
-        sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr} if stdio is not None else {}
-        logs.relay(sources, log, sinks, pump_stdin)
-        log.close()
-        _, status = os.waitpid(pid, 0)
-        code = exit_code_of(status)
-        oom = runtime.oom_killed(bundle, cid)
     except (RunnerError, OSError) as exc:
-        if started:
-            raise
+        if started:  # the workload runs, but its bookkeeping failed: it must not live on unwatched
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
         if not isinstance(exc, RunnerError):
             exc = ContainerStartError(f"cannot start container: {exc}")
         net.detach()
         _send(sync, {"error": exc.to_dict()})
         runtime.delete(bundle, cid)
         return 125
+    error = ""
+    try:
+        _send(sync, {"started": pid}, [master] if master is not None and stdio is not None else [])
+        log = logs.LogWriter(engine.log_path(cid))
+        sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr} if stdio is not None else {}
+        try:
+            logs.relay(sources, log, sinks, pump_stdin)
+        finally:
+            log.close()
+    except BaseException as exc:
+        # Nobody would drain its output any more, so the workload would block: end it, and say why.
+        error = f"runner's monitor failed: {type(exc).__name__}: {exc}"
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    code = exit_code_of(status)
+    oom = runtime.oom_killed(bundle, cid)
     runtime.delete(bundle, cid)
     net.detach()
     engine.release_rootfs(cid)
     with store.update(cid) as rec:
         rec.status, rec.exit_code, rec.oom_killed, rec.finished_at = EXITED, code, oom, now()
+        rec.error = error
         rec.extra.pop("network", None)
         auto_remove = bool(rec.spec.get("auto_remove"))
     if auto_remove:

@@ -118,7 +118,7 @@ def build(arch: str, out_dir: str | os.PathLike, force: bool = False) -> Artifac
     """Build the image for ``arch`` into ``out_dir`` (Linux, root) and return the verified artifacts."""
     _check_arch(arch)
     if platform.system() != "Linux":
-        raise PlatformError("the guest image can only be built on Linux", hint=_DOWNLOAD_HINT)
+        raise PlatformError("the guest image can only be built on Linux", hint=_download_hint(out_dir))
     from vmimage.build import BuildError, HostError, build as run_build  # the recipe ships beside runner/
 
     try:
@@ -131,23 +131,40 @@ def build(arch: str, out_dir: str | os.PathLike, force: bool = False) -> Artifac
     return verify(out_dir, arch)
 
 
-_DOWNLOAD_HINT = ("download runner-vmimage-<version>-<arch>.tar.zst from the runner release matching your "
-                  "runner version and unpack it into the directory named in the error (or set "
-                  f"{CACHE_ENV}); on Linux, `runner vm image build` builds it")
+def _download_hint(directory: Path | str) -> str:
+    return (f"download runner-vmimage-{IMAGE_VERSION}-<arch>.tar.zst from the runner release matching your "
+            f"runner version and unpack it into {directory} (or set {CACHE_ENV}); on Linux, "
+            "`runner vm image build` builds it")
 
 
 def ensure(arch: str | None = None, build_if_missing: bool = True) -> Artifacts:
-    """Return verified artifacts for ``arch``; rebuild a missing or corrupt image on Linux if allowed.
+    """Return verified artifacts for ``arch``; on Linux (if allowed) rebuild a missing, corrupt or stale one.
 
     Verification happens on every call, before QEMU is started: it costs a few hundred ms of hashing,
     far less than debugging a guest booted from a truncated kernel.
     """
     arch = arch or host_arch()
     directory = cache_dir(arch)
+    can_build = build_if_missing and platform.system() == "Linux"
     try:
-        return verify(directory, arch)
+        artifacts = verify(directory, arch)
     except VMError as problem:
-        if build_if_missing and platform.system() == "Linux":
+        if can_build:
             return build(arch, directory, force=True)
-        raise VMError(f"{problem}", hint=_DOWNLOAD_HINT.replace("the directory named in the error",
-                                                                  str(directory))) from None
+        raise VMError(problem.message, hint=_download_hint(directory)) from None
+    if can_build and _recipe_changed(artifacts):
+        # A developer edited vmimage/ (init, package list): boot what the source says, not a stale image.
+        try:
+            return build(arch, directory)
+        except PlatformError:
+            return artifacts  # cannot build here (not root, tools missing): the intact old image still boots
+    return artifacts
+
+
+def _recipe_changed(artifacts: Artifacts) -> bool:
+    """True if the recipe beside this code differs from the one the image was built from (Linux only)."""
+    try:
+        from vmimage.build import recipe_hash
+    except ImportError:  # an install without the recipe can only use the image as it is
+        return False
+    return json.loads(artifacts.manifest.read_text()).get("recipe") != recipe_hash(artifacts.arch)

@@ -28,6 +28,7 @@ class Driver:
         proc = self("ps", "-a", "-q", "--no-trunc")
         for cid in proc.stdout.decode().split():
             self("rm", "-f", cid)
+        self("network", "rm", "bridge")  # the default network's bridge and NAT table
 
 
 @pytest.fixture(scope="session")

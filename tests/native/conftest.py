@@ -18,4 +18,5 @@ def native_root(tmp_path_factory):
     proc = cli(["ps", "-a", "-q", "--no-trunc"], root=root)
     for cid in proc.stdout.decode().split():
         cli(["rm", "-f", cid], root=root)
+    cli(["network", "rm", "bridge"], root=root)  # the default network's bridge and NAT table
     shutil.rmtree(root, ignore_errors=True)

@@ -3,7 +3,7 @@
 import pytest
 
 from runner.backends.select import choose
-from runner.cli.containers import build_spec, parse_env
+from runner.cli.runopts import build_spec, parse_env
 from runner.cli.images import parse_changes
 from runner.cli.render import duration, human_size
 from runner.errors import CommandNotFound, RunnerError, UsageError

@@ -82,6 +82,16 @@ def test_ensure_rebuilds_corrupt_image_on_linux(cache, monkeypatch):
     assert art.initrd.read_bytes() == b"I" * 1024
 
 
+def test_ensure_rebuilds_stale_recipe_on_linux(cache, monkeypatch):
+    _fake_image(cache)
+    calls = []
+    monkeypatch.setattr(image.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(image, "_recipe_changed", lambda art: True)
+    monkeypatch.setattr(image, "build", lambda arch, out, force=False: calls.append(force) or image.verify(out, arch))
+    image.ensure("x86_64")
+    assert calls == [False]  # not forced: the build's own cache check decides
+
+
 def test_ensure_on_macos_explains_how_to_get_artifacts(cache, monkeypatch):
     _fake_image(cache)
     (cache / "kernel").write_bytes(b"Z" * 4096)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import platform
 import shutil
+import subprocess
 
 import pytest
 
@@ -144,7 +145,7 @@ def test_guest_refuses_to_boot_without_host_key(x86, tmp_path):
     w.close()
     boot.write_bytes(x86.initrd.read_bytes() + buf.getvalue())
     argv = vmboot.qemu_argv(x86, work, boot, None, vmboot.free_port())
-    proc = vmboot.subprocess.Popen(argv, stdout=vmboot.subprocess.DEVNULL, stderr=vmboot.subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         proc.wait(timeout=120)
     finally:

@@ -1,0 +1,134 @@
+"""`run`/`create`: their options as one table, and what they do, without importing Typer.
+
+Why a table: `runner run` is the hot path, and Typer costs more to import and to build its parser than
+creating a container takes. The table below is the single description of the flags; the Typer commands in
+runner.cli.containers are built from it (help, flags, defaults), and runner.cli.fastrun parses plain
+`run` command lines with it directly. A unit test checks that both agree.
+"""
+
+from __future__ import annotations
+
+import os
+
+from runner.errors import NotFound, UsageError
+
+FLAG, VALUE, MULTI = "flag", "value", "multi"
+
+
+class Opt:
+    """One option: its parameter name, flags, kind (flag / value / repeatable value) and value type."""
+
+    __slots__ = ("dest", "flags", "kind", "type", "default", "help")
+
+    def __init__(self, dest: str, flags: tuple[str, ...], kind: str, help: str, type=str, default=None):
+        self.dest, self.flags, self.kind, self.type, self.help = dest, flags, kind, type, help
+        self.default = False if kind == FLAG else ([] if kind == MULTI else default)
+
+
+# Options of `create`; `run` adds RUN_ONLY.
+CREATE_OPTIONS = (
+    Opt("rm", ("--rm",), FLAG, "remove the container when it exits"),
+    Opt("env", ("-e", "--env"), MULTI, "set an environment variable (KEY=VALUE, or KEY to copy it)"),
+    Opt("env_file", ("--env-file",), MULTI, "read environment variables from a file"),
+    Opt("workdir", ("-w", "--workdir"), VALUE, "working directory inside the container"),
+    Opt("user", ("-u", "--user"), VALUE, "user as name|uid[:group|gid]"),
+    Opt("name", ("--name",), VALUE, "assign a name to the container"),
+    Opt("hostname", ("--hostname", "-h"), VALUE, "container host name"),
+    Opt("entrypoint", ("--entrypoint",), VALUE, "override the image's entrypoint"),
+    Opt("memory", ("-m", "--memory"), VALUE, "memory limit (e.g. 64m, 1g)"),
+    Opt("cpus", ("--cpus",), VALUE, "number of CPUs (e.g. 0.5)", type=float),
+    Opt("pids_limit", ("--pids-limit",), VALUE, "maximum number of processes (-1 unlimited)", type=int),
+    Opt("volume", ("-v", "--volume"), MULTI, "bind mount a host path: /host:/ctr[:ro]"),
+    Opt("read_only", ("--read-only",), FLAG, "mount the container's root filesystem read-only"),
+    Opt("network", ("--network", "--net"), VALUE,
+        "bridge (default), host, none, or a network from 'runner network create'", default="bridge"),
+    Opt("tty", ("-t", "--tty"), FLAG, "allocate a pseudo-terminal"),
+    Opt("interactive", ("-i", "--interactive"), FLAG, "keep stdin open"),
+    Opt("publish", ("-p", "--publish"), MULTI,
+        "publish a port: [ip:]hostPort:containerPort[/proto]; binds 127.0.0.1 unless an ip is given "
+        "(Docker binds all addresses)"),
+    Opt("publish_all", ("-P", "--publish-all"), FLAG, "publish all exposed ports to random ports on 127.0.0.1"),
+    Opt("label", ("-l", "--label"), MULTI, "set a label KEY=VALUE"),
+    Opt("pull", ("--pull",), VALUE, "pull the image: missing, always or never", default="missing"),
+)
+RUN_ONLY = (Opt("detach", ("-d", "--detach"), FLAG, "run in the background and print the id"),)
+RUN_OPTIONS = RUN_ONLY + CREATE_OPTIONS
+
+
+def parse_env(items: list[str], files: list[str], environ: dict | None = None) -> list[str]:
+    """`-e K=V`, `-e K` (value from this environment, as docker does) and `--env-file` lines."""
+    environ = os.environ if environ is None else environ
+    lines: list[str] = []
+    for path in files:
+        try:
+            with open(path) as f:
+                lines += [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        except OSError as exc:
+            raise UsageError(f"cannot read env file {path}: {exc.strerror}") from None
+    out = []
+    for item in lines + list(items):
+        key, eq, _ = item.partition("=")
+        if not key:
+            raise UsageError(f"invalid environment variable {item!r}", hint="use -e KEY=VALUE")
+        if eq:
+            out.append(item)
+        elif key in environ:
+            out.append(f"{key}={environ[key]}")
+    return out
+
+
+def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, name, hostname, entrypoint,
+               memory, cpus, pids_limit, volume, read_only, network, tty, interactive, rm, publish=(),
+               publish_all=False, label=(), **_ignored) -> dict:
+    """The validated ContainerSpec (as a dict) for these option values."""
+    from runner.spec import ContainerSpec, Limits, Mount, PortMapping, parse_size
+    labels = {}
+    for item in label:
+        k, _, v = item.partition("=")
+        labels[k] = v
+    spec = ContainerSpec(
+        image=image, command=list(command or []) or None,
+        entrypoint=None if entrypoint is None else ([entrypoint] if entrypoint else []),
+        env=parse_env(env, env_file), workdir=workdir, user=user, name=name, hostname=hostname, tty=tty,
+        interactive=interactive, mounts=[Mount.parse(v) for v in volume],
+        ports=[PortMapping.parse(p) for p in publish], publish_all=publish_all, network=network,
+        limits=Limits(memory=parse_size(memory, "memory size") if memory else None, cpus=cpus,
+                      pids=pids_limit if pids_limit is None or pids_limit > 0 else None),  # docker: <= 0 is unlimited
+        read_only=read_only, auto_remove=rm, labels=labels)
+    return spec.validate().to_dict()
+
+
+def ensure_image(backend, image: str, pull: str) -> None:
+    """docker's --pull: 'missing' pulls only when the image is absent, 'always' first, 'never' not at all."""
+    if pull not in ("missing", "always", "never"):
+        raise UsageError(f"invalid --pull value {pull!r}", hint="use missing, always or never")
+    if pull == "missing":
+        try:
+            backend.image_inspect(image)
+            return
+        except NotFound:
+            pass
+    if pull != "never":
+        from runner.cli.images import pull_image
+        pull_image(image, platform=None, quiet=False, to_stderr=True)
+
+
+def run(opts: dict) -> int:
+    """`runner run`: create and start; print the id when detached, else attach and return the exit code."""
+    from runner.cli.context import backend as get_backend
+    spec = build_spec(**opts)
+    backend = get_backend()
+    ensure_image(backend, opts["image"], opts["pull"])
+    if opts["detach"]:
+        print(backend.run(spec, None), flush=True)
+        return 0
+    from runner.cli.attach import attach
+    return attach(lambda stdio, size: backend.run(spec, stdio, size), opts["tty"], opts["interactive"])
+
+
+def create(opts: dict) -> str:
+    from runner.cli.context import backend as get_backend
+    spec = build_spec(**opts)
+    backend = get_backend()
+    ensure_image(backend, opts["image"], opts["pull"])
+    return backend.create(spec)
