@@ -24,24 +24,16 @@ def _credentials(ref: str) -> dict:
 
 
 def _progress(quiet: bool, to_stderr: bool):
-    if quiet:
-        return None, None
-    try:
-        from runner.cli.progress import ProgressDisplay
-    except ImportError:
-        return None, None
-    display = ProgressDisplay(file=sys.stderr if to_stderr else sys.stdout)
-    return display, display.update
+    """Docker-like per-layer progress (live on a terminal, status lines otherwise), or nothing."""
+    from rich.console import Console
+
+    from runner.cli.progress import ProgressDisplay
+    return ProgressDisplay(quiet=quiet, console=Console(stderr=to_stderr, highlight=False, soft_wrap=True))
 
 
 def pull_image(ref: str, platform: str | None, quiet: bool, to_stderr: bool = False) -> dict:
-    display, progress = _progress(quiet, to_stderr)
-    try:
-        result = _backend().pull(ref, platform=platform, credentials=_credentials(ref), progress=progress)
-    finally:
-        if display is not None:
-            display.close()
-    return result
+    with _progress(quiet, to_stderr) as show:
+        return _backend().pull(ref, platform=platform, credentials=_credentials(ref), progress=show)
 
 
 def images(
@@ -73,11 +65,9 @@ def pull(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="suppress progress output"),
 ):
     """Pull an image from a registry (docker pull)."""
-    result = pull_image(image, platform, quiet)
-    digest = result.get("ManifestDigest", "")
-    if not quiet:
-        print(f"Digest: {digest}")
-    print(image if quiet else f"Downloaded: {image}")
+    from runner.images.reference import Reference
+    pull_image(image, platform, quiet)
+    print(Reference.parse(image).name)  # like docker, the full reference last (and alone with -q)
 
 
 def push(
@@ -85,13 +75,10 @@ def push(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="suppress progress output"),
 ):
     """Push an image to a registry (docker push)."""
-    display, progress = _progress(quiet, False)
-    try:
-        digest = _backend().push(image, credentials=_credentials(image), progress=progress)
-    finally:
-        if display is not None:
-            display.close()
-    print(f"{image}: digest: {digest}")
+    with _progress(quiet, False) as show:
+        digest = _backend().push(image, credentials=_credentials(image), progress=show)
+    if quiet:
+        print(digest)
 
 
 def tag(source: str = typer.Argument(...), target: str = typer.Argument(...)):
