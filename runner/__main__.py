@@ -1,5 +1,5 @@
 """`python -m runner` is the same as the `runner` console script."""
 
-from runner.cli.main import main
+from runner.cli.main import entry
 
-raise SystemExit(main())
+entry()

@@ -1,6 +1,6 @@
 """What the user asked for, as plain data: the contract between CLI, backends and engine.
 
-These dataclasses are built by the CLI from flags, travel unchanged to the agent in the VM as JSON
+These records are built by the CLI from flags, travel unchanged to the agent in the VM as JSON
 (``to_dict``/``from_dict``) and are checked by ``validate()`` on the engine side too, because the agent must
 not trust what arrives over the wire. ``validate()`` collects every problem before raising, so a user fixes
 all of them in one go. Standard library only: this module runs inside the guest.
@@ -8,12 +8,10 @@ all of them in one go. Standard library only: this module runs inside the guest.
 
 from __future__ import annotations
 
-import dataclasses
-import ipaddress
 import re
-from dataclasses import dataclass, field
 
 from runner.errors import UsageError
+from runner.records import Record, asdict
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 _HOSTNAME_RE = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$")
@@ -22,6 +20,7 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
 NETWORK_MODES = ("none", "host", "bridge")
 _NETWORK_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")  # a user network (runner network create)
+_NEW: list = []  # marks "not given": a fresh list/dict/Limits per record, as a dataclass default_factory does
 
 
 def parse_size(text: str, what: str = "size") -> int:
@@ -35,13 +34,13 @@ def parse_size(text: str, what: str = "size") -> int:
     return value
 
 
-@dataclass
-class Mount:
+class Mount(Record):
     """A bind mount of a host path into the container (``-v SRC:DST[:ro]``)."""
 
-    source: str
-    target: str
-    readonly: bool = False
+    _fields = ("source", "target", "readonly")
+
+    def __init__(self, source: str, target: str, readonly: bool = False):
+        self.source, self.target, self.readonly = source, target, readonly
 
     @classmethod
     def parse(cls, text: str) -> "Mount":
@@ -67,14 +66,13 @@ class Mount:
         return out
 
 
-@dataclass
-class PortMapping:
+class PortMapping(Record):
     """A published port (``-p [ip:]host:container[/proto]``); host port 0 means pick a free one."""
 
-    container_port: int
-    host_port: int = 0
-    host_ip: str = "127.0.0.1"
-    protocol: str = "tcp"
+    _fields = ("container_port", "host_port", "host_ip", "protocol")
+
+    def __init__(self, container_port: int, host_port: int = 0, host_ip: str = "127.0.0.1", protocol: str = "tcp"):
+        self.container_port, self.host_port, self.host_ip, self.protocol = container_port, host_port, host_ip, protocol
 
     @classmethod
     def parse(cls, text: str) -> "PortMapping":
@@ -105,6 +103,7 @@ class PortMapping:
             out.append(f"host port {self.host_port} out of range 0-65535")
         if self.protocol not in ("tcp", "udp"):
             out.append(f"protocol {self.protocol!r} is not tcp or udp")
+        import ipaddress  # here: only specs with published ports pay for importing it
         try:
             ipaddress.ip_address(self.host_ip)
         except ValueError:
@@ -112,13 +111,13 @@ class PortMapping:
         return out
 
 
-@dataclass
-class Limits:
+class Limits(Record):
     """Resource limits: memory in bytes, CPUs as a fraction of cores, max number of tasks; None = unlimited."""
 
-    memory: int | None = None
-    cpus: float | None = None
-    pids: int | None = None
+    _fields = ("memory", "cpus", "pids")
+
+    def __init__(self, memory: int | None = None, cpus: float | None = None, pids: int | None = None):
+        self.memory, self.cpus, self.pids = memory, cpus, pids
 
     def problems(self) -> list[str]:
         out = []
@@ -131,37 +130,38 @@ class Limits:
         return out
 
 
-@dataclass
-class ContainerSpec:
+class ContainerSpec(Record):
     """Everything needed to create a container. ``command``/``entrypoint`` None means: the image's."""
 
-    image: str
-    command: list[str] | None = None
-    entrypoint: list[str] | None = None
-    env: list[str] = field(default_factory=list)
-    workdir: str | None = None
-    user: str | None = None
-    name: str | None = None
-    hostname: str | None = None
-    tty: bool = False
-    interactive: bool = False
-    mounts: list[Mount] = field(default_factory=list)
-    ports: list[PortMapping] = field(default_factory=list)
-    publish_all: bool = False
-    network: str = "none"
-    limits: Limits = field(default_factory=Limits)
-    read_only: bool = False
-    auto_remove: bool = False
-    labels: dict[str, str] = field(default_factory=dict)
+    _fields = ("image", "command", "entrypoint", "env", "workdir", "user", "name", "hostname", "tty",
+               "interactive", "mounts", "ports", "publish_all", "network", "limits", "read_only", "auto_remove",
+               "labels")
+
+    def __init__(self, image: str, command: list[str] | None = None, entrypoint: list[str] | None = None,
+                 env: list[str] = _NEW, workdir: str | None = None, user: str | None = None,
+                 name: str | None = None, hostname: str | None = None, tty: bool = False, interactive: bool = False,
+                 mounts: list[Mount] = _NEW, ports: list[PortMapping] = _NEW,
+                 publish_all: bool = False, network: str = "none", limits: Limits = _NEW,
+                 read_only: bool = False, auto_remove: bool = False, labels: dict[str, str] = _NEW):
+        self.image, self.command, self.entrypoint = image, command, entrypoint
+        self.env = [] if env is _NEW else env
+        self.workdir, self.user, self.name, self.hostname = workdir, user, name, hostname
+        self.tty, self.interactive = tty, interactive
+        self.mounts = [] if mounts is _NEW else mounts
+        self.ports = [] if ports is _NEW else ports
+        self.publish_all, self.network = publish_all, network
+        self.limits = Limits() if limits is _NEW else limits
+        self.read_only, self.auto_remove = read_only, auto_remove
+        self.labels = {} if labels is _NEW else labels
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ContainerSpec":
         if not isinstance(data, dict):
             raise UsageError("container spec must be an object")
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = set(cls._fields)
         unknown = set(data) - known
         if unknown:
             raise UsageError(f"unknown container spec fields: {', '.join(sorted(unknown))}")
@@ -210,19 +210,19 @@ class ContainerSpec:
         return self
 
 
-@dataclass
-class ExecSpec:
+class ExecSpec(Record):
     """A process to start in a running container (``runner exec``)."""
 
-    command: list[str]
-    env: list[str] = field(default_factory=list)
-    workdir: str | None = None
-    user: str | None = None
-    tty: bool = False
-    interactive: bool = False
+    _fields = ("command", "env", "workdir", "user", "tty", "interactive")
+
+    def __init__(self, command: list[str], env: list[str] = _NEW, workdir: str | None = None,
+                 user: str | None = None, tty: bool = False, interactive: bool = False):
+        self.command = command
+        self.env = [] if env is _NEW else env
+        self.workdir, self.user, self.tty, self.interactive = workdir, user, tty, interactive
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExecSpec":

@@ -59,6 +59,8 @@ class AgentClient:
         self._send(P.encode_json(P.HELLO, 0, {"version": version,
                                               "proof": P.auth_proof(P.check_token(token), nonce, version)}))
         self.agent_pid: int | None = None
+        # (method, seconds) the agent reported spending on each finished call (REPLY/EXIT "took")
+        self.guest_times: list[tuple[str, float]] = []
         self._reader = threading.Thread(target=self._read_loop, name="agent-reader", daemon=True)
         self._reader.start()
 
@@ -180,6 +182,11 @@ class AgentClient:
     def send_frame(self, data: bytes) -> None:
         self._send(data)
 
+    def note_took(self, method: str, frame: P.Frame) -> None:
+        took = frame.json().get("took")
+        if isinstance(took, (int, float)) and not isinstance(took, bool):
+            self.guest_times.append((method, float(took)))
+
     def call(self, method: str, args: dict | None = None, progress: ProgressFn | None = None) -> Any:
         """A plain (or progress-reporting) call: its result, or the agent's error raised here unchanged."""
         call = self.begin(method, args or {})
@@ -193,6 +200,7 @@ class AgentClient:
         while True:
             frame = self.next_frame(call)
             if frame.kind == P.REPLY:
+                self.note_took(call.method, frame)
                 return _checked_result(call.method, P.parse_reply(frame)[0])
             if frame.kind == P.ERROR:
                 raise P.parse_error(frame)
@@ -251,6 +259,7 @@ class RemoteProcess:
                     self._write(frame.stream, frame.payload)
                 elif frame.kind == P.EXIT:
                     self._code = P.parse_exit(frame)
+                    self._client.note_took(self._call.method, frame)
                     return
                 elif frame.kind == P.ERROR:
                     self._error = P.parse_error(frame)

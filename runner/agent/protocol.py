@@ -98,8 +98,8 @@ _AUTH_CONTEXT = b"runner-agent-auth-v1\0"
 
 # What the host ships into the guest, relative to the directory holding the ``runner`` package: the
 # stdlib-only part of runner. The protocol version is the hash of exactly these files.
-SHIPPED_FILES = ("runner/__init__.py", "runner/errors.py", "runner/spec.py", "runner/backends/__init__.py",
-                 "runner/backends/base.py")
+SHIPPED_FILES = ("runner/__init__.py", "runner/errors.py", "runner/records.py", "runner/spec.py",
+                 "runner/backends/__init__.py", "runner/backends/base.py")
 SHIPPED_TREES = ("runner/engine/", "runner/images/", "runner/agent/")
 
 
@@ -337,6 +337,9 @@ def _size(value: Any) -> bool:
         _is_int(value[k]) and 0 <= value[k] <= 65535 for k in ("rows", "cols")))
 
 
+_HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
+
+
 def _credentials(value: Any) -> bool:
     return value is None or (isinstance(value, dict) and all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()))
@@ -365,6 +368,10 @@ def _m(name: str, *params: Param, kind: str = PLAIN, stdio: str = "none") -> Met
 
 
 _REF = Param("ref", (str,))
+# Registry host[:port] -> host[:port] the guest connects to instead (the host's loopback is 10.0.2.2 there).
+_ENDPOINTS = Param("endpoints", _nullable(dict), False, lambda v: v is None or (len(v) <= 16 and all(
+    isinstance(k, str) and isinstance(t, str) and 0 < len(k) <= 255 and 0 < len(t) <= 255
+    and _HOSTPORT.match(k) and _HOSTPORT.match(t) for k, t in v.items())))
 _SIZE = Param("size", (dict, type(None)), False, _size)
 
 # The whitelist: exactly the Backend's engine methods (runner.backends.base.Backend), plus ``ping``, the
@@ -387,8 +394,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _m("images"),
     _m("image_inspect", _REF),
     _m("pull", _REF, Param("platform", _nullable(str), False),
-       Param("credentials", _nullable(dict), False, _credentials), kind=PROGRESS_CALL),
-    _m("push", _REF, Param("credentials", _nullable(dict), False, _credentials), kind=PROGRESS_CALL),
+       Param("credentials", _nullable(dict), False, _credentials), _ENDPOINTS, kind=PROGRESS_CALL),
+    _m("push", _REF, Param("credentials", _nullable(dict), False, _credentials), _ENDPOINTS,
+       kind=PROGRESS_CALL),
     _m("tag", Param("source", (str,)), Param("target", (str,))),
     _m("rmi", _REF, Param("force", (bool,), False)),
     _m("load", kind=UPLOAD),

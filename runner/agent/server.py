@@ -36,6 +36,7 @@ import signal as signals
 import socket
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -236,7 +237,13 @@ class Call:
             self.inbox.fail()  # an upload ends in an error, stdin in EOF (Docker's StdinOnce)
 
     # -- the call's own thread
+    def took(self) -> float:
+        """Seconds this call has spent in the agent so far: sent with REPLY and EXIT ("took"), so the host
+        can tell time spent in the guest from time spent in the CLI and the transport."""
+        return round(time.monotonic() - self.began, 4)
+
     def run(self) -> None:
+        self.began = time.monotonic()
         try:
             kind = self.req.method.kind
             if kind == P.ATTACH:
@@ -245,7 +252,7 @@ class Call:
                 self._output()
             else:
                 result = self._simple()
-                self.conn.send(P.encode_json(P.REPLY, self.id, {"result": result}))
+                self.conn.send(P.encode_json(P.REPLY, self.id, {"result": result, "took": self.took()}))
         except RunnerError as exc:
             self.conn.send(P.encode_json(P.ERROR, self.id, exc.to_dict()))
         except Exception as exc:  # a bug: logged in full here, reported in one line to the user
@@ -306,7 +313,7 @@ class Call:
                 feeder.start()
             handle = self._method()(stdio=relay.stdio(stdin_r), size=term, **args)
             self.conn.send(P.encode_json(P.REPLY, self.id, {"result": {"container_id": handle.container_id},
-                                                            "attached": True}))
+                                                            "attached": True, "took": self.took()}))
             relay.start()
             with self._lock:
                 self.handle = handle
@@ -322,7 +329,7 @@ class Call:
             if self.inbox is not None:
                 self.inbox.fail()
             relay.finish(DRAIN_TIMEOUT)
-        self.conn.send(P.encode_json(P.EXIT, self.id, {"exit_code": code}))
+        self.conn.send(P.encode_json(P.EXIT, self.id, {"exit_code": code, "took": self.took()}))
 
     def _feed_stdin(self, fd: int) -> None:
         """Client stdin frames → the container's stdin pipe; EOF (or a drop) closes it: the half-close."""
@@ -529,6 +536,23 @@ def _daemonize(log_file: str) -> None:
     os.chdir("/")
 
 
+def _reseed_kernel_rng() -> None:
+    """Make the kernel's CRNG reseed now (RNDRESEEDCRNG, root only). A VM resumed from a snapshot
+    (runner.vm.snapshot) starts with the CRNG state saved in it; the guest's init has mixed the host's fresh
+    seed into the input pool, but the kernel would only fold it in at its next periodic reseed. The agent
+    draws nonces from it, so it forces that reseed first. Harmless on a normal boot; ignored off Linux."""
+    try:
+        import fcntl
+
+        fd = os.open("/dev/urandom", os.O_WRONLY)
+        try:
+            fcntl.ioctl(fd, 0x5207)  # RNDRESEEDCRNG = _IO('R', 0x07)
+        finally:
+            os.close(fd)
+    except (OSError, ImportError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m runner.agent.server", description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, required=True, help="TCP port on 127.0.0.1")
@@ -578,6 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             os._exit(1)
         print(f"runner agent: cannot start: {detail}", file=sys.stderr)
         return 1
+    _reseed_kernel_rng()
     log.info("listening on 127.0.0.1:%d, version %s, root %s", args.port, version, args.root)
     if ready_w is not None:
         os.write(ready_w, f"ready pid={os.getpid()} version={version}".encode())

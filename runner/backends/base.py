@@ -12,26 +12,37 @@ Optional abilities are data (:class:`Features`), read by callers instead of aski
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import IO, Any, Callable, Protocol
+from runner.records import FrozenRecord, Record
+
+# typing is imported for type checkers only: at run time it costs every CLI call ~6 ms. The two protocols
+# below are then plain classes (nothing instantiates them or checks isinstance against them).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any, Callable, Protocol
+
+    ProgressFn = Callable[[dict], None]
+else:
+    Protocol = object
+    ProgressFn = "Callable[[dict], None]"  # only ever used in annotations
 
 
-@dataclass(frozen=True)
-class Stdio:
+class Stdio(FrozenRecord):
     """File descriptors a container process is wired to, seen from the caller's side.
 
     ``stdin`` None means the process reads /dev/null. With a terminal, output arrives on ``stdout`` only.
     """
 
-    stdin: int | None
-    stdout: int
-    stderr: int
+    _fields = ("stdin", "stdout", "stderr")
+
+    def __init__(self, stdin: int | None, stdout: int, stderr: int):
+        self._init(stdin=stdin, stdout=stdout, stderr=stderr)
 
 
-@dataclass
-class TermSize:
-    rows: int
-    cols: int
+class TermSize(Record):
+    _fields = ("rows", "cols")
+
+    def __init__(self, rows: int, cols: int):
+        self.rows, self.cols = rows, cols
 
 
 class ProcessHandle(Protocol):
@@ -49,16 +60,13 @@ class ProcessHandle(Protocol):
         """Deliver a signal to the process (Ctrl-C forwarding without a terminal)."""
 
 
-@dataclass(frozen=True)
-class Features:
+class Features(FrozenRecord):
     """What a backend can do, so callers check abilities rather than backend names."""
 
-    bind_mounts: bool = True
-    host_network: bool = True
-    published_ports: bool = False
+    _fields = ("bind_mounts", "host_network", "published_ports")
 
-
-ProgressFn = Callable[[dict], None]
+    def __init__(self, bind_mounts: bool = True, host_network: bool = True, published_ports: bool = False):
+        self._init(bind_mounts=bind_mounts, host_network=host_network, published_ports=published_ports)
 
 
 class Backend(Protocol):

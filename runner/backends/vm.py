@@ -13,24 +13,44 @@ where the connection comes from, and does it in two speeds:
 
 Errors raised by the engine in the guest reach the caller as the very same RunnerError (class, message,
 hint, exit code); transport failures are :class:`runner.errors.VMError`.
+
+What the host adds around the engine's own answers (each a few lines below):
+
+- **bind mounts**: ``-v`` sources must lie under a directory the machine shares over 9p
+  (:mod:`runner.vm.shares`, mounted in the guest at the same real path); a source is resolved to its real path
+  and checked here, so the error names the shared directories and how to add one.
+- **published ports**: the guest's proxies listen on the guest's 0.0.0.0 (the agent's environment); after
+  ``run``/``start`` the host adds a QEMU ``hostfwd`` from ``HostIp:HostPort`` to the guest port for each entry
+  of ``inspect()["NetworkSettings"]["Ports"]``. A random host port (``-p 80``) is picked on the host, so the
+  guest's and the host's numbers may differ: ``port``, ``inspect`` and ``ps`` show the host's. The host is not
+  told when a detached container exits, so active forwards are recorded in the machine's ``forwards.json``
+  and reconciled (forwards of containers that no longer run are removed) by every call that lists or changes
+  containers; ``runner vm stop`` drops them with QEMU.
+- **loopback registries**: a pull or push of ``127.0.0.1:5000/x`` (or localhost, ::1) is sent to the host's
+  loopback as the guest reaches it, 10.0.2.2 (QEMU user-net), keeping the image name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from typing import Any
 
 from runner.agent.client import AgentBackend, AgentClient
-from runner.backends.base import Features
-from runner.errors import RunnerError, VMError
+from runner.backends.base import Features, ProgressFn, Stdio, TermSize
+from runner.errors import Conflict, NotFound, PlatformError, RunnerError, VMError
+
+GUEST_HOST_ADDRESS = "10.0.2.2"  # the host's loopback as seen from the guest (QEMU user-mode networking)
+_LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 
 
 class VMBackend(AgentBackend):
     name = "vm"
-    # Host paths are not shared with the guest yet (the guest kernel has no 9p), and published ports need
-    # host forwards that the engine does not request yet; host networking means the VM's network.
-    features = Features(bind_mounts=False, host_network=True, published_ports=False)
+    # Host directories reach the guest over 9p (not on Windows: QEMU has no virtfs there); published ports are
+    # QEMU host forwards added by this class; host networking means the VM's network.
+    features = Features(bind_mounts=not sys.platform.startswith("win"), host_network=True, published_ports=True)
 
     def __init__(self, machine_name: str = "default"):
         from runner.vm.layout import MachinePaths
@@ -100,3 +120,321 @@ class VMBackend(AgentBackend):
                            if k in status}
         data["host_platform"] = sys.platform
         return data
+
+    # -- bind mounts: sources under the machine's 9p shares ------------------------------------------------
+    def _guest_spec(self, spec: dict) -> dict:
+        mounts = spec.get("mounts") or []
+        if not mounts:
+            return spec
+        from runner.vm import shares
+        from runner.vm.machine import Machine
+
+        if sys.platform.startswith("win"):
+            raise PlatformError("bind mounts (-v) are not supported by the VM backend on Windows hosts",
+                                hint=shares.WINDOWS_HINT)
+        dirs = Machine(self.machine_name).shared_dirs()
+        out = []
+        for m in mounts:
+            real = shares.resolve_source(str(m["source"]))
+            if shares.find_share(real, dirs) is None:
+                raise shares.not_shared_error(str(m["source"]), dirs, self.machine_name)
+            out.append({**m, "source": real})
+        return {**spec, "mounts": out}
+
+    # -- containers: the engine's calls plus host forwards for published ports -----------------------------
+    def create(self, spec: dict) -> str:
+        return super().create(self._guest_spec(spec))
+
+    def run(self, spec: dict, stdio: Stdio | None, size: TermSize | None = None):
+        spec = self._guest_spec(spec)
+        self._reconcile()  # frees host ports held for containers that exited meanwhile
+        result = super().run(spec, stdio, size)
+        if not (spec.get("ports") or spec.get("publish_all")):
+            return result  # nothing to forward: no extra round trip
+        return self._published(result)
+
+    def start(self, ref: str, stdio: Stdio | None, size: TermSize | None = None):
+        self._reconcile()
+        return self._published(super().start(ref, stdio, size))
+
+    def stop(self, ref: str, timeout: float = 10) -> str:
+        try:
+            return super().stop(ref, timeout)
+        finally:
+            self._reconcile()
+
+    def kill(self, ref: str, signal: str = "KILL") -> str:
+        try:
+            return super().kill(ref, signal)
+        finally:
+            self._reconcile()
+
+    def rm(self, ref: str, force: bool = False) -> str:
+        try:
+            return super().rm(ref, force)
+        finally:
+            self._reconcile()
+
+    def ps(self, all: bool = False) -> list[dict]:
+        self._reconcile()
+        out = super().ps(all)
+        table = self._forwards().table()
+        if table:
+            for c in out:
+                if c.get("Ports"):
+                    c["Ports"] = _ports_text_on_host(c["Ports"], c["Id"], table)
+        return out
+
+    def inspect(self, ref: str) -> dict:
+        info = super().inspect(ref)
+        table = self._forwards().table()
+        settings = info.get("NetworkSettings") or {}
+        if table and settings.get("Ports"):
+            settings["Ports"] = _ports_on_host(settings["Ports"], info["Id"], table)
+        return info
+
+    def port(self, ref: str) -> dict:
+        self._reconcile()
+        ports = super().port(ref)
+        table = self._forwards().table()
+        if ports and table:
+            ports = _ports_on_host(ports, super().inspect(ref)["Id"], table)
+        return ports
+
+    def _forwards(self) -> "_Forwards":
+        return _Forwards(self.machine_name)
+
+    def _published(self, result: Any) -> Any:
+        """Add host forwards for the container that ``run``/``start`` just started (if it publishes ports);
+        an attached process gets its forwards removed when it ends."""
+        cid = result if isinstance(result, str) else result.container_id
+        try:
+            info = super().inspect(cid)
+        except NotFound:
+            return result  # a --rm container that is gone already: nothing to forward
+        if not (info.get("NetworkSettings") or {}).get("Ports") or not info["State"]["Running"]:
+            return result
+        try:
+            self._forwards().add(info)
+        except Conflict:
+            with contextlib.suppress(RunnerError):
+                super().rm(info["Id"], force=True)  # nothing is left behind, as natively
+            raise
+        if isinstance(result, str):
+            return result
+        return _ForwardedProcess(result, self._forwards(), info["Id"])
+
+    def _reconcile(self) -> None:
+        """Drop the forwards of containers that no longer run (cheap when there are none)."""
+        forwards = self._forwards()
+        if not forwards.table():
+            return
+        forwards.keep_only({c["Id"] for c in super().ps(False)})
+
+    # -- registries on the host's loopback ----------------------------------------------------------------
+    def pull(self, ref: str, platform: str | None = None, credentials: dict | None = None,
+             progress: ProgressFn | None = None) -> dict:
+        return self._call("pull", progress, ref=ref, platform=platform, credentials=credentials,
+                          **_endpoints(ref))
+
+    def push(self, ref: str, credentials: dict | None = None, progress: ProgressFn | None = None) -> str:
+        return self._call("push", progress, ref=ref, credentials=credentials, **_endpoints(ref))
+
+
+def _endpoints(ref: str) -> dict:
+    """``{"endpoints": {...}}`` for a registry on the host's loopback (else ``{}``): the guest connects to
+    10.0.2.2 instead, same port. Loopback host names map too (any port), for token servers on loopback."""
+    from runner.images.reference import Reference, api_host
+    from runner.images.registry import is_loopback
+
+    try:
+        registry = Reference.parse(ref).registry
+    except RunnerError:
+        return {}  # the engine reports the bad reference itself
+    host = api_host(registry)
+    hostname = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    if not is_loopback(hostname.strip("[]")):
+        return {}
+    port = host[len(hostname) + 1:]
+    mapping = {name: GUEST_HOST_ADDRESS for name in _LOOPBACK_NAMES}
+    mapping[host.lower()] = GUEST_HOST_ADDRESS + (f":{port}" if port else "")
+    return {"endpoints": mapping}
+
+
+class _ForwardedProcess:
+    """An attached container's process whose host forwards go away when it ends."""
+
+    def __init__(self, handle: Any, forwards: "_Forwards", cid: str):
+        self._handle, self._forwards, self._cid = handle, forwards, cid
+        self.container_id = handle.container_id
+
+    def wait(self) -> int:
+        try:
+            return self._handle.wait()
+        finally:
+            with contextlib.suppress(RunnerError, OSError):
+                self._forwards.drop(self._cid)
+
+    def resize(self, size: TermSize) -> None:
+        self._handle.resize(size)
+
+    def signal(self, signum: int) -> None:
+        self._handle.signal(signum)
+
+
+class _Forwards:
+    """The machine's host port forwards for published container ports, recorded in ``forwards.json``.
+
+    Each entry: container id, protocol, host ip and port, guest port. The record names the QEMU boot (pid and
+    process identity from run.json): forwards die with QEMU, so a record of another boot is empty. Changes
+    are made under ``forwards.lock`` so concurrent CLI calls never lose or double-remove a forward.
+    """
+
+    def __init__(self, machine_name: str):
+        from runner.vm.layout import MachinePaths
+
+        self.machine_name = machine_name
+        self.paths = MachinePaths.for_name(machine_name)
+
+    def _boot(self) -> str:
+        try:
+            run = json.loads(self.paths.run.read_text())
+            return f'{run["pid"]}:{run["identity"]}'
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+
+    def _load(self) -> list[dict]:
+        try:
+            data = json.loads(self.paths.forwards.read_text())
+        except (OSError, ValueError):
+            return []
+        if not isinstance(data, dict) or data.get("boot") != self._boot():
+            return []
+        return [f for f in data.get("forwards", []) if isinstance(f, dict)]
+
+    def _save(self, forwards: list[dict]) -> None:
+        from runner.vm import layout
+
+        if not forwards:
+            self.paths.forwards.unlink(missing_ok=True)
+            return
+        layout.write_private(self.paths.forwards, json.dumps({"boot": self._boot(), "forwards": forwards},
+                                                             indent=1) + "\n")
+
+    @contextlib.contextmanager
+    def _locked(self):
+        from runner.vm.machine import _FileLock
+
+        with _FileLock(self.paths.forwards_lock, 60.0, f"the port forwards of machine {self.machine_name!r} "
+                                                       f"are busy ({self.paths.forwards_lock})"):
+            yield
+
+    def table(self) -> dict:
+        """(container id, protocol, guest port) -> host port, for translating the guest's answers."""
+        if not self.paths.forwards.exists():
+            return {}
+        return {(f["container"], f["proto"], int(f["guest_port"])): int(f["host_port"]) for f in self._load()}
+
+    def add(self, info: dict) -> None:
+        """Forward every published port of the (running) container ``info``; all or nothing."""
+        from runner.vm.machine import Machine
+
+        cid = info["Id"]
+        wanted = (info.get("HostConfig") or {}).get("PortBindings") or {}
+        machine = Machine(self.machine_name)
+        with self._locked():
+            forwards = self._load()
+            have = {(f["container"], f["proto"], int(f["guest_port"])) for f in forwards}
+            added: list[dict] = []
+            try:
+                for key, bindings in info["NetworkSettings"]["Ports"].items():
+                    container_port, _, proto = key.partition("/")
+                    fixed = {str(b.get("HostPort") or "") for b in wanted.get(key) or []}
+                    for b in bindings or []:
+                        guest_port = int(b["HostPort"])
+                        if (cid, proto or "tcp", guest_port) in have:
+                            continue
+                        host_ip = b.get("HostIp") or "127.0.0.1"
+                        entry = {"container": cid, "proto": proto or "tcp", "host_ip": host_ip,
+                                 "guest_port": guest_port, "container_port": int(container_port)}
+                        # The user's fixed host port is also the guest's; a random one is chosen on the host.
+                        entry["host_port"] = self._forward(machine, entry, str(guest_port) in fixed)
+                        added.append(entry)
+            except BaseException:
+                for entry in added:
+                    with contextlib.suppress(RunnerError):
+                        machine.hostfwd_remove(entry["host_port"], entry["proto"], entry["host_ip"])
+                raise
+            self._save(forwards + added)
+
+    @staticmethod
+    def _forward(machine: Any, entry: dict, fixed: bool) -> int:
+        tries = [entry["guest_port"]] if fixed else [_free_port(entry["host_ip"], entry["proto"])
+                                                    for _ in range(3)]
+        for i, host_port in enumerate(tries):
+            try:
+                machine.hostfwd_add(host_port, entry["guest_port"], entry["proto"], entry["host_ip"])
+                return host_port
+            except VMError as exc:
+                if i + 1 < len(tries):
+                    continue  # a random port taken between choosing and binding: choose again
+                raise Conflict(f"cannot publish port {entry['container_port']}/{entry['proto']}: host port "
+                               f"{entry['host_ip']}:{host_port} is already in use", hint=(
+                                   "choose another host port (-p HOSTPORT:CONTAINERPORT) or stop what uses it"
+                                   if fixed else exc.hint)) from exc
+        raise AssertionError("unreachable")
+
+    def drop(self, cid: str) -> None:
+        with self._locked():
+            forwards = self._load()
+            self._remove([f for f in forwards if f["container"] == cid])
+            self._save([f for f in forwards if f["container"] != cid])
+
+    def keep_only(self, running: set[str]) -> None:
+        with self._locked():
+            forwards = self._load()
+            self._remove([f for f in forwards if f["container"] not in running])
+            self._save([f for f in forwards if f["container"] in running])
+
+    def _remove(self, forwards: list[dict]) -> None:
+        if not forwards:
+            return
+        from runner.vm.machine import Machine
+
+        machine = Machine(self.machine_name)
+        for f in forwards:
+            with contextlib.suppress(RunnerError):  # already gone (QEMU restarted): nothing to undo
+                machine.hostfwd_remove(f["host_port"], f["proto"], f["host_ip"])
+
+
+def _free_port(host_ip: str, proto: str) -> int:
+    """A port on ``host_ip`` that was free a moment ago (hostfwd_add itself fails if it is taken since)."""
+    import socket
+
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind((host_ip if host_ip not in ("", "0.0.0.0") else "0.0.0.0", 0))
+        return s.getsockname()[1]
+
+
+def _ports_on_host(ports: dict, cid: str, table: dict) -> dict:
+    """The guest's ``{"80/tcp": [{"HostIp", "HostPort"}]}`` with the host's port numbers."""
+    out = {}
+    for key, bindings in ports.items():
+        proto = key.partition("/")[2] or "tcp"
+        out[key] = [{**b, "HostPort": str(table.get((cid, proto, int(b["HostPort"])), b["HostPort"]))}
+                    if str(b.get("HostPort", "")).isdigit() else b for b in bindings or []]
+    return out
+
+
+def _ports_text_on_host(text: str, cid: str, table: dict) -> str:
+    """``ps``'s ``127.0.0.1:32768->80/tcp, ...`` with the host's port numbers."""
+    items = []
+    for item in text.split(", "):
+        left, sep, right = item.partition("->")
+        ip, _, guest = left.rpartition(":")
+        proto = right.partition("/")[2] or "tcp"
+        if sep and guest.isdigit() and (cid, proto, int(guest)) in table:
+            item = f"{ip}:{table[(cid, proto, int(guest))]}->{right}"
+        items.append(item)
+    return ", ".join(items)

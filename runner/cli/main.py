@@ -15,14 +15,24 @@ import sys
 
 from runner.errors import RunnerError
 
+_fast_lane = False  # whether the last main() call was served by the fast `run` lane
+_gc_paused = False  # entry() turned the cyclic garbage collector off for a fast-lane run
+
+
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     debug = "--debug" in args
+    global _fast_lane
     try:
         from runner.cli.fastrun import try_run
+        _fast_lane = True
         code = try_run(args)
         if code is None:
+            _fast_lane = False
+            if _gc_paused:
+                import gc
+                gc.enable()  # other commands may run long (pulls, VMs): normal collection for them
             from runner.cli.app import run_app
             code = run_app(args)
         return code
@@ -46,3 +56,34 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"Error: internal error: {type(exc).__name__}: {exc}\n")
         sys.stderr.write("Hint: run again with --debug for the traceback, and report it\n")
         return 125
+
+
+def entry() -> None:
+    """The process entry point (console script and ``python -m runner``): main(), then exit.
+
+    After a fast-lane ``run`` the process ends with ``os._exit`` once stdout and stderr are flushed:
+    tearing the interpreter down (freeing every module and object) costs 10-40 ms here, a sizeable part of a
+    container's whole start. That is only done when nothing else could still need the normal shutdown:
+    no atexit callbacks registered and no other thread alive. The fast lane writes its files under ``with``
+    blocks, so no buffered file is left for finalization to flush.
+    """
+    # No cyclic garbage collection while a `run` starts: the collections its imports trigger cost ~10 ms, and
+    # this process's little garbage is freed when it exits. main() turns it back on for the Typer commands;
+    # the shim, forked from here and maybe living for days, turns it on for itself (runner.engine.shim).
+    global _gc_paused
+    import gc
+    gc.disable()
+    _gc_paused = True
+    code = main()
+    if _fast_lane:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:  # let the normal exit report it
+            sys.exit(code)
+        import atexit
+        threading = sys.modules.get("threading")
+        ncallbacks = getattr(atexit, "_ncallbacks", None)
+        if ncallbacks is not None and ncallbacks() == 0 and (threading is None or threading.active_count() == 1):
+            os._exit(code)
+    sys.exit(code)

@@ -47,11 +47,14 @@ def start(
     memory: Optional[str] = typer.Option(None, "--memory", help="memory, MiB or with a unit: 2048, 4G"),
     disk_size: Optional[str] = typer.Option(None, "--disk-size", help="data disk size at creation (20G)"),
     no_wait: bool = typer.Option(False, "--no-wait", help="return once QEMU runs, before SSH is ready"),
+    share: Optional[List[str]] = typer.Option(
+        None, "--share", help="host directory to share with the VM for -v (repeatable; replaces the default "
+                              "set: your home and the temp dir; kept for later starts)"),
 ):
     """Boot the machine (creating it on first use) and wait until SSH into it works."""
     machine = _machine(name)
     began = time.monotonic()
-    machine.start(cpus=cpus, memory=_memory(memory), disk_size=disk_size, wait=not no_wait)
+    machine.start(cpus=cpus, memory=_memory(memory), disk_size=disk_size, wait=not no_wait, shares=share or None)
     st = machine.status()
     print(f"machine {machine.name!r} is {st['state']} ({st['accel']}, ssh 127.0.0.1:{st['ssh_port']}, "
           f"{time.monotonic() - began:.1f} s)")
@@ -83,6 +86,8 @@ def status(
     for key, value in st.items():
         if key == "uptime" and value is not None:
             value = render.duration(value)
+        if isinstance(value, list):
+            value = ", ".join(value) or "none"
         print(f"{key.ljust(width)}  {'-' if value is None else value}")
 
 

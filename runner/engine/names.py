@@ -1,6 +1,6 @@
 """Docker-style random container names (``adjective_scientist``), readable and rarely colliding."""
 
-import secrets
+import os
 
 _LEFT = ("admiring", "brave", "calm", "clever", "dazzling", "eager", "elegant", "focused", "gifted", "happy",
          "jolly", "keen", "loving", "modest", "nifty", "peaceful", "quirky", "relaxed", "serene", "sharp",
@@ -9,5 +9,14 @@ _RIGHT = ("babbage", "curie", "darwin", "einstein", "euler", "fermi", "galois", 
           "lovelace", "meitner", "noether", "pascal", "ritchie", "shannon", "thompson", "turing", "wozniak")
 
 
+def _choice(seq: tuple) -> str:
+    """An unbiased random element, as secrets.choice (importing secrets costs the start path ~2 ms)."""
+    limit = 65536 - 65536 % len(seq)
+    while True:
+        r = int.from_bytes(os.urandom(2), "big")
+        if r < limit:
+            return seq[r % len(seq)]
+
+
 def random_name() -> str:
-    return f"{secrets.choice(_LEFT)}_{secrets.choice(_RIGHT)}"
+    return f"{_choice(_LEFT)}_{_choice(_RIGHT)}"

@@ -47,14 +47,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import ipaddress
 import json
 import os
 import re
-import secrets
-import shutil
-import subprocess
 
 from runner.engine.state import alive, now, proc_start_time, write_json_atomic
 from runner.errors import Conflict, ContainerStartError, NotFound, PlatformError, UsageError
@@ -79,6 +75,7 @@ def root_tag(root: str) -> str:
     real = os.path.realpath(root)
     if real == DEFAULT_ROOT:
         return ""
+    import hashlib  # imported where used, like subprocess and shutil: `--network none` needs none of them
     return hashlib.sha256(real.encode()).hexdigest()[:6]
 
 
@@ -227,6 +224,7 @@ def _flock(path: str):
 
 
 def _ip_tool() -> str:
+    import shutil
     path = shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip") if os.path.exists(p)), None)
     if path is None:
         raise PlatformError("bridge networking needs the ip tool (iproute2)",
@@ -235,6 +233,7 @@ def _ip_tool() -> str:
 
 
 def _run(argv: list[str], stdin: str | None = None, what: str = "set up the network") -> str:
+    import subprocess
     proc = subprocess.run(argv, input=stdin, capture_output=True, text=True)
     if proc.returncode != 0:
         detail = (proc.stderr.strip().splitlines() or [f"{argv[0]} exited with {proc.returncode}"])[-1]
@@ -252,6 +251,7 @@ def link_exists(name: str) -> bool:
 
 
 def delete_link(name: str) -> None:
+    import subprocess
     if link_exists(name):
         subprocess.run([_ip_tool(), "link", "del", name], capture_output=True)
 
@@ -304,6 +304,8 @@ _firewall: str | None = None
 
 def firewall() -> str:
     """'nft' when nftables works here, else 'iptables' (legacy kernels, minimal guests)."""
+    import shutil
+    import subprocess
     global _firewall
     if _firewall is None:
         nft = shutil.which("nft")
@@ -319,6 +321,8 @@ def firewall() -> str:
 
 def apply_nat(tag: str, networks: list[dict]) -> None:
     """Make the kernel's NAT rules for this root match ``networks`` exactly."""
+    import shutil
+    import subprocess
     if firewall() == "nft":
         _run([shutil.which("nft"), "-f", "-"], nft_script(table_name(tag), networks), "update nftables rules")
     else:
@@ -429,7 +433,7 @@ class Networks:
                                    hint="choose another --subnet, or omit it to pick a free one")
             index = 0 if name == DEFAULT_NETWORK else \
                 min(set(range(1, len(mine) + 2)) - {n["Index"] for n in mine})
-            record = {"Name": name, "Id": secrets.token_hex(32), "Created": now(), "Driver": "bridge",
+            record = {"Name": name, "Id": os.urandom(32).hex(), "Created": now(), "Driver": "bridge",
                       "Subnet": str(net), "Gateway": str(net.network_address + 1),
                       "Bridge": bridge_name(self.tag, index), "Index": index}
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
@@ -621,6 +625,7 @@ class BridgeAttachment(Attachment):
                          "Bridge": record["Bridge"], "Ports": self.proxy.bound}
 
     def _wire(self, record: dict, prefix: int) -> None:
+        import subprocess
         from runner.engine.runtime import linux
 
         # The inside half runs first, as an `ip -batch` that unshares its own network namespace before it

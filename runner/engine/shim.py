@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import os
 import signal
 import socket
 import struct
 import termios
-import traceback
 
 from runner.backends.base import Stdio, TermSize
 from runner.engine import logs, network
@@ -139,6 +139,7 @@ def launch(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty: bo
     if pid == 0:  # ---- child: becomes the shim (or the intermediate when detaching)
         code = 125
         try:
+            gc.enable()  # a long-lived process now, even if the caller (a short CLI run) had turned it off
             ours.close()
             os.setsid()
             if stdio is None and os.fork() != 0:
@@ -146,6 +147,7 @@ def launch(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty: bo
             code = _shim_main(engine, cid, stdio, size if tty else None, tty, theirs)
         except BaseException:  # never let an exception unwind into the caller's code in this child
             with contextlib.suppress(BaseException):
+                import traceback  # only on this failure path: importing it costs every start ~3 ms
                 _send(theirs, {"error": {"message": "shim failed: " + traceback.format_exc(limit=3)}})
         finally:
             os._exit(code)
@@ -196,13 +198,17 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             os.dup2(devnull, fd)  # a detached shim must not hold the caller's pipes or terminal open
     store = engine.state
     runtime = engine.runtime
+    prime = getattr(runtime, "prime", None)
+    # The cgroup join's kernel-side wait runs in parallel with the preparation below (builtin runtime).
+    unprime = prime() if prime is not None else (lambda: None)
     bundle = engine.bundle_dir(cid)
     started = False
     master = None
     net = network.NO_NETWORK
     try:
-        net = network.attach(engine, store.load(cid))  # ports bound, address leased, netns wired
-        engine.prepare_rootfs(store.load(cid), net.netns_path, size)  # private mount ns + overlay + config.json
+        rec = store.load(cid)  # read once: attaching the network does not change the record
+        net = network.attach(engine, rec)  # ports bound, address leased, netns wired
+        engine.prepare_rootfs(rec, net.netns_path, size)  # private mount ns + overlay + config.json
         if tty:
             # runc's console socket: the pty is made inside the container, its master comes back here.
             console, console_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -238,6 +244,7 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             rec.extra["network"] = net.settings
         net.serve()
     except (RunnerError, OSError) as exc:
+        unprime()
         if started:  # the workload runs, but its bookkeeping failed: it must not live on unwatched
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -248,6 +255,7 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         _send(sync, {"error": exc.to_dict()})
         runtime.delete(bundle, cid)
         return 125
+    unprime()
     error = ""
     try:
         _send(sync, {"started": pid}, [master] if master is not None and stdio is not None else [])
@@ -268,12 +276,14 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
     runtime.delete(bundle, cid)
     net.detach()
     engine.release_rootfs(cid)
-    with store.update(cid) as rec:
+    # With --rm the record is removed right after this write, so a crash could only leave a record that
+    # is gone anyway: no fsync for it (the write itself stays atomic for concurrent readers).
+    with store.update(cid, durable=not rec.spec.get("auto_remove")) as rec:
         rec.status, rec.exit_code, rec.oom_killed, rec.finished_at = EXITED, code, oom, now()
         rec.error = error
         rec.extra.pop("network", None)
         auto_remove = bool(rec.spec.get("auto_remove"))
     if auto_remove:
-        engine.remove_container_files(cid)
+        engine.remove_container_files(cid, background=True)
     _send(sync, {"exited": code})
     return code

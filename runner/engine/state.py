@@ -17,6 +17,9 @@ Layout of ``<root>/containers/<id>/``::
     upper/ work/    overlayfs upper and work dirs: the container's writable layer
     etc/            hostname, hosts, resolv.conf bind-mounted into the container
     container.log   stdout/stderr, framed (see runner.engine.logs)
+
+``<root>/trash/<id>/`` holds the files of ``--rm`` containers that have exited, while a background process
+deletes them (``StateStore.remove_dir_soon``).
 """
 
 from __future__ import annotations
@@ -25,29 +28,35 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
-import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
 
 from runner.errors import Conflict, NotFound
+from runner.records import Record
 
 CREATED, RUNNING, EXITED = "created", "running", "exited"
+_NEW: dict = {}  # marks "not given": a fresh dict per record, as a dataclass default_factory does
 
 
 def now() -> float:
     return time.time()
 
 
-def write_json_atomic(path: str, data: dict, mode: int = 0o600) -> None:
-    """Write JSON so that readers see either the old or the new content, even across a crash."""
-    tmp = f"{path}.tmp.{os.getpid()}.{secrets.token_hex(4)}"
+def write_json_atomic(path: str, data: dict, mode: int = 0o600, durable: bool = True) -> None:
+    """Write JSON so that readers see either the old or the new content, even across a crash.
+
+    The rename makes the switch atomic for readers. The fsync before it is what survives a crash: without
+    it the renamed file could turn up empty after a power loss. ``durable=False`` skips only the fsync, for
+    files whose content is worthless after a crash anyway (rewritten at every start, or about to be removed);
+    readers still never see half a file.
+    """
+    tmp = f"{path}.tmp.{os.getpid()}.{os.urandom(4).hex()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.rename(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -76,31 +85,31 @@ def alive(pid: int | None, start_time: int | None) -> bool:
     return bool(pid) and start_time is not None and proc_start_time(pid) == start_time
 
 
-@dataclass
-class ContainerRecord:
-    id: str
-    name: str
-    spec: dict
-    image_id: str
-    image_ref: str
-    created: float
-    status: str = CREATED
-    pid: int | None = None
-    pid_start: int | None = None
-    shim_pid: int | None = None
-    shim_start: int | None = None
-    exit_code: int | None = None
-    oom_killed: bool = False
-    started_at: float | None = None
-    finished_at: float | None = None
-    error: str = ""
-    runtime: str = "builtin"
-    removing: bool = False
-    extra: dict = field(default_factory=dict)
+class ContainerRecord(Record):
+    """One container's record, as stored in state.json (a plain record class: see runner.records)."""
+
+    _fields = ("id", "name", "spec", "image_id", "image_ref", "created", "status", "pid", "pid_start",
+               "shim_pid", "shim_start", "exit_code", "oom_killed", "started_at", "finished_at", "error",
+               "runtime", "removing", "extra")
+
+    def __init__(self, id: str, name: str, spec: dict, image_id: str, image_ref: str, created: float,
+                 status: str = CREATED, pid: int | None = None, pid_start: int | None = None,
+                 shim_pid: int | None = None, shim_start: int | None = None, exit_code: int | None = None,
+                 oom_killed: bool = False, started_at: float | None = None, finished_at: float | None = None,
+                 error: str = "", runtime: str = "builtin", removing: bool = False, extra: dict = _NEW):
+        self.id, self.name, self.spec, self.image_id, self.image_ref = id, name, spec, image_id, image_ref
+        self.created, self.status, self.pid, self.pid_start = created, status, pid, pid_start
+        self.shim_pid, self.shim_start, self.exit_code, self.oom_killed = shim_pid, shim_start, exit_code, oom_killed
+        self.started_at, self.finished_at, self.error = started_at, finished_at, error
+        self.runtime, self.removing = runtime, removing
+        self.extra = {} if extra is _NEW else extra
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self._fields}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ContainerRecord":
-        known = {f.name for f in fields(cls)}
+        known = cls._fields
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
@@ -109,6 +118,7 @@ class StateStore:
 
     def __init__(self, root: str):
         self.root = os.path.join(root, "containers")
+        self.trash = os.path.join(root, "trash")  # removed containers' files, being deleted (remove_dir_soon)
         os.makedirs(self.root, mode=0o700, exist_ok=True)
 
     def dir(self, cid: str) -> str:
@@ -143,8 +153,8 @@ class StateStore:
         except FileNotFoundError:
             raise NotFound(f"no such container: {cid[:12]}") from None
 
-    def save(self, rec: ContainerRecord) -> None:
-        write_json_atomic(os.path.join(self.dir(rec.id), "state.json"), asdict(rec))
+    def save(self, rec: ContainerRecord, durable: bool = True) -> None:
+        write_json_atomic(os.path.join(self.dir(rec.id), "state.json"), rec.to_dict(), durable=durable)
 
     def create(self, name: str | None, make_record) -> ContainerRecord:
         """Allocate an id and a unique name, then save the record ``make_record(id, name)`` returns."""
@@ -156,7 +166,7 @@ class StateStore:
                                hint=f"remove it with 'runner rm {name}' or choose another --name")
             while name is None or name in taken:
                 name = random_name()
-            cid = secrets.token_hex(32)
+            cid = os.urandom(32).hex()  # what secrets.token_hex(32) does, without importing secrets
             os.makedirs(self.dir(cid), mode=0o700)
             rec = make_record(cid, name)
             self.save(rec)
@@ -186,12 +196,12 @@ class StateStore:
         raise NotFound(f"no such container: {ref}")
 
     @contextlib.contextmanager
-    def update(self, cid: str):
+    def update(self, cid: str, durable: bool = True):
         """Yield the record under the container's lock; it is saved when the block ends without error."""
         with self.lock(cid):
             rec = self.load(cid)
             yield rec
-            self.save(rec)
+            self.save(rec, durable)
 
     def reconcile(self, rec: ContainerRecord) -> ContainerRecord:
         """Make a running record honest: if neither shim nor PID 1 lives, the container has exited."""
@@ -211,4 +221,46 @@ class StateStore:
             return fresh
 
     def remove_dir(self, cid: str) -> None:
+        import shutil  # here: shutil imports zlib, bz2 and lzma, ~5 ms the start path does not need
         shutil.rmtree(self.dir(cid), ignore_errors=True)
+
+    def remove_dir_soon(self, cid: str) -> None:
+        """Remove a container's directory now as far as anyone can see, and delete its files in the background.
+
+        For ``--rm`` at exit: the directory is renamed into ``<root>/trash`` (one atomic step: the id, the
+        name and the record are gone when this returns), then a detached child deletes the files. Deleting
+        them in line costs 5-40 ms here (each freed ext4 block ~2 ms on this host) while the user waits for
+        the exit code. The child holds none of the caller's files (stdio becomes /dev/null), so nobody
+        reading the container's output waits for it. A child killed half-way leaves its entry in the trash;
+        the next one deletes entries older than a minute (not newer ones: another child may be on them).
+        """
+        gone = os.path.join(self.trash, cid)
+        try:
+            os.makedirs(self.trash, mode=0o700, exist_ok=True)
+            os.rename(self.dir(cid), gone)
+        except OSError:
+            self.remove_dir(cid)
+            return
+        try:
+            pid = os.fork()
+        except OSError:  # no process to spare: delete in line after all
+            import shutil
+            shutil.rmtree(gone, ignore_errors=True)
+            return
+        if pid != 0:
+            return
+        try:  # the child: never returns into the caller's code
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+            import shutil
+            shutil.rmtree(gone, ignore_errors=True)
+            stale = time.time() - 60
+            for name in os.listdir(self.trash):
+                path = os.path.join(self.trash, name)
+                with contextlib.suppress(OSError):
+                    if os.lstat(path).st_mtime < stale:
+                        shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os._exit(0)

@@ -138,12 +138,15 @@ def _resolve_platform(value) -> tuple[platforms.Platform, bool]:
 
 
 def pull(store, ref, *, platform=None, credentials: Mapping[str, Mapping[str, str]] | None = None,
-         insecure: Iterable[str] = (), progress: Progress | None = None):
+         insecure: Iterable[str] = (), progress: Progress | None = None,
+         endpoints: Mapping[str, str] | None = None):
     """Pull ``ref`` into ``store`` and return the stored Image.
 
     ``platform``: None (host's Linux platform), text like ``linux/arm64``, or a Platform.
     ``credentials``: registry → ``{"username","password"}`` or ``{"identitytoken"}``, as read on the
     host by :mod:`runner.images.credentials`. ``insecure``: registries allowed over plain HTTP.
+    ``endpoints``: where connections really go (see :class:`RegistryClient`; the VM backend maps the
+    host's loopback registries to 10.0.2.2); the image keeps its name.
     ``progress`` receives dicts such as ``{"id": "<12 hex>", "status": "Downloading", "current": n,
     "total": n}``; statuses: Pulling fs layer, Already exists, Downloading, Retrying, Download complete,
     Pull complete; events without ``id`` are whole-image messages (``{"status": "Digest: sha256:..."}``).
@@ -152,7 +155,7 @@ def pull(store, ref, *, platform=None, credentials: Mapping[str, Mapping[str, st
     wanted, explicit = _resolve_platform(platform)
     emit = progress or (lambda event: None)
     client = RegistryClient(reference.registry, credentials=(credentials or {}).get(reference.registry),
-                            insecure=reference.registry in set(insecure))
+                            insecure=reference.registry in set(insecure), endpoints=endpoints)
     repo = reference.repository
     display = reference.familiar
 

@@ -31,10 +31,11 @@ CHUNK_SIZE = 64 << 20
 
 
 def push(store, ref, *, credentials: Mapping[str, Mapping[str, str]] | None = None,
-         insecure: Iterable[str] = (), progress: Progress | None = None) -> str:
+         insecure: Iterable[str] = (), progress: Progress | None = None,
+         endpoints: Mapping[str, str] | None = None) -> str:
     """Push the local image named ``ref`` to its registry; return the manifest digest.
 
-    ``credentials`` and ``insecure`` as for :func:`runner.images.pull.pull`. ``progress`` receives
+    ``credentials``, ``insecure`` and ``endpoints`` as for :func:`runner.images.pull.pull`. ``progress`` receives
     ``{"id", "status", "current", "total"}`` with statuses Preparing, Pushing, Pushed,
     Layer already exists, Mounted from <repo>; a final event without ``id`` gives the digest.
     """
@@ -47,7 +48,7 @@ def push(store, ref, *, credentials: Mapping[str, Mapping[str, str]] | None = No
     config_desc, layers = check_image_manifest(store.read_json(image.manifest_digest), reference.familiar)
 
     client = RegistryClient(reference.registry, credentials=(credentials or {}).get(reference.registry),
-                            insecure=reference.registry in set(insecure))
+                            insecure=reference.registry in set(insecure), endpoints=endpoints)
     repo = reference.repository
     emit({"status": f"The push refers to repository [{reference.base}]"})
     sources = load_sources(store)

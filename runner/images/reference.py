@@ -11,9 +11,9 @@ its name. Standard library only.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from runner.errors import UsageError
+from runner.records import FrozenRecord
 
 DEFAULT_REGISTRY = "docker.io"
 DEFAULT_TAG = "latest"
@@ -34,14 +34,13 @@ def api_host(registry: str) -> str:
     return "registry-1.docker.io" if registry == DEFAULT_REGISTRY else registry
 
 
-@dataclass(frozen=True)
-class Reference:
+class Reference(FrozenRecord):
     """A parsed image reference. ``tag`` is None only when a digest is given without a tag."""
 
-    registry: str
-    repository: str
-    tag: str | None = DEFAULT_TAG
-    digest: str | None = None
+    _fields = ("registry", "repository", "tag", "digest")
+
+    def __init__(self, registry: str, repository: str, tag: str | None = DEFAULT_TAG, digest: str | None = None):
+        self._init(registry=registry, repository=repository, tag=tag, digest=digest)
 
     @staticmethod
     def parse(text: str) -> "Reference":

@@ -174,12 +174,19 @@ class RegistryClient:
     ``registry`` is the name as in references (``docker.io``, ``127.0.0.1:5000``); ``credentials`` is
     ``{"username","password"}``, ``{"identitytoken"}`` or None; ``insecure`` says the user allowed
     plain HTTP and unverified TLS for this registry.
+
+    ``endpoints`` maps ``host[:port]`` as named in URLs to where the connection really goes, e.g.
+    ``{"127.0.0.1:5000": "10.0.2.2:5000"}`` when the engine runs in the VM and the registry on the host's
+    loopback (QEMU user-net's 10.0.2.2). Names, scopes and auth stay the original ones; a mapped loopback
+    registry keeps loopback's rules (plain HTTP allowed, no proxy). A key without a port maps every port.
     """
 
     def __init__(self, registry: str, *, credentials: Mapping[str, str] | None = None,
-                 insecure: bool = False, timeout: float = TIMEOUT):
+                 insecure: bool = False, timeout: float = TIMEOUT,
+                 endpoints: Mapping[str, str] | None = None):
         self.registry = registry
         self.host = api_host(registry)
+        self._endpoints = {k.lower(): v for k, v in (endpoints or {}).items()}
         hostname = urllib.parse.urlsplit("//" + self.host).hostname or self.host
         self._plain_allowed = insecure or is_loopback(hostname)
         self._timeout = timeout
@@ -195,7 +202,11 @@ class RegistryClient:
 
     def _open(self, method: str, url: str, headers: Mapping[str, str], data=None):
         """One HTTP exchange without redirects; any status comes back as a response object."""
-        request = urllib.request.Request(url, data=data, method=method,
+        mapped = self._mapped(url)
+        if mapped != url:
+            # The registry still sees its own name: the Location URLs it builds from Host stay mappable.
+            headers = {**headers, "Host": urllib.parse.urlsplit(url).netloc.rpartition("@")[2]}
+        request = urllib.request.Request(mapped, data=data, method=method,
                                          headers={"User-Agent": USER_AGENT, **headers})
         try:
             return self._opener.open(request, timeout=self._timeout)
@@ -205,6 +216,22 @@ class RegistryClient:
             raise self._transport_error(exc.reason) from None
         except (OSError, http.client.HTTPException) as exc:
             raise self._transport_error(exc) from None
+
+    def _mapped(self, url: str) -> str:
+        """``url`` with its host replaced as ``endpoints`` says (exact ``host:port`` first, then host)."""
+        if not self._endpoints:
+            return url
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc.rpartition("@")[2].lower()
+        host = (parts.hostname or "").lower()
+        host_key = f"[{host}]" if ":" in host else host
+        if netloc in self._endpoints:
+            target = self._endpoints[netloc]
+        elif host_key in self._endpoints:
+            target = self._endpoints[host_key] + (f":{parts.port}" if parts.port else "")
+        else:
+            return url
+        return urllib.parse.urlunsplit(parts._replace(netloc=target))
 
     def _transport_error(self, reason: object) -> RegistryError:
         insecure_hint = (f"if {self.registry} serves plain HTTP or a self-signed certificate, "

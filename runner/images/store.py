@@ -26,17 +26,17 @@ import io
 import json
 import os
 import re
-import shutil
 import stat
-import tempfile
 import time
-from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterator
 
 from runner.errors import Conflict, ImageError, NotFound, UsageError
-from runner.images import layers as layers_mod
 from runner.images.digest import sha256_digest, validate_digest
 from runner.images.reference import Reference
+from runner.records import FrozenRecord, Record
+
+TYPE_CHECKING = False  # annotations only: importing typing costs the start path ~6 ms
+if TYPE_CHECKING:
+    from typing import BinaryIO, Callable, Iterator
 
 __all__ = ["Store", "Image", "Layer", "validate_digest"]
 
@@ -65,30 +65,31 @@ _ID_PREFIX_RE = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
 _NOT_FOUND_HINT = "pull it with 'runner pull NAME' or load it with 'runner load -i FILE'"
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(FrozenRecord):
     """One layer of an image: its blob (as stored, maybe compressed) and the digest of its plain tar."""
 
-    digest: str
-    size: int
-    media_type: str
-    diff_id: str
+    _fields = ("digest", "size", "media_type", "diff_id")
+
+    def __init__(self, digest: str, size: int, media_type: str, diff_id: str):
+        self._init(digest=digest, size=size, media_type=media_type, diff_id=diff_id)
 
 
-@dataclass
-class Image:
+_NEW: list = []  # marks "not given": a fresh dict/list per image, as a dataclass default_factory does
+
+
+class Image(Record):
     """An image in the store. ``id`` is the config digest (Docker's image ID); ``names`` are full names."""
 
-    id: str
-    names: list[str]
-    manifest_digest: str
-    media_type: str
-    config: dict
-    layers: list[Layer]
-    size: int
-    created: str | None
-    annotations: dict = field(default_factory=dict)
-    repo_digests: list[str] = field(default_factory=list)
+    _fields = ("id", "names", "manifest_digest", "media_type", "config", "layers", "size", "created",
+               "annotations", "repo_digests")
+
+    def __init__(self, id: str, names: list[str], manifest_digest: str, media_type: str, config: dict,
+                 layers: list[Layer], size: int, created: str | None, annotations: dict = _NEW,
+                 repo_digests: list[str] = _NEW):
+        self.id, self.names, self.manifest_digest, self.media_type = id, names, manifest_digest, media_type
+        self.config, self.layers, self.size, self.created = config, layers, size, created
+        self.annotations = {} if annotations is _NEW else annotations
+        self.repo_digests = [] if repo_digests is _NEW else repo_digests
 
     @property
     def short_id(self) -> str:
@@ -147,6 +148,9 @@ class Store:
         """:meth:`ingest`, also telling whether the blob is new (so a caller can discard what it brought in)."""
         if expected_digest is not None:
             validate_digest(expected_digest)
+        import tempfile
+
+        from runner.images import layers as layers_mod  # tarfile & co.: only writing the store needs them
         reader = layers_mod.HashingReader(fileobj)
         fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self._tmp)
         try:
@@ -321,6 +325,7 @@ class Store:
         for diff_id in set(diff_ids) - unpacked:
             path = self._find_layer_dir(diff_id)
             if path is not None:
+                import tempfile
                 gone = tempfile.mkdtemp(prefix="rm-", dir=self._tmp)
                 os.rename(path, os.path.join(gone, "x"))  # vanish atomically, then delete at leisure
                 _rmtree(gone)
@@ -405,6 +410,9 @@ class Store:
 
     def _unpack_into(self, layer: Layer, path: str) -> bool:
         """Unpack ``layer`` and rename it to ``path``; False if another process got there first."""
+        import tempfile
+
+        from runner.images import layers as layers_mod
         tmp = tempfile.mkdtemp(prefix="unpack-", dir=self._tmp)
         try:
             os.mkdir(os.path.join(tmp, "d"), 0o755)
@@ -476,6 +484,7 @@ def _read_text(path: str) -> str | None:
 
 def _write_atomic(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` so a reader sees the old or the new content, never a mix."""
+    import tempfile
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
     try:
         with os.fdopen(fd, "wb") as f:
@@ -508,4 +517,5 @@ def _rmtree(path: str) -> None:
                 sub = os.path.join(top, name)
                 if not os.path.islink(sub):
                     os.chmod(sub, stat.S_IRWXU)
+    import shutil  # here: shutil imports zlib, bz2 and lzma, which reading the store never needs
     shutil.rmtree(path)

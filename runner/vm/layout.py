@@ -19,6 +19,14 @@ sockets that give root in the guest)::
     data.qcow2      the persistent data disk (images and containers survive VM restarts)
     initrd.img      base initrd + this machine's guest config.json (per machine: it carries its keys)
     keys/           SSH client key and the guest host key (see runner.vm.keys)
+    agent.sock      the connection cache's Unix socket (runner.agent.mux; moved to a short temp path
+                    when too long, like qmp.sock)
+    agent-mux.pid   the connection cache's pid; agent-mux.lock: one cache per machine; agent-mux.log its log
+    forwards.json   host port forwards of published container ports (runner.backends.vm), per boot
+    forwards.lock   fcntl lock guarding forwards.json
+    snapshot.state  the saved VM state later starts resume (runner.vm.snapshot; holds the host key: 0600)
+    snapshot.json   what that state is valid for (its key) and its size
+    control.sock    the guest's org.runner.control port (QEMU listens) where the host sends the GO line
 
 Machine-independent: ``<state>/accel.json`` caches the accelerator probe verdicts.
 """
@@ -130,9 +138,36 @@ class MachinePaths:
         digest = hashlib.sha256(os.fsencode(self.dir)).hexdigest()[:16]
         return short_socket_dir() / f"{digest}.qmp"
 
+    @property
+    def agent_socket(self) -> Path:
+        from runner.agent import mux
+
+        return mux.socket_path(self.dir)
+
+    @property
+    def agent_mux_pid(self) -> Path:
+        return self.dir / "agent-mux.pid"
+
+    @property
+    def agent_mux_lock(self) -> Path:
+        return self.dir / "agent-mux.lock"
+
+    @property
+    def agent_mux_log(self) -> Path:
+        return self.dir / "agent-mux.log"
+
+    @property
+    def forwards(self) -> Path:
+        """Host port forwards for published container ports (they die with QEMU: a runtime file)."""
+        return self.dir / "forwards.json"
+
+    @property
+    def forwards_lock(self) -> Path:
+        return self.dir / "forwards.lock"
+
     def runtime_files(self) -> list[Path]:
         """Files that describe one boot; stale after a crash and removed before the next start."""
-        return [self.run, self.qmp_socket, self.ready_log]
+        return [self.run, self.qmp_socket, self.ready_log, self.forwards]
 
 
 def short_socket_dir() -> Path:

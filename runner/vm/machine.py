@@ -15,6 +15,8 @@ log is, and QEMU is killed rather than left half-up.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import os
 import secrets
@@ -36,6 +38,7 @@ from runner.vm.qemu_cmd import Boot, MachineConfig, build_argv, parse_size
 AGENT_PORT = 7070  # guest-loopback port the agent listens on; sent to the guest in its boot config
 START_TIMEOUT_TCG = 180.0  # a TCG boot takes 5-10 s here; leave room for loaded CI hosts
 START_TIMEOUT_ACCEL = 60.0
+RESUME_TIMEOUT = 30.0  # resuming a saved state takes ~1-2 s; past this, boot normally instead
 LOCK_TIMEOUT = 300.0  # long enough to wait out another call's TCG boot
 
 # Connected SSH clients of this process, keyed by machine dir and the QEMU process identity, so a restarted
@@ -61,25 +64,70 @@ class Machine:
     # ---- public API -------------------------------------------------------------------------------------
 
     def start(self, cpus: int | None = None, memory: int | None = None, disk_size: str | None = None,
-              wait: bool = True, timeout: float | None = None) -> "Machine":
+              wait: bool = True, timeout: float | None = None, shares: list[str] | None = None) -> "Machine":
         """Boot the machine if it is not running (creating it on first use) and, with ``wait``, block until
         SSH works. ``memory`` is in MiB. Sizes given for an existing machine replace its stored ones, except
-        the disk size, which is fixed when the data disk is created."""
+        the disk size, which is fixed when the data disk is created. ``shares``: host directories to share
+        (replacing the stored or default set, see :mod:`runner.vm.shares`)."""
+        from runner.vm import shares as vmshares
+
+        wanted_shares = tuple(vmshares.check_dirs(shares)) if shares else None
         with self._locked():
             record = self._live_record()
+            launched = record is None
             if record is None:
-                config = self._resolve_config(cpus, memory, disk_size)
-                record = self._launch(config)
-            elif any(v is not None for v in (cpus, memory, disk_size)):
+                config = self._resolve_config(cpus, memory, disk_size, wanted_shares)
+                record = self._launch(config, fast=wait)
+            elif any(v is not None for v in (cpus, memory, disk_size, wanted_shares)):
                 stored = self.config()
                 wanted = MachineConfig(cpus or stored.cpus, memory or stored.memory_mib,
-                                       disk_size or stored.disk_size)
+                                       disk_size or stored.disk_size, wanted_shares or stored.shares)
                 if wanted != stored:
                     raise Conflict(f"machine {self.name!r} is running with {_describe(stored)}",
                                    hint=f"stop it first: runner vm stop --name {self.name}")
             if wait:
-                self._wait_ready(record, timeout)
+                try:
+                    self._wait_ready(record, timeout)
+                except VMError as exc:  # snapshot fast start: a failed resume becomes a normal boot
+                    if not (launched and record.get("boot") == "resume"):
+                        raise
+                    from runner.vm import snapshot
+
+                    snapshot.discard(self.paths.dir)
+                    print(f"warning: machine {self.name!r} could not resume from its saved state "
+                          f"({exc.message}); booting it normally", file=sys.stderr)
+                    record = self._launch(config, fast=True, resume=False)
+                    self._wait_ready(record, timeout)
+                finally:
+                    self._close_control()
+                self._mount_shares()
         return self
+
+    # ---- shared host directories (runner.vm.shares) ---------------------------------------------------
+    def shared_dirs(self) -> list[str]:
+        """The host directories this machine shares (mounted in the guest at the same paths)."""
+        from runner.vm import shares as vmshares
+
+        if vmshares.host_os() == "windows":
+            return []
+        stored = self.config().shares
+        return list(stored) if stored is not None else vmshares.default_dirs()
+
+    def _mount_shares(self) -> None:
+        """Mount the 9p shares in the guest over SSH (idempotent). Done after readiness, not by the guest's
+        init: the guest knows nothing about the host's paths, and a mounted 9p share blocks migration."""
+        from runner.vm import shares as vmshares
+
+        dirs = self.shared_dirs()
+        if not dirs:
+            return
+        code, out, err = self.run(vmshares.mount_script(dirs), timeout=60)
+        if code != 0:
+            detail = (err or out).decode(errors="replace").strip().splitlines()
+            raise VMError(f"cannot mount the shared host directories in machine {self.name!r}: "
+                          f"{detail[-1] if detail else f'exit code {code}'}",
+                          hint=f"check the shares with `runner vm status --name {self.name}`; "
+                               f"the guest console is in {self.paths.serial_log}")
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Power the machine off: ACPI power button, then QMP ``quit``, then SIGKILL as the last resort.
@@ -90,6 +138,9 @@ class Machine:
                 self._clean_runtime()
                 return False
             self._forget_ssh()
+            from runner.agent import mux  # the connection cache would only hold a dead SSH session
+
+            mux.stop(self.paths.dir)
             steps: list[tuple[Callable[[Any], None], float]] = [
                 (lambda q: q.system_powerdown(), timeout), (lambda q: q.quit(), 5.0)]
             for action, wait_s in steps:
@@ -116,6 +167,7 @@ class Machine:
                                 "serial_log": str(self.paths.serial_log), "exists": self.paths.dir.is_dir()}
         if config:
             info.update(config.to_dict())
+        info["shares"] = self.shared_dirs()
         record = self._live_record()
         if record is None:
             if self.paths.run.exists():
@@ -123,6 +175,7 @@ class Machine:
             return info
         info.update(state="running" if self._guest_ready() else "starting", pid=record["pid"],
                     ssh_port=record["ssh_port"], accel=record["accel"], accel_reason=record.get("accel_why"),
+                    boot=record.get("boot", "cold"),  # "resume": started from its saved state (runner.vm.snapshot)
                     uptime=round(time.time() - record["started_at"], 1))
         return info
 
@@ -206,17 +259,18 @@ class Machine:
 
     # ---- starting ---------------------------------------------------------------------------------------
 
-    def _resolve_config(self, cpus: int | None, memory: int | None, disk_size: str | None) -> MachineConfig:
+    def _resolve_config(self, cpus: int | None, memory: int | None, disk_size: str | None,
+                        shares: tuple[str, ...] | None = None) -> MachineConfig:
         stored = self.config()
         config = MachineConfig(cpus or stored.cpus, memory or stored.memory_mib,
-                               disk_size or stored.disk_size).validate()
+                               disk_size or stored.disk_size, shares or stored.shares).validate()
         if self.paths.data_disk.exists() and parse_size(config.disk_size) != parse_size(stored.disk_size):
             raise UsageError(f"machine {self.name!r} already has a {stored.disk_size} data disk",
                              hint="the disk size is fixed when the machine is created; "
                                   f"recreate it with `runner vm rm {self.name}` to change it")
         return config
 
-    def _launch(self, config: MachineConfig) -> dict:
+    def _launch(self, config: MachineConfig, fast: bool = False, resume: bool = True) -> dict:
         """Prepare every file and start QEMU detached; returns the run record (not yet ready)."""
         from runner.vm import accel, image, initrd
 
@@ -251,10 +305,41 @@ class Machine:
                     rootfs=str(artifacts.rootfs) if artifacts.rootfs else None,
                     data_disk=str(self.paths.data_disk), serial_log=str(self.paths.serial_log),
                     ready_log=str(self.paths.ready_log), qmp=qmp, ssh_port=_free_port(), name=self.name,
-                    kernel_args=tuple(artifacts.cmdline.split()), host_is_root=is_root)
+                    kernel_args=tuple(artifacts.cmdline.split()), host_is_root=is_root,
+                    shares=self._boot_shares(), bios=_qboot(qemu))
         argv = build_argv(config, os_name, accel.host_arch(), self.guest_arch, choice.accel, boot)
         argv[0] = qemu
-        return self._spawn(argv, boot, choice, token)
+        # ---- snapshot fast start (runner.vm.snapshot): resume the saved state if it matches, else boot and
+        # save one at the guest's snapshot point. Only when someone waits to send the guest its GO line.
+        from runner.vm import snapshot
+
+        snap: dict[str, Any] = {}
+        if fast and snapshot.enabled(os_name):
+            control = str(snapshot.control_path(self.paths.dir))
+            Path(control).unlink(missing_ok=True)
+            boot = dataclasses.replace(boot, control=control)
+            argv = build_argv(config, os_name, accel.host_arch(), self.guest_arch, choice.accel, boot)
+            argv[0] = qemu
+            state_key = snapshot.key(argv, boot.ssh_port, {
+                "qemu": snapshot.file_identity(qemu),
+                "manifest": hashlib.sha256(artifacts.manifest.read_bytes()).hexdigest(),
+                "keys": [client_key.public, host_key.public]})
+            state = snapshot.usable(self.paths.dir, state_key) if resume else None
+            snap = {"control": control, "snapshot_key": state_key, "boot": "resume" if state else "cold"}
+            if state:
+                boot = dataclasses.replace(boot, incoming=snapshot.incoming_uri(state))
+                argv = build_argv(config, os_name, accel.host_arch(), self.guest_arch, choice.accel, boot)
+                argv[0] = qemu
+        record = self._spawn(argv, boot, choice, token)
+        if snap:
+            record.update(snap)
+            layout.write_private(self.paths.run, json.dumps(record, indent=2) + "\n")
+        return record
+
+    def _boot_shares(self) -> tuple:
+        from runner.vm import shares as vmshares
+
+        return vmshares.to_shares(self.shared_dirs())
 
     def _spawn(self, argv: list[str], boot: Boot, choice: Any, token: str) -> dict:
         if isinstance(boot.qmp, str):
@@ -322,6 +407,10 @@ class Machine:
                 # QEMU created the socket 0700 under umask 077; a socket needs rw only. (The 0700 machine
                 # dir is what keeps others out; this keeps the mode honest too.)
                 os.chmod(record["qmp"], 0o600)
+            if status == "postmigrate":  # a call that was saving the snapshot died: let the guest run on
+                with self._qmp(record) as q:
+                    q.execute("cont")
+                return
             if status != "running":
                 raise _NotYet(f"QEMU reports status {status!r}")
 
@@ -344,9 +433,23 @@ class Machine:
             if code != 0:
                 raise VMError(f"`true` exited with {code} in the guest: {err.decode(errors='replace').strip()}")
 
+        if record.get("boot") == "resume":  # a resume that hangs should fall back to a boot soon
+            timeout = min(timeout, RESUME_TIMEOUT)
+            deadline = time.monotonic() + timeout
+
+        def go() -> None:  # snapshot fast start: see runner.vm.snapshot
+            if not record.get("control") or self._guest_ready():
+                return
+            if record.get("boot") != "resume":
+                if b"WAITING" not in self._ready_bytes():
+                    raise _NotYet("the guest has not reached its snapshot point (WAITING)")
+                self._save_snapshot(record)
+            self._send_go(record)
+
         requirements: list[tuple[str, Callable[[], None]]] = [
             ("qemu process", lambda: None),
             ("qmp", qmp_running),
+            ("guest go", go),
             ("guest ready", guest_ready),
             ("ssh banner", banner),
             ("ssh login", login),
@@ -395,10 +498,48 @@ class Machine:
         self._clean_runtime()
 
     def _guest_ready(self) -> bool:
+        return b"READY" in self._ready_bytes()
+
+    def _ready_bytes(self) -> bytes:
         try:
-            return b"READY" in self.paths.ready_log.read_bytes()
+            return self.paths.ready_log.read_bytes()
         except OSError:
-            return False
+            return b""
+
+    # ---- snapshot fast start (runner.vm.snapshot) ---------------------------------------------------------
+
+    def _save_snapshot(self, record: dict) -> None:
+        """Save the waiting guest's state once per key, then let it run on. A failed save costs only the
+        fast start of later boots: it is reported and the boot goes on."""
+        from runner.vm import snapshot
+
+        if snapshot.usable(self.paths.dir, record["snapshot_key"]) is None:
+            try:
+                with self._qmp(record, timeout=snapshot.SAVE_TIMEOUT) as q:
+                    try:
+                        record["snapshot_saved"] = snapshot.save(q, self.paths.dir, record["snapshot_key"])
+                    finally:
+                        if q.query_status().get("status") != "running":
+                            q.execute("cont")
+            except VMError as exc:
+                snapshot.discard(self.paths.dir)
+                print(f"warning: could not save machine {self.name!r}'s state for fast starts: {exc.message}",
+                      file=sys.stderr)
+
+    def _send_go(self, record: dict) -> None:
+        from runner.vm import snapshot
+
+        if getattr(self, "_control", None) is None:
+            try:
+                self._control = snapshot.send_go(record["control"], record["agent_token"])
+            except OSError as exc:
+                raise _NotYet(f"cannot send GO to the guest's control port: {exc}") from exc
+
+    def _close_control(self) -> None:
+        sock = getattr(self, "_control", None)
+        self._control = None
+        if sock is not None:
+            sock.close()
 
     # ---- process and file bookkeeping -------------------------------------------------------------------
 
@@ -484,7 +625,8 @@ class _NotYet(Exception):
 
 def _describe(config: MachineConfig) -> str:
     cpus = f"{config.cpus} CPU{'s' if config.cpus != 1 else ''}"
-    return f"{cpus}, {config.memory_mib} MiB memory, a {config.disk_size} disk"
+    shared = f", sharing {', '.join(config.shares)}" if config.shares else ""
+    return f"{cpus}, {config.memory_mib} MiB memory, a {config.disk_size} disk{shared}"
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -495,6 +637,16 @@ def _tail(path: Path, lines: int) -> str:
             return b"\n".join(f.read().splitlines()[-lines:]).decode(errors="replace")
     except OSError:
         return ""
+
+
+def _qboot(qemu: str) -> str | None:
+    """QEMU's qboot.rom (faster than SeaBIOS for direct kernel boot) if this QEMU ships one."""
+    exe = Path(qemu).resolve()
+    for candidate in (exe.parent.parent / "share" / "qemu" / "qboot.rom", exe.parent / "share" / "qboot.rom",
+                      Path("/usr/share/qemu/qboot.rom"), Path("/usr/local/share/qemu/qboot.rom")):
+        if candidate.is_file():
+            return str(candidate)
+    return None
 
 
 def _free_port() -> int:

@@ -7,12 +7,18 @@ stops it at the end, even when tests fail.
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import tempfile
 
 import pytest
 
 from tests.helpers import cli
+
+# The registry fixtures of tests/registry (a real docker-registry on 127.0.0.1), reused as they are.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "registry"))
+from tests.registry.conftest import registry, tmp_root  # noqa: E402,F401
 
 
 class Driver:
@@ -41,7 +47,7 @@ def native_driver():
 
 
 @pytest.fixture(scope="session")
-def vm_driver():
+def vm_driver(guest_image):
     state = tempfile.mkdtemp(prefix="runner-vm-contract-")
     env = {"RUNNER_VM_STATE_DIR": state}
     d = Driver("vm", None, env)

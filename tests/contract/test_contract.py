@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 IMG = "localhost/busybox"
 
 
@@ -143,3 +145,133 @@ def test_unknown_image_is_a_clear_error(rn):
     lines = p.stderr.decode().splitlines()
     assert lines[0].startswith("Error: ") and "not found" in lines[0]
     assert "Traceback" not in p.stderr.decode()
+
+
+# ---- host directories, published ports, registries, a killed client (issue #5) -----------------------------
+
+
+def _shared_tmpdir(prefix: str) -> str:
+    """A fresh directory under the system temp dir: shared with the VM by default (runner.vm.shares)."""
+    import tempfile
+
+    return tempfile.mkdtemp(prefix=prefix)
+
+
+def test_bind_mount_read_write_and_read_only(rn):
+    import os
+    import shutil
+
+    d = _shared_tmpdir("runner-contract-bind-")
+    try:
+        with open(os.path.join(d, "in.txt"), "w") as f:
+            f.write("from-host\n")
+        p = rn("run", "--rm", "-v", f"{d}:/data", IMG, "sh", "-c", "cat /data/in.txt; echo from-ctr > /data/out.txt")
+        assert (p.returncode, text(p)) == (0, "from-host\n"), p.stderr
+        with open(os.path.join(d, "out.txt")) as f:
+            assert f.read() == "from-ctr\n"
+        p = rn("run", "--rm", "-v", f"{d}:/data:ro", IMG, "sh", "-c", "cat /data/in.txt; echo x > /data/ro.txt")
+        assert p.returncode != 0 and text(p) == "from-host\n"
+        assert "read-only" in p.stderr.decode().lower()
+        assert not os.path.exists(os.path.join(d, "ro.txt"))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_published_port_reached_from_the_host(rn):
+    import urllib.request
+
+    p = rn("run", "-d", "--name", "contract-web", "-p", "127.0.0.1::80", IMG, "sh", "-c",
+           "mkdir -p /www && echo hello-web > /www/index.html && exec httpd -f -p 80 -h /www")
+    assert p.returncode == 0, p.stderr
+    try:
+        p = rn("port", "contract-web", "80")
+        assert p.returncode == 0, p.stderr
+        host, _, port = text(p).strip().rpartition(":")
+        assert host == "127.0.0.1" and port.isdigit()
+        assert f"127.0.0.1:{port}->80/tcp" in text(rn("ps"))
+        body, deadline = None, time.time() + 30
+        while body is None:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10).read()
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        assert body == b"hello-web\n"
+        assert rn("rm", "-f", "contract-web").returncode == 0
+        # the port is free again: nothing (no proxy, no host forward) is left behind
+        import socket
+
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of our request is fine
+            s.bind(("127.0.0.1", int(port)))
+            s.listen()  # fails if anything still listens there
+    finally:
+        rn("rm", "-f", "contract-web")
+
+
+def test_published_port_in_use_is_a_clear_error_and_leaves_nothing(rn):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        before = set(text(rn("ps", "-a", "-q")).split())
+        p = rn("run", "-d", "-p", f"127.0.0.1:{port}:80", IMG, "sleep", "30")
+        assert p.returncode == 125
+        assert p.stderr.decode().startswith("Error: ") and str(port) in p.stderr.decode()
+        assert set(text(rn("ps", "-a", "-q")).split()) == before
+
+
+@pytest.mark.registry
+def test_pull_from_a_registry_on_the_host_loopback(rn, registry):
+    ref = f"{registry.host}/contract/busybox:v1"
+    assert rn("tag", IMG, ref).returncode == 0
+    try:
+        p = rn("push", ref)
+        assert p.returncode == 0, p.stderr
+        assert rn("rmi", ref).returncode == 0
+        p = rn("pull", ref)
+        assert p.returncode == 0, p.stderr
+        assert text(p).strip().splitlines()[-1] == ref
+        p = rn("run", "--rm", ref, "echo", "pulled")
+        assert (p.returncode, text(p)) == (0, "pulled\n"), p.stderr
+    finally:
+        rn("rmi", ref)
+
+
+def test_killed_client_leaves_a_container_that_can_be_removed(rn):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    env = dict(os.environ, PYTHONPATH=REPO, **rn.env)
+    if rn.root:
+        env["RUNNER_ROOT"] = rn.root
+    client = subprocess.Popen([sys.executable, "-m", "runner", "--backend", rn.backend, "run", "--name",
+                               "contract-orphan", IMG, "sh", "-c", "echo up; sleep 300"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    try:
+        assert client.stdout.readline() == b"up\n"
+        client.send_signal(signal.SIGKILL)
+        client.wait(10)
+        deadline = time.time() + 30
+        while True:
+            p = rn("inspect", "contract-orphan")
+            assert p.returncode == 0, p.stderr
+            state = json.loads(text(p))[0]["State"]["Status"]
+            assert state in ("running", "exited"), state
+            if state == "running" or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        assert "contract-orphan" in text(rn("ps", "-a"))
+        assert rn("rm", "-f", "contract-orphan").returncode == 0
+        assert "contract-orphan" not in text(rn("ps", "-a"))
+    finally:
+        if client.poll() is None:
+            client.kill()
+        rn("rm", "-f", "contract-orphan")

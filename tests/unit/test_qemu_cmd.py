@@ -17,13 +17,14 @@ def boot(**kw):
     return Boot(**base)
 
 
-def common_tail(qmp_chardev, console="ttyS0"):
-    """Everything after -m that does not depend on the accelerator."""
+def common_tail(qmp_chardev, console="ttyS0", accel=None):
+    """Everything after -m (x86 TCG adds tsc=reliable to the kernel command line)."""
+    tsc = " tsc=reliable" if accel == "tcg" and console == "ttyS0" else ""
     return [
         "-no-reboot",
         "-kernel", "/img/kernel",
         "-initrd", "/m/initrd.img",
-        "-append", f"console={console} panic=-1 quiet" + ("" if console == "ttyS0" else " console=ttyS0"),
+        "-append", f"console={console} panic=-1 quiet" + ("" if console == "ttyS0" else " console=ttyS0") + tsc,
         "-chardev", "file,id=serial0,path=/m/serial.log",
         "-serial", "chardev:serial0",
         "-chardev", qmp_chardev,
@@ -62,7 +63,7 @@ def head(binary, machine, accel, cpu):
 def test_unix_hosts(host_os, host_arch, guest, accel, expected_head):
     console = "ttyS0" if guest == "x86_64" else "ttyAMA0"
     argv = build_argv(CONFIG, host_os, host_arch, guest, accel, boot())
-    assert argv == expected_head + common_tail(UNIX_QMP, console)
+    assert argv == expected_head + common_tail(UNIX_QMP, console, accel)
 
 
 @pytest.mark.parametrize("host_arch,guest,accel,expected_head", [
@@ -77,7 +78,7 @@ def test_windows_uses_tcp_qmp_on_loopback(host_arch, guest, accel, expected_head
     console = "ttyS0" if guest == "x86_64" else "ttyAMA0"
     argv = build_argv(CONFIG, "windows", host_arch, guest, accel, boot(qmp=40100))
     assert argv == expected_head + common_tail(
-        "socket,id=qmp,host=127.0.0.1,port=40100,server=on,wait=off", console)
+        "socket,id=qmp,host=127.0.0.1,port=40100,server=on,wait=off", console, accel)
 
 
 def test_single_cpu_tcg_has_no_thread_option():
@@ -144,3 +145,35 @@ def test_sizes():
     with pytest.raises(UsageError) as err:
         MachineConfig(cpus=0, memory_mib=10, disk_size="x").validate()
     assert "--cpus" in err.value.message and "--memory" in err.value.message and "--disk-size" in err.value.message
+
+
+def test_qboot_firmware_only_for_x86_64_guests():
+    argv = build_argv(CONFIG, "linux", "x86_64", "x86_64", "tcg", boot(bios="/usr/share/qemu/qboot.rom"))
+    assert argv[argv.index("-bios") + 1] == "/usr/share/qemu/qboot.rom"
+    assert argv.index("-bios") < argv.index("-kernel")
+    assert "-bios" not in build_argv(CONFIG, "linux", "x86_64", "aarch64", "tcg", boot(bios="/q/qboot.rom"))
+    assert "-bios" not in build_argv(CONFIG, "linux", "x86_64", "x86_64", "tcg", boot())
+
+
+def test_shares_become_virtfs_and_are_refused_on_windows():
+    from runner.errors import PlatformError
+    from runner.vm.qemu_cmd import Share
+
+    shares = (Share("/home/a", "rsabc"),)
+    argv = build_argv(CONFIG, "darwin", "aarch64", "aarch64", "hvf", boot(shares=shares))
+    assert argv[argv.index("-virtfs") + 1] == \
+        "local,path=/home/a,mount_tag=rsabc,security_model=mapped-xattr,id=fs0"
+    with pytest.raises(PlatformError, match="Windows") as info:
+        build_argv(CONFIG, "windows", "x86_64", "x86_64", "whpx", boot(shares=shares, qmp=4444))
+    assert "WSL" in info.value.hint
+
+
+def test_snapshot_control_port_and_incoming():
+    """Snapshot fast start: the control port the GO line goes through, and -incoming to resume a state."""
+    argv = build_argv(CONFIG, "linux", "x86_64", "x86_64", "tcg",
+                      boot(control="/m/control.sock", incoming="exec:cat /m/snapshot.state"))
+    i = argv.index("virtserialport,bus=vser0.0,chardev=ready,name=org.runner.ready")
+    assert argv[i + 1:i + 5] == ["-chardev", "socket,id=control,path=/m/control.sock,server=on,wait=off",
+                                 "-device", "virtserialport,bus=vser0.0,chardev=control,name=org.runner.control"]
+    assert argv[-2:] == ["-incoming", "exec:cat /m/snapshot.state"]
+    assert "org.runner.control" not in " ".join(build_argv(CONFIG, "linux", "x86_64", "x86_64", "tcg", boot()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 
 import pytest
@@ -116,3 +117,21 @@ def test_build_refused_off_linux(tmp_path, monkeypatch):
 def test_unknown_arch(cache):
     with pytest.raises(VMError, match="unknown guest arch"):
         image.cache_dir("riscv64")
+
+
+def test_verified_files_are_not_hashed_again_until_they_change(cache, monkeypatch):
+    _fake_image(cache)
+    image.verify(cache, "x86_64")  # hashes and remembers
+    calls = []
+    real = image._sha256
+    monkeypatch.setattr(image, "_sha256", lambda p: calls.append(p.name) or real(p))
+    image.verify(cache, "x86_64")
+    assert calls == []
+    path = cache / "kernel"
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[0] ^= 1
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size and mtime: ctime still differs
+    with pytest.raises(VMError, match="kernel is corrupt"):
+        image.verify(cache, "x86_64")

@@ -2,7 +2,7 @@
 
 Every test runs in a temporary state dir (RUNNER_VM_STATE_DIR). Whatever happens, the fixtures kill the QEMU
 processes they started (by pid) and delete their directories. The guest image comes from runner.vm.image
-(``RUNNER_VMIMAGE_DIR`` or the platformdirs cache); without one the tests skip and say how to build it.
+(``RUNNER_VMIMAGE_DIR`` or the platformdirs cache), built first if missing (tests/conftest.py guest_image).
 """
 
 from __future__ import annotations
@@ -25,11 +25,8 @@ pytestmark = pytest.mark.vm
 
 
 @pytest.fixture(scope="module")
-def artifacts():
-    try:
-        return image.ensure(accel.host_arch(), build_if_missing=False)
-    except VMError as exc:
-        pytest.skip(f"no guest image ({exc.message}); build one with `runner vm image build`")
+def artifacts(guest_image):
+    return guest_image  # built if missing; a failed build fails (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +97,24 @@ def test_private_files(machine):
     assert stat.S_IMODE(machine.paths.dir.stat().st_mode) == 0o700
 
 
+def test_default_shares_are_mounted_at_the_same_path(machine, tmp_path_factory):
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="runner-share-")
+    try:
+        with open(os.path.join(d, "f"), "w") as f:
+            f.write("host\n")
+        code, out, err = machine.run(f"cat {d}/f && echo guest > {d}/g && grep ' 9p ' /proc/mounts")
+        assert code == 0, err
+        assert out.startswith(b"host\n") and b"msize=512000" in out
+        with open(os.path.join(d, "g")) as f:
+            assert f.read() == "guest\n"
+    finally:
+        import shutil
+
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -107,7 +122,8 @@ def _free_port():
 
 
 def test_hostfwd_add_and_remove(machine):
-    code, _, err = machine.run("echo forwarded > /tmp/hello.txt && cd /tmp && "
+    # /run, not /tmp: the guest's /tmp is the host's, shared over 9p (runner.vm.shares)
+    code, _, err = machine.run("mkdir -p /run/fwd && echo forwarded > /run/fwd/hello.txt && cd /run/fwd && "
                                "setsid python3 -m http.server 8080 </dev/null >/dev/null 2>&1 &")
     assert code == 0, err
     port = _free_port()

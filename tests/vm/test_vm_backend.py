@@ -22,13 +22,7 @@ MACHINE = "agent-test"
 
 
 @pytest.fixture(scope="module")
-def vm(tmp_path_factory):
-    from runner.vm import image
-
-    try:
-        image.verify(image.cache_dir(image.host_arch()), image.host_arch())
-    except Exception as exc:
-        pytest.skip(f"no guest image artifacts: {exc}")
+def vm(tmp_path_factory, guest_image):
     state = tmp_path_factory.mktemp("vmstate")
     old = os.environ.get("RUNNER_VM_STATE_DIR")
     os.environ["RUNNER_VM_STATE_DIR"] = str(state)
@@ -117,3 +111,42 @@ def test_images_survive_a_vm_restart(vm):
     assert run(vm, "true")[0] == 0
     info = vm.info()
     assert info["backend"] == "vm" and info["machine"]["state"] == "running"
+
+
+def test_qemu_sigkilled_mid_run_recovers_with_images_and_no_stale_forwards(vm):
+    """QEMU dies (SIGKILL) while a container with a published port runs: `vm status` says stopped, the next
+    start works, images are still on the data disk, and the dead boot's port forwards are forgotten."""
+    import json
+    import signal
+    import stat
+
+    from tests.helpers import cli
+    from runner.vm.machine import Machine
+
+    env = {"RUNNER_VM_STATE_DIR": os.environ["RUNNER_VM_STATE_DIR"]}
+    cid = vm.run({"image": "localhost/busybox", "command": ["sleep", "300"], "network": "bridge",
+                  "ports": [{"container_port": 80, "host_port": 0, "host_ip": "127.0.0.1", "protocol": "tcp"}]},
+                 None)
+    before = {i["Id"] for i in vm.images()}  # after run: a fresh machine makes the default image on first use
+    assert before
+    machine = Machine(MACHINE)
+    forwards = machine.paths.forwards
+    assert json.loads(forwards.read_text())["forwards"][0]["container"] == cid
+    assert stat.S_IMODE(forwards.stat().st_mode) == 0o600
+    for path in (machine.paths.qmp_socket, machine.paths.agent_socket):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+    vm.close()
+    pid = machine.status()["pid"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    p = cli(["vm", "status", "--name", MACHINE, "--json"], backend="vm", env=env)
+    assert p.returncode == 0 and json.loads(p.stdout)["state"] == "stopped", p.stderr
+    p = cli(["vm", "start", "--name", MACHINE], backend="vm", env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert not forwards.exists()  # cleaned with the dead boot's files
+    assert {i["Id"] for i in vm.images()} == before
+    assert vm.port(cid) in ({}, {"80/tcp": []}) or not vm.inspect(cid)["State"]["Running"]
+    vm.rm(cid, force=True)

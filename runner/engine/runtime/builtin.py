@@ -155,6 +155,10 @@ class BuiltinRuntime:
 
     name = "builtin"
 
+    def prime(self):
+        """Called by the shim before it prepares the rootfs; returns ``stop``: see cgroups.prime_migrations."""
+        return cgroups.prime_migrations()
+
     # -------------------------------------------------------------------------------- start
     def start(self, bundle: str, container_id: str, stdio: tuple[int, int, int],
               console_socket: int | None = None) -> int:

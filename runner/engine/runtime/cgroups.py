@@ -178,6 +178,44 @@ def detect(refresh: bool = False) -> Layout:
     return layout
 
 
+def prime_migrations(limit: float = 0.5):
+    """Start paying for the container's cgroup.procs writes now, in a background thread; returns ``stop``.
+
+    Moving a task between cgroups takes the kernel's global cgroup_threadgroup_rwsem for writing, and the
+    first writer after a quiet spell waits for a whole RCU grace period (rcu_sync): 5-25 ms here, which made
+    joining the cgroup the slowest step of a start. Writers arriving during that wait or within about one
+    grace period after the last writer do not wait. So the shim calls this first thing: the thread moves this
+    very process into the cgroup it already is in (a no-op migration that still takes the lock) every few ms
+    until ``stop()`` (the container has joined) or ``limit`` seconds; the first grace period passes while
+    the shim mounts the rootfs and forks, and the container's own writes find the lock warm (measured: 16 ms
+    -> about 1 ms median). Best effort: any failure just ends the thread.
+    """
+    import threading
+
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            layout = detect()
+            h = layout.hierarchies[0]
+            deadline = time.monotonic() + limit
+            while not done.is_set() and time.monotonic() < deadline:
+                # Where this process is *now* (read each time: a move by someone else is never undone).
+                with open("/proc/self/cgroup") as f:
+                    own = parse_proc_cgroup(f.read()).get("" if layout.version == 2 else h.controllers[0])
+                rel = os.path.relpath(own or "", h.root)
+                if own is None or rel.startswith(".."):
+                    return
+                _write(os.path.join(os.path.normpath(os.path.join(h.mountpoint, rel)), "cgroup.procs"),
+                       str(os.getpid()))
+                done.wait(0.003)
+        except Exception:
+            pass
+
+    threading.Thread(target=run, name="cgroup-prime", daemon=True).start()
+    return done.set
+
+
 def dirs_for(layout: Layout, cgroups_path: str) -> list[str]:
     """Host directories of a container's cgroup, one per hierarchy used."""
     rel = cgroups_path.strip("/")
