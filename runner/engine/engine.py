@@ -241,7 +241,14 @@ class Engine:
             if rec.status != CREATED:  # a fresh container (runner run) is CREATED already: nothing to write
                 rec.status = CREATED
                 self.state.save(rec)
-        handle = shim.launch(self, rec.id, stdio, size, bool(rec.spec.get("tty")))
+        prime = getattr(self.runtime, "prime", None)
+        # The kernel-side wait of the container's cgroup join, paid meanwhile: see cgroups.prime_migrations.
+        unprime = prime() if prime is not None else None
+        try:
+            handle = shim.launch(self, rec.id, stdio, size, bool(rec.spec.get("tty")))
+        finally:
+            if unprime is not None:
+                unprime()
         return handle if handle is not None else rec.id
 
     def run(self, spec: dict, stdio: Stdio | None, size: TermSize | None = None):

@@ -198,9 +198,6 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             os.dup2(devnull, fd)  # a detached shim must not hold the caller's pipes or terminal open
     store = engine.state
     runtime = engine.runtime
-    prime = getattr(runtime, "prime", None)
-    # The cgroup join's kernel-side wait runs in parallel with the preparation below (builtin runtime).
-    unprime = prime() if prime is not None else (lambda: None)
     bundle = engine.bundle_dir(cid)
     started = False
     master = None
@@ -244,7 +241,6 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             rec.extra["network"] = net.settings
         net.serve()
     except (RunnerError, OSError) as exc:
-        unprime()
         if started:  # the workload runs, but its bookkeeping failed: it must not live on unwatched
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -255,7 +251,6 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         _send(sync, {"error": exc.to_dict()})
         runtime.delete(bundle, cid)
         return 125
-    unprime()
     error = ""
     try:
         _send(sync, {"started": pid}, [master] if master is not None and stdio is not None else [])

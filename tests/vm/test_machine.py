@@ -234,7 +234,7 @@ def test_boot_failure_names_the_failed_requirement(state_dir, artifacts, tmp_pat
     with pytest.raises(VMError) as err:
         m.start(cpus=1, memory=512, disk_size="1G", timeout=120)
     msg = err.value.message
-    assert "requirement 1 of 5 failed: qemu process" in msg and "panic" in msg.lower()
+    assert "requirement 1 of 6 failed: qemu process" in msg and "panic" in msg.lower()  # 6: incl. "guest go"
     assert str(m.paths.serial_log) in msg
     assert m.status()["state"] == "stopped" and not m.paths.run.exists()
 

@@ -156,7 +156,7 @@ class BuiltinRuntime:
     name = "builtin"
 
     def prime(self):
-        """Called by the shim before it prepares the rootfs; returns ``stop``: see cgroups.prime_migrations."""
+        """Called by the engine before it forks the shim; returns ``stop``: see cgroups.prime_migrations."""
         return cgroups.prime_migrations()
 
     # -------------------------------------------------------------------------------- start

@@ -178,17 +178,19 @@ def detect(refresh: bool = False) -> Layout:
     return layout
 
 
-def prime_migrations(limit: float = 0.5):
+def prime_migrations(limit: float = 1.0):
     """Start paying for the container's cgroup.procs writes now, in a background thread; returns ``stop``.
 
     Moving a task between cgroups takes the kernel's global cgroup_threadgroup_rwsem for writing, and the
     first writer after a quiet spell waits for a whole RCU grace period (rcu_sync): 5-25 ms here, which made
     joining the cgroup the slowest step of a start. Writers arriving during that wait or within about one
-    grace period after the last writer do not wait. So the shim calls this first thing: the thread moves this
-    very process into the cgroup it already is in (a no-op migration that still takes the lock) every few ms
-    until ``stop()`` (the container has joined) or ``limit`` seconds; the first grace period passes while
-    the shim mounts the rootfs and forks, and the container's own writes find the lock warm (measured: 16 ms
-    -> about 1 ms median). Best effort: any failure just ends the thread.
+    grace period after the last writer do not wait. So the engine calls this just before it forks the shim:
+    the thread moves this very process into the cgroup it already is in (a no-op migration that still takes
+    the lock) every few ms until ``stop()`` (the container runs) or ``limit`` seconds. The first grace period
+    passes while the shim mounts the rootfs, and the container's own writes find the lock warm (measured:
+    16 ms -> about 1 ms median). Not later, in the shim: the writer holds cgroup_mutex during that wait, so the
+    shim's mkdir of the container's cgroup would wait for it instead. Best effort: a failure ends the thread.
+    ``stop()`` joins the thread, so a caller about to exit has no thread left.
     """
     import threading
 
@@ -212,8 +214,14 @@ def prime_migrations(limit: float = 0.5):
         except Exception:
             pass
 
-    threading.Thread(target=run, name="cgroup-prime", daemon=True).start()
-    return done.set
+    thread = threading.Thread(target=run, name="cgroup-prime", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        done.set()
+        thread.join(1.0)
+
+    return stop
 
 
 def dirs_for(layout: Layout, cgroups_path: str) -> list[str]:
