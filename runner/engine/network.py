@@ -46,7 +46,6 @@ Standard library only (runs in the guest too); the ``ip`` tool of iproute2 and `
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
@@ -54,6 +53,7 @@ import re
 
 from runner.engine.state import alive, now, proc_start_time, write_json_atomic
 from runner.errors import Conflict, ContainerStartError, NotFound, PlatformError, UsageError
+from runner.fsutil import flock
 
 DEFAULT_NETWORK = "bridge"
 BUILTIN_MODES = ("none", "host")
@@ -215,12 +215,8 @@ def ports_text(bound: list[dict]) -> str:
 @contextlib.contextmanager
 def _flock(path: str):
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with flock(path):
         yield
-    finally:
-        os.close(fd)
 
 
 def _ip_tool() -> str:

@@ -25,12 +25,12 @@ deletes them (``StateStore.remove_dir_soon``).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import time
 
 from runner.errors import Conflict, NotFound
+from runner.fsutil import flock, write_atomic
 from runner.records import Record
 
 CREATED, RUNNING, EXITED = "created", "running", "exited"
@@ -49,19 +49,7 @@ def write_json_atomic(path: str, data: dict, mode: int = 0o600, durable: bool = 
     files whose content is worthless after a crash anyway (rewritten at every start, or about to be removed);
     readers still never see half a file.
     """
-    tmp = f"{path}.tmp.{os.getpid()}.{os.urandom(4).hex()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, sort_keys=True)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, json.dumps(data, sort_keys=True).encode(), mode, durable)
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -124,20 +112,11 @@ class StateStore:
     def dir(self, cid: str) -> str:
         return os.path.join(self.root, cid)
 
-    @contextlib.contextmanager
-    def _flock(self, path: str):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
     def global_lock(self):
-        return self._flock(os.path.join(self.root, ".lock"))
+        return flock(os.path.join(self.root, ".lock"))
 
     def lock(self, cid: str):
-        return self._flock(os.path.join(self.dir(cid), "lock"))
+        return flock(os.path.join(self.dir(cid), "lock"))
 
     def ids(self) -> list[str]:
         try:

@@ -22,11 +22,11 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import urllib.parse
 from pathlib import Path
 
 from runner.errors import RegistryError, UsageError
+from runner.fsutil import write_atomic
 from runner.images.reference import Reference
 
 _HELPER_PREFIX = "docker-credential-"
@@ -78,20 +78,7 @@ def _save(data: dict) -> None:
     """Write the config atomically, mode 0600 from the first byte (it holds secrets)."""
     path = config_path()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".config.json.", dir=path.parent)  # mkstemp creates 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent="\t")
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(str(path), (json.dumps(data, indent="\t") + "\n").encode(), 0o600)
 
 
 def _find_key(auths: dict, registry: str) -> str | None:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -30,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from runner.errors import ImageError, RegistryError
+from runner.fsutil import write_atomic
 from runner.images import platform as platforms
 from runner.images.digest import validate_digest
 from runner.images.reference import Reference
@@ -277,15 +276,4 @@ def record_sources(store, registry: str, repo: str, digests: list[str]) -> None:
     for digest in digests:
         seen = [s for s in sources.get(digest, []) if isinstance(s, str) and s != where]
         sources[digest] = [where, *seen][:_SOURCES_PER_BLOB]
-    root = Path(store.root)
-    fd, tmp = tempfile.mkstemp(prefix=f".{SOURCES_FILE}.", dir=root)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(sources, handle)
-        os.replace(tmp, root / SOURCES_FILE)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(str(Path(store.root) / SOURCES_FILE), json.dumps(sources).encode(), 0o600, durable=False)

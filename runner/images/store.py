@@ -30,6 +30,7 @@ import stat
 import time
 
 from runner.errors import Conflict, ImageError, NotFound, UsageError
+from runner.fsutil import write_atomic
 from runner.images.digest import sha256_digest, validate_digest
 from runner.images.reference import Reference
 from runner.records import FrozenRecord, Record
@@ -483,21 +484,8 @@ def _read_text(path: str) -> str | None:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old or the new content, never a mix."""
-    import tempfile
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.rename(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(os.path.dirname(path))
+    """Write ``data`` to ``path`` so a reader sees the old or the new content, never a mix, even after a crash."""
+    write_atomic(path, data, 0o644, durable=True, sync_dir=True)
 
 
 def _fsync_dir(path: str) -> None:
