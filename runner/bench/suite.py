@@ -312,8 +312,12 @@ class Suite:
     def _prepare(self, environment: dict) -> None:
         for backend in self.backends:
             if backend == "vm":
-                info = self._info("vm")
-                self.vm_was_running = (info.get("machine") or {}).get("state") == "running"
+                # Asked before `info`, which goes through the agent and so starts a stopped VM itself.
+                status = self._call("vm", ["vm", "status", "--json"], timeout=120)
+                try:
+                    self.vm_was_running = json.loads(status.stdout).get("state") == "running"
+                except ValueError:
+                    self.vm_was_running = False
                 if not self.vm_was_running:
                     self.say("vm: starting the VM (not measured)")
             self.say(f"{backend}: preparing (one unmeasured run)")
