@@ -6,29 +6,19 @@ Benchmarks on a shared machine are noisy, so every comparison runs its contender
 
 from __future__ import annotations
 
-import statistics
 import subprocess
 import time
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from runner.bench.results import Stats
 
-@dataclass
-class Summary:
-    name: str
-    samples: list[float]
 
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
+class Summary(Stats):
+    """A contender's samples under its name, with the statistics of :class:`runner.bench.results.Stats`."""
 
-    @property
-    def min(self) -> float:
-        return min(self.samples)
-
-    @property
-    def max(self) -> float:
-        return max(self.samples)
+    def __init__(self, name: str, samples: list[float]):
+        super().__init__(samples)
+        self.name = name
 
     def row(self) -> str:
         return (f"{self.name:<40} median {self.median * 1000:8.1f} ms   min {self.min * 1000:8.1f} ms   "
