@@ -23,19 +23,18 @@ MACHINE = "bench-test"
 
 
 @pytest.fixture(scope="module")
-def vm_env(tmp_path_factory):
-    from runner.vm import image
-
-    try:
-        image.verify(image.cache_dir(image.host_arch()), image.host_arch())
-    except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"no guest image artifacts: {exc}")
-    env = dict(os.environ, RUNNER_VM_STATE_DIR=str(tmp_path_factory.mktemp("benchvm")), PYTHONPATH=REPO)
+def vm_env(tmp_path_factory, guest_image):
+    # Private native state and VM state: the bench must not touch the user's default root or machine.
+    root = str(tmp_path_factory.mktemp("benchroot"))
+    env = dict(os.environ, RUNNER_VM_STATE_DIR=str(tmp_path_factory.mktemp("benchvm")), RUNNER_ROOT=root,
+               PYTHONPATH=REPO)
     try:
         yield env
     finally:
         subprocess.run([sys.executable, "-m", "runner", "--backend", "vm", "--machine", MACHINE, "vm", "stop"],
                        env=env, cwd=REPO, capture_output=True, timeout=300)
+        subprocess.run([sys.executable, "-m", "runner", "--backend", "native", "network", "rm", "bridge"],
+                       env=env, cwd=REPO, capture_output=True, timeout=60)
 
 
 def test_quick_bench_on_both_backends(vm_env, tmp_path):
