@@ -50,6 +50,15 @@ def parse_run(args: list[str]) -> dict | None:
             opts[opt.dest] = converted
         return True
 
+    def take_value(opt, inline: str | None, at: int) -> int | None:
+        """Take the option's value, written inline or as the next word; the index of the last word used."""
+        if inline is None:
+            if at + 1 >= len(args):
+                return None
+            at += 1
+            inline = args[at]
+        return at if take(opt, inline) else None
+
     while i < len(args):
         word = args[i]
         if word == "--":
@@ -67,12 +76,8 @@ def parse_run(args: list[str]) -> dict | None:
                     return None
                 opts[opt.dest] = True
             else:
-                if not eq:
-                    if i + 1 >= len(args):
-                        return None
-                    i += 1
-                    value = args[i]
-                if not take(opt, value):
+                i = take_value(opt, value if eq else None, i)
+                if i is None:
                     return None
             i += 1
             continue
@@ -86,13 +91,8 @@ def parse_run(args: list[str]) -> dict | None:
                 opts[opt.dest] = True
                 j += 1
                 continue
-            value = word[j + 1:]
-            if not value:
-                if i + 1 >= len(args):
-                    return None
-                i += 1
-                value = args[i]
-            if not take(opt, value):
+            i = take_value(opt, word[j + 1:] or None, i)
+            if i is None:
                 return None
             break
         i += 1
