@@ -8,13 +8,17 @@ Why it is built this way:
   its nftables table ``runner_<tag>``, ``tag`` being a hash of the root, so two roots never fight over a
   name. Each bridge carries the alias ``runner:<network>:<root>``: a bridge whose root no longer knows the
   network (a deleted test root, a crash during ``network rm``) is swept away when a network is next created.
-* **The network namespace is held by a file descriptor, not by a /run/netns file.** The shim starts the
-  ``ip -batch`` process that configures the inside of the namespace *in* a fresh namespace (``unshare`` in
-  its preexec), opens ``/proc/<that pid>/ns/net`` and hands ``/proc/<shim pid>/fd/<fd>`` to the runtime,
-  which joins it (a namespace entry with a ``path`` in config.json) before the workload execs. Nothing is
-  left on disk: when the shim and the container are gone, even after SIGKILL, the kernel destroys the
-  namespace and the veth pair with it. The shim still deletes the host-side veth itself on exit, because
-  the kernel does that asynchronously and ``rm`` must leave nothing behind when it returns.
+* **Links, addresses and routes are rtnetlink requests from this process** (``runner.engine.netlink``),
+  not ``ip`` processes: an exec costs 100-200 ms in a TCG guest, a netlink request microseconds.
+* **The network namespace is held by a file descriptor, not by a /run/netns file.** The shim opens a
+  netlink socket on the host, ``unshare``s a fresh network namespace, opens a second socket and
+  ``/proc/thread-self/ns/net`` there, and ``setns``es straight back; each socket keeps talking to its own
+  namespace, so the veth (peer born as eth0 inside) is made through the first and lo, eth0, the address
+  and the route through the second. It hands ``/proc/<shim pid>/fd/<fd>`` to the runtime, which joins it
+  (a namespace entry with a ``path`` in config.json) before the workload execs. Nothing is left on disk:
+  when the shim and the container are gone, even after SIGKILL, the kernel destroys the namespace and the
+  veth pair with it. The shim still deletes the host-side veth itself on exit, because the kernel does
+  that asynchronously and ``rm`` must leave nothing behind when it returns.
 * **Leases are owned by the shim.** The IPAM is a JSON file per network under ``<root>/networks``,
   changed only under an ``fcntl`` lock. A lease names the shim (pid and start time) and the container; a
   lease whose shim and container are both dead is stale and reclaimed by the next allocation, so a killed
@@ -40,7 +44,8 @@ removing them when the container exits. The agent sets ``RUNNER_PUBLISH_ADDRESS=
 environment so that the guest-side proxy listens where QEMU's forwards arrive; what ``inspect`` reports
 stays the address the user asked for on the host.
 
-Standard library only (runs in the guest too); the ``ip`` tool of iproute2 and ``nft`` or ``iptables``.
+Standard library only (runs in the guest too); ``nft`` or ``iptables`` for the NAT rules, run once per
+network change, never per container.
 """
 
 from __future__ import annotations
@@ -51,8 +56,9 @@ import json
 import os
 import re
 
+from runner.engine import netlink
 from runner.engine.state import alive, now, proc_start_time, write_json_atomic
-from runner.errors import Conflict, ContainerStartError, NotFound, PlatformError, UsageError
+from runner.errors import Conflict, ContainerStartError, NotFound, PlatformError, RunnerError, UsageError
 from runner.fsutil import flock
 
 DEFAULT_NETWORK = "bridge"
@@ -219,15 +225,6 @@ def _flock(path: str):
         yield
 
 
-def _ip_tool() -> str:
-    import shutil
-    path = shutil.which("ip") or next((p for p in ("/usr/sbin/ip", "/sbin/ip") if os.path.exists(p)), None)
-    if path is None:
-        raise PlatformError("bridge networking needs the ip tool (iproute2)",
-                            hint="install iproute2, or use --network host or --network none")
-    return path
-
-
 def _run(argv: list[str], stdin: str | None = None, what: str = "set up the network") -> str:
     import subprocess
     proc = subprocess.run(argv, input=stdin, capture_output=True, text=True)
@@ -237,19 +234,25 @@ def _run(argv: list[str], stdin: str | None = None, what: str = "set up the netw
     return proc.stdout
 
 
-def ip_batch(commands: list[str], what: str = "set up the network") -> None:
-    """One ``ip -batch`` process for many commands: one fork+exec instead of one per command."""
-    _run([_ip_tool(), "-batch", "-"], "\n".join(commands) + "\n", what)
+@contextlib.contextmanager
+def _netlink(what: str):
+    """A host-namespace rtnetlink socket; a refusal becomes ``cannot <what>: <request>: <reason>``."""
+    try:
+        with netlink.RouteSocket() as nl:
+            yield nl
+    except OSError as exc:
+        raise ContainerStartError(f"cannot {what}: {exc}") from exc
 
 
 def link_exists(name: str) -> bool:
-    return os.path.exists(f"/sys/class/net/{name}")
+    with _netlink(f"look up {name}") as nl:
+        return nl.link_exists(name)
 
 
 def delete_link(name: str) -> None:
-    import subprocess
-    if link_exists(name):
-        subprocess.run([_ip_tool(), "link", "del", name], capture_output=True)
+    """Best effort, like every cleanup here: a link that is already gone is not an error."""
+    with contextlib.suppress(OSError, RunnerError), _netlink(f"delete {name}") as nl:
+        nl.delete_link(name)
 
 
 def _read(path: str) -> str:
@@ -269,15 +272,9 @@ def host_used_networks() -> list[ipaddress.IPv4Network]:
         with contextlib.suppress(ValueError):
             used.append(ipaddress.IPv4Network(text, strict=False))
 
-    ip = _ip_tool()
-    with contextlib.suppress(ValueError):
-        for link in json.loads(_run([ip, "-j", "-4", "addr", "show"]) or "[]"):
-            for a in link.get("addr_info", []):
-                add(f'{a.get("local")}/{a.get("prefixlen")}')
-    with contextlib.suppress(ValueError):
-        for route in json.loads(_run([ip, "-j", "-4", "route", "show", "table", "all"]) or "[]"):
-            if route.get("dst") not in (None, "default"):
-                add(route["dst"])
+    with _netlink("list the host's addresses and routes") as nl:
+        for prefix in nl.ipv4_prefixes():
+            add(prefix)
     for line in _read("/etc/resolv.conf").splitlines():
         words = line.split()
         if len(words) > 1 and words[0] == "nameserver":
@@ -461,15 +458,12 @@ class Networks:
     def _bring_up(self, record: dict, networks: list[dict]) -> None:
         net = ipaddress.IPv4Network(record["Subnet"])
         br = record["Bridge"]
-        if link_exists(br):
-            delete_link(br)  # a leftover of ours with that name: start from a clean bridge
-        ip_batch([f"link add {br} type bridge",
-                  # A fixed MAC: otherwise the bridge takes the lowest MAC among its ports, which changes
-                  # as containers come and go and leaves stale gateway entries in their neighbour caches.
-                  f'link set {br} address {mac_for(record["Gateway"])} alias '
-                  f'"runner:{record["Name"]}:{self.root}"',
-                  f'addr add {record["Gateway"]}/{net.prefixlen} dev {br}',
-                  f"link set {br} up"], f"create the bridge {br}")
+        delete_link(br)  # a leftover of ours with that name: start from a clean bridge
+        with _netlink(f"create the bridge {br}") as nl:
+            # A fixed MAC: otherwise the bridge takes the lowest MAC among its ports, which changes as
+            # containers come and go and leaves stale gateway entries in their neighbour caches.
+            nl.create_bridge(br, mac_for(record["Gateway"]), alias=f'runner:{record["Name"]}:{self.root}')
+            nl.add_address(br, record["Gateway"], net.prefixlen)
         apply_nat(self.tag, networks)
 
     def remove(self, name: str) -> None:
@@ -611,8 +605,7 @@ class BridgeAttachment(Attachment):
         self.proxy = portproxy.PortProxy(ports, bind_override)
         record = self.networks.ensure(network)
         hostname = self.rec.extra.get("hostname") or self.rec.id[:12]
-        if link_exists(self.veth):  # left by a shim that was killed: ours by name, reclaim it
-            delete_link(self.veth)
+        delete_link(self.veth)  # left by a shim that was killed: ours by name, reclaim it
         self.ip = self.networks.lease(record, self.rec, hostname)
         prefix = ipaddress.IPv4Network(record["Subnet"]).prefixlen
         self._wire(record, prefix)
@@ -621,31 +614,52 @@ class BridgeAttachment(Attachment):
                          "Bridge": record["Bridge"], "Ports": self.proxy.bound}
 
     def _wire(self, record: dict, prefix: int) -> None:
-        import subprocess
+        """Make the container's network namespace and plug it into the bridge, all from this process.
+
+        ``unshare`` and ``setns`` switch the calling thread only; the shim calls this from its only thread
+        (the port proxy threads start later, in ``serve``). The switch never outlives this function:
+        whatever fails, the shim is back in its original namespace before the error propagates, and a
+        veth made before the failure is deleted by ``detach``. Two rtnetlink sockets do
+        the work; each stays bound to the namespace it was created in, so after returning to the host
+        namespace the second one still configures the inside (see ``runner.engine.netlink``).
+        """
         from runner.engine.runtime import linux
 
-        # The inside half runs first, as an `ip -batch` that unshares its own network namespace before it
-        # execs; it waits on stdin for its commands until the veth peer has been moved in. Popen returns
-        # only once exec succeeded, so the namespace exists when we open it.
-        inside = subprocess.Popen([_ip_tool(), "-batch", "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True,
-                                  preexec_fn=lambda: linux.unshare(linux.CLONE_NEWNET))
         try:
-            self.netns_fd = os.open(f"/proc/{inside.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            ip_batch([f"link add {self.veth} type veth peer name eth0 address {mac_for(self.ip)} "
-                      f"netns {inside.pid}",
-                      f'link set {self.veth} master {record["Bridge"]} up'], "create the container's veth")
-        except BaseException:
-            inside.kill()
-            inside.wait()
-            raise
-        _, err = inside.communicate("\n".join([
-            "link set lo up", f"addr add {self.ip}/{prefix} dev eth0", "link set eth0 up",
-            f'route add default via {record["Gateway"]}']) + "\n")
-        if inside.returncode != 0:
-            detail = (err.strip().splitlines() or ["ip failed"])[-1]
-            raise ContainerStartError(f"cannot configure the container's network: {detail}")
+            with contextlib.ExitStack() as stack:
+                host = stack.enter_context(netlink.RouteSocket())
+                inside = self._enter_new_netns(stack, linux)
+                # The peer is born as eth0 inside the namespace, with its final MAC, and the host end is
+                # enslaved and up in the same request: the host never sees a half-made pair.
+                host.create_veth(self.veth, "eth0", mac_for(self.ip), self.netns_fd, master=record["Bridge"])
+                inside.set_up("lo")
+                inside.add_address("eth0", self.ip, prefix)
+                inside.set_up("eth0")
+                inside.add_default_route(record["Gateway"])  # after eth0 is up: the gateway is reachable
+        except OSError as exc:
+            raise ContainerStartError(f"cannot set up the container's network: {exc}") from exc
         self.netns_path = f"/proc/{os.getpid()}/fd/{self.netns_fd}"
+
+    def _enter_new_netns(self, stack: contextlib.ExitStack, linux) -> "netlink.RouteSocket":
+        """A fresh network namespace, held by ``self.netns_fd``, and a netlink socket inside it.
+
+        ``/proc/thread-self``: unshare and setns act on the calling thread, so that is the namespace to
+        open (``/proc/self`` would name the main thread's, which is the same only when called from it).
+        """
+        original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            linux.unshare(linux.CLONE_NEWNET)
+            try:
+                inside = stack.enter_context(netlink.RouteSocket())
+                # Set before anything else can fail, so that detach() closes it.
+                self.netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            finally:
+                # Back to the host before anything else happens, on success and on failure alike. Should
+                # this fail, the shim must not go on in the wrong namespace: the error propagates.
+                linux.setns(original, linux.CLONE_NEWNET)
+        finally:
+            os.close(original)
+        return inside
 
     def serve(self) -> None:
         if self.proxy is not None and self.ip is not None:

@@ -7,6 +7,7 @@ rule or lease of this root is left.
 """
 
 import concurrent.futures
+import errno
 import io
 import ipaddress
 import json
@@ -18,12 +19,15 @@ import subprocess
 import tarfile
 import threading
 import time
+import types
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from runner.engine import network
+from runner.engine import netlink, network
+from runner.engine.engine import Engine
+from runner.errors import ContainerStartError
 from runner.images.rootfs import import_rootfs
 from runner.images.store import Store
 from tests.helpers import cli, err, out
@@ -37,9 +41,16 @@ HTTPD = ["sh", "-c", "mkdir -p /www && echo hello-$HOSTNAME > /www/index.html &&
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("runner-net-root"))
-    warm = cli(["run", "--rm", IMAGE, "true"], root=path)  # builds the image and the default network
-    assert warm.returncode == 0, err(warm)
-    yield path
+    try:
+        warm = cli(["run", "--rm", IMAGE, "true"], root=path)  # builds the image and the default network
+        assert warm.returncode == 0, err(warm)
+        yield path
+    finally:
+        _teardown(path)
+
+
+def _teardown(path):
+    """Remove every container and network of the root (even after a failed warm-up), then check."""
     for cid in out(cli(["ps", "-a", "-q", "--no-trunc"], root=path)).split():
         cli(["rm", "-f", cid], root=path)
     nets = json.loads(out(cli(["network", "ls", "--format", "json"], root=path)) or "[]")
@@ -186,6 +197,55 @@ def test_containers_on_a_user_network_reach_each_other_by_name(root):
         run(root, "network", "rm", "testnet")
 
 
+def test_a_container_gets_its_address_mac_and_route_and_reaches_the_gateway(root):
+    cid = out(run(root, "run", "-d", "--name", "wired", IMAGE, "sleep", "60")).strip()
+    veth = network.veth_name(cid)
+    try:
+        settings = inspect(root, "wired")["NetworkSettings"]
+        ip, prefix, gateway, mac = (settings[k] for k in ("IPAddress", "IPPrefixLen", "Gateway", "MacAddress"))
+        bridge = bridges(root)["bridge"]["Options"]["bridge"]
+        inside = out(run(root, "exec", "wired", "sh", "-c",
+                         "ip -o -4 addr show dev eth0; ip route; ip -o link show eth0; ip -o link show lo; "
+                         f"ping -c 1 -W 5 {gateway}"))
+        assert f"inet {ip}/{prefix} " in inside
+        assert f"default via {gateway} dev eth0" in inside
+        assert f"link/ether {mac} " in inside and mac == network.mac_for(ip)
+        assert all(",UP" in line for line in inside.splitlines() if ": lo:" in line or ": eth0@" in line)
+        assert " 0% packet loss" in inside
+        # The host end is a port of the network's bridge, and the bridge kept its own fixed MAC.
+        assert os.path.realpath(f"/sys/class/net/{veth}/master") == os.path.realpath(f"/sys/class/net/{bridge}")
+        with open(f"/sys/class/net/{bridge}/address") as f:
+            assert f.read().strip() == network.mac_for(gateway)
+    finally:
+        run(root, "rm", "-f", "wired")
+    assert not os.path.exists(f"/sys/class/net/{veth}")
+
+
+def test_a_failure_inside_the_new_namespace_leaves_nothing_and_the_caller_where_it_was(root, monkeypatch):
+    """In-process, as the shim does it: the last request fails after the veth exists."""
+    def refuse(self, gateway):
+        raise netlink.NetlinkError(errno.ENETUNREACH, f"add default route via {gateway}: injected failure")
+
+    monkeypatch.setattr(netlink.RouteSocket, "add_default_route", refuse)
+    engine = Engine(root)
+    rec = types.SimpleNamespace(id=os.urandom(32).hex(), name="wirefail", extra={}, spec={"network": "bridge"})
+    netns_before = os.readlink("/proc/thread-self/ns/net")
+    fds_before = sorted(os.listdir("/proc/self/fd"))
+    leases_before = footprint(root)["leases"]
+    try:
+        with pytest.raises(ContainerStartError) as info:
+            network.attach(engine, rec)
+        assert str(info.value) == ("cannot set up the container's network: add default route via "
+                                   f"{bridges(root)['bridge']['IPAM']['Config'][0]['Gateway']}: injected failure")
+        assert os.readlink("/proc/thread-self/ns/net") == netns_before
+        assert sorted(os.listdir("/proc/self/fd")) == fds_before
+        assert not os.path.exists(f"/sys/class/net/{network.veth_name(rec.id)}")
+        assert footprint(root)["leases"] == leases_before
+    finally:
+        network.delete_link(network.veth_name(rec.id))
+        network.Networks(engine).release(rec.id)
+
+
 def test_network_none_has_only_loopback(root):
     links = out(run(root, "run", "--rm", "--network", "none", IMAGE, "ip", "-o", "link"))
     assert [line.split(":")[1].strip() for line in links.splitlines()] == ["lo"]
@@ -285,11 +345,18 @@ def test_concurrent_runs_get_distinct_addresses(root):
     assert footprint(root) == before
 
 
+def host_veths():
+    """runner's host-side veths (``vr<id>``), on a bridge or not."""
+    return {name for name in os.listdir("/sys/class/net") if name.startswith("vr")}
+
+
 def test_fifty_run_rm_cycles_leave_nothing_behind(root):
     before = footprint(root)
     assert before["veths"] == [] and all(v == {} for v in before["leases"].values())
+    veths_before = host_veths()
     for i in range(25):
         run(root, "run", "--rm", "-p", "80", IMAGE, "true")
         run(root, "run", "-d", "--name", f"cycle{i}", "-p", "80", IMAGE, "sleep", "60")
         run(root, "rm", "-f", f"cycle{i}")
     assert footprint(root) == before
+    assert host_veths() <= veths_before  # none left, not even one that fell off its bridge
