@@ -2,8 +2,9 @@
 
 :class:`AgentClient` speaks :mod:`runner.agent.protocol` over anything socket-like with ``sendall``, ``recv``
 and ``close``: a paramiko channel to the guest, the Unix socket of the host-side connection cache
-(:mod:`runner.agent.mux`), or a plain TCP socket in tests. One reader thread demultiplexes frames to the
-pending calls by id; a dropped connection fails every pending call with the same :class:`VMError`.
+(:mod:`runner.agent.mux`), or a plain TCP socket in tests. Frames are demultiplexed to the pending calls by
+id, by the waiting caller itself when it is alone (see :class:`AgentClient`); a dropped connection fails every
+pending call with the same :class:`VMError`.
 
 :class:`AgentBackend` is the :class:`runner.backends.base.Backend` on top of it: each method is one call,
 stdio-attached calls relay the caller's local fds to and from frames, tar streams and progress callbacks
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import signal as signals
 import threading
@@ -41,6 +41,14 @@ class AgentClient:
     The handshake reads the agent's CHALLENGE (refusing a different code version before sending anything)
     and sends HELLO without waiting for WELCOME: the first request follows at once, so a call costs one
     round trip after the challenge. If the agent refuses (wrong token), that ERROR fails the calls instead.
+
+    Who reads the connection: a thread waiting for its call's next frame reads it itself when nobody else is
+    reading (the usual CLI call: one call in flight, so its reply reaches it without a hand-off between
+    threads), dispatching whatever else arrives to the other calls' inboxes. When it has its frame and other
+    calls still expect frames, a background reader thread takes over until no call expects any; a waiting
+    thread never reads while another does. "Expects frames" is the wire's view: a call is open from its
+    REQUEST until its last frame arrives (REPLY, ERROR, or for an attached call EXIT), even if the caller
+    stopped listening, so that frame is still read and dropped.
     """
 
     def __init__(self, channel: Any, token: str, version: str, where: str = "the VM"):
@@ -49,6 +57,12 @@ class AgentClient:
         self._send_lock = threading.Lock()
         self._calls: dict[int, _Call] = {}
         self._calls_lock = threading.Lock()
+        self._open: dict[int, bool] = {}  # call id -> ends with EXIT (attached); until its last frame arrived
+        self._reading = False  # a thread holds the reader role (only it may recv)
+        self._handoff = False  # ... and it is the background reader's
+        self._wake = threading.Condition(self._calls_lock)
+        self._reader: threading.Thread | None = None
+        self._failed = threading.Event()
         self._next_id = 1
         self._error: RunnerError | None = None
         self._decoder = P.Decoder(P.FROM_SERVER)
@@ -61,8 +75,6 @@ class AgentClient:
         self.agent_pid: int | None = None
         # (method, seconds) the agent reported spending on each finished call (REPLY/EXIT "took")
         self.guest_times: list[tuple[str, float]] = []
-        self._reader = threading.Thread(target=self._read_loop, name="agent-reader", daemon=True)
-        self._reader.start()
 
     # -- connection
     def _read_challenge(self) -> tuple[str, bytes]:
@@ -96,31 +108,102 @@ class AgentClient:
             except OSError as exc:
                 lost = self._lost(str(exc))
         # The agent may have said why it hung up (a refused token) just before: prefer its words.
-        reader = getattr(self, "_reader", None)
-        if reader is not None and reader is not threading.current_thread():
-            reader.join(1.0)
+        if self._lead():
+            try:
+                while True:  # what it sent before hanging up, then the end of the stream
+                    self._read_some()
+            except RunnerError as exc:
+                self._fail(exc)
+        else:
+            self._failed.wait(1.0)
         raise self._error or lost
 
-    def _read_loop(self) -> None:
-        error: RunnerError
-        try:
-            for frame in self._backlog:
-                self._dispatch(frame)
-            while True:
+    # -- reading (only the holder of the reader role)
+    def _lead(self) -> bool:
+        """Take the reader role if nobody holds it (and the connection is alive)."""
+        with self._calls_lock:
+            if self._reading or self._error is not None:
+                return False
+            self._reading = True
+            return True
+
+    def _read_some(self) -> None:
+        """Receive once and dispatch what arrived; a lost connection or a protocol error raises."""
+        if self._backlog:
+            frames, self._backlog = self._backlog, []
+        else:
+            try:
                 data = self._chan.recv(256 * 1024)
-                if not data:
-                    error = self._lost("the agent closed it" + (" mid-frame" if self._decoder.pending else ""))
+            except (OSError, EOFError) as exc:
+                raise self._lost(str(exc) or type(exc).__name__) from None
+            if not data:
+                raise self._lost("the agent closed it" + (" mid-frame" if self._decoder.pending else ""))
+            frames = self._decoder.feed(data)
+        for frame in frames:
+            self._dispatch(frame)
+
+    def _read_for(self, call: _Call) -> Any:
+        """As the reader: read until ``call`` has an item, then pass the role on (or drop it)."""
+        try:
+            while True:
+                self._read_some()
+                item = call.inbox.get(block=False)
+                if item is not P.Inbox.EMPTY:
                     break
-                for frame in self._decoder.feed(data):
-                    self._dispatch(frame)
-        except RunnerError as exc:  # a ProtocolError or the agent's refusal of the handshake
-            error = exc
-        except (OSError, EOFError) as exc:
-            error = self._lost(str(exc) or type(exc).__name__)
+        except RunnerError as exc:
+            self._fail(exc)
+            return call.inbox.get()  # what arrived before the failure, else the error itself
+        except BaseException:  # KeyboardInterrupt in recv: the role must not leave with this thread
+            self._pass_on(call, True)
+            raise
+        self._pass_on(call, False)
+        return item
+
+    def _pass_on(self, call: _Call, always: bool) -> None:
+        """Give up the reader role: to the background reader while other calls expect frames, else to whoever
+        waits next (``call``'s own next frame is read by its consumer's next wait, unless ``always``)."""
+        with self._calls_lock:
+            if self._error is None and any(always or cid != call.id for cid in self._open):
+                self._start_background()
+            else:
+                self._reading = False
+
+    def _start_background(self) -> None:
+        """Hand the reader role to the background thread (calls lock held)."""
+        self._reading = self._handoff = True
+        if self._reader is None:
+            self._reader = threading.Thread(target=self._read_loop, name="agent-reader", daemon=True)
+            self._reader.start()
+        else:
+            self._wake.notify()
+
+    def _read_loop(self) -> None:
+        while True:
+            with self._calls_lock:
+                while not self._handoff:
+                    if self._error is not None:
+                        return
+                    self._wake.wait()
+            try:
+                while True:
+                    self._read_some()
+                    with self._calls_lock:
+                        if not self._open or self._error is not None:
+                            self._reading = self._handoff = False
+                            break
+            except RunnerError as exc:  # a ProtocolError, a lost connection, or the agent's refusal
+                self._fail(exc)
+                return
+
+    def _fail(self, error: RunnerError) -> None:
+        """The connection is unusable: every pending call gets ``error`` (or the one that came first)."""
         with self._calls_lock:
             if self._error is None:
                 self._error = error
             pending = list(self._calls.values())
+            self._reading = self._handoff = False
+            self._wake.notify_all()
+        self._failed.set()
         for call in pending:
             call.inbox.put(self._error, force=True)
 
@@ -134,6 +217,8 @@ class AgentClient:
             raise P.ProtocolError(f"unexpected {P.KIND_NAMES[frame.kind]} during the handshake")
         with self._calls_lock:
             call = self._calls.get(frame.call_id)
+            if frame.kind in (P.ERROR, P.EXIT) or frame.kind == P.REPLY and not self._open.get(frame.call_id):
+                self._open.pop(frame.call_id, None)  # its last frame
         if call is not None:  # else the call has ended (e.g. output after an abandoned attach): dropped
             call.inbox.put(frame, len(frame.payload))
 
@@ -141,24 +226,31 @@ class AgentClient:
         with self._calls_lock:
             if self._error is None:
                 self._error = VMError("the connection to the runner agent is closed")
+            pending = list(self._calls.values())
+            self._wake.notify_all()
         with contextlib.suppress(OSError, EOFError):
             self._chan.close()
+        for call in pending:
+            call.inbox.put(self._error, force=True)
 
     # -- calls
     def begin(self, method: str, args: dict, stdio: dict | None = None) -> _Call:
         """Send a REQUEST; the returned call receives its frames. Arguments are checked locally first,
         with the agent's own rules, so a bad call fails the same way without a round trip."""
-        payload = json.dumps(P.request_payload(method, args, stdio), separators=(",", ":")).encode()
-        P.parse_request(P.Frame(P.REQUEST, 1, payload))
+        payload = P.encode_object(P.request_payload(method, args, stdio))
+        req = P.parse_request(P.Frame(P.REQUEST, 1, payload))
         with self._calls_lock:
             if self._error is not None:
                 raise self._error
             call = _Call(self._next_id, method)
             self._next_id += 1
             self._calls[call.id] = call
+            self._open[call.id] = req.method.kind == P.ATTACH and req.attached
         try:
             self._send(P.encode(P.REQUEST, call.id, payload))
         except RunnerError:
+            with self._calls_lock:
+                self._open.pop(call.id, None)
             self.end(call)
             raise
         return call
@@ -170,9 +262,15 @@ class AgentClient:
 
     def next_frame(self, call: _Call, block: bool = True) -> P.Frame | None:
         """The call's next frame (None if not ``block`` and none waits); raises on a lost connection."""
-        item = call.inbox.get(block)
+        item = call.inbox.get(block=False)
         if item is P.Inbox.EMPTY:
-            return None
+            if not block:  # the caller polls between sends (an upload): someone must read meanwhile
+                with self._calls_lock:
+                    if not self._reading and self._error is None:
+                        self._start_background()
+                return None
+            while item is P.Inbox.EMPTY:
+                item = self._read_for(call) if self._lead() else call.inbox.get()
         if item is None:
             raise self._error or self._lost("the call was closed")
         if isinstance(item, RunnerError):

@@ -444,6 +444,51 @@ def test_connection_loss_fails_pending_calls_and_lets_the_container_run_on(engin
     assert proc.waited.wait(5)  # and its exit is still collected by the agent
 
 
+def test_concurrent_calls_share_one_connection(backend, engine):
+    """Whichever thread reads the connection, every call gets its own frames: plain calls from many threads,
+    a streaming download and an attached process at once."""
+    engine.auto_release = False
+    client = backend.client
+    stdio, in_w, out_r, err_r, lent = pipe_stdio(with_stdin=True)
+    handle = backend.run({"image": "x"}, stdio)
+    errors: list[BaseException] = []
+
+    def calls(n: int) -> None:
+        try:
+            for i in range(n):
+                assert client.call("ping") is None
+                assert backend.ps(all=bool(i % 2)) == [{"Id": "c0ffee", "all": bool(i % 2)}]
+                if i % 10 == 0:
+                    out = io.BytesIO()
+                    backend.save(["ab"], out)
+                    assert out.getvalue() == b"ab" * 50000
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=calls, args=(40,)) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and not any(t.is_alive() for t in threads)
+    os.write(in_w, b"late input")
+    os.close(in_w)
+    handle.signal(signal.SIGUSR1)
+    assert handle.wait() == 3
+    for fd in lent:
+        os.close(fd)
+    assert read_all(out_r) == b"hello\nLATE INPUT"
+    assert client.call("ping") is None  # alone again: the caller reads its own reply
+
+
+def test_a_lone_call_reads_its_reply_itself(backend):
+    """One call in flight: no reader thread is started, the calling thread reads its own reply."""
+    client = backend.client
+    for _ in range(3):
+        assert client.call("ping") is None
+    assert client._reader is None
+
+
 def test_inbox_is_bounded_and_closable():
     box = P.Inbox(limit=10)
     box.put(b"x" * 10, 10)
