@@ -3,7 +3,9 @@
 Why: under TCG a new SSH connection costs ~0.25 s (key exchange and auth in a slow guest), and importing
 paramiko another ~0.15 s, against a budget of ~0.15 s for a whole ``runner run``. So the first CLI call that
 needs the VM starts this small process (``python -m runner.agent.mux --machine NAME``); it holds the paramiko
-transport and listens on a Unix socket in the machine's directory (0600, in a 0700 directory). Each later
+transport and listens on a Unix socket in the machine's directory (0600, in a 0700 directory). ``runner vm
+start`` (any boot, :meth:`runner.vm.machine.Machine.start`) starts it as its SSH login step, and it makes sure
+this runner's agent serves (:func:`runner.agent.ship.ensure_agent`) before it says ready. Each later
 call connects there and the mux opens a ``direct-tcpip`` channel to the agent for it, then just copies bytes
 both ways. The mux never reads the agent protocol: the handshake (token proof, version) stays end to end
 between the CLI and the agent, so the socket grants nothing a caller could not already do with the token.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -30,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner.errors import VMError
+from runner.errors import RunnerError, VMError
 
 IDLE_TIMEOUT = 30 * 60.0
 START_TIMEOUT = 60.0
@@ -68,22 +71,37 @@ def connect(machine_dir: Path, timeout: float = 5.0) -> socket.socket:
 
 
 def start(machine: str, machine_dir: Path) -> None:
-    """Start the mux for ``machine`` detached from this CLI call; return once it listens.
+    """Start the mux for ``machine`` detached from this CLI call; return once it listens (or raise why not).
 
-    The caller has just made sure the machine and its agent run; the mux opens its own SSH connection
-    (the caller's paramiko client cannot cross a process boundary).
+    It opens its own SSH connection (the caller's paramiko client cannot cross a process boundary) once the
+    guest says READY, and makes sure our agent serves before it listens.
     """
-    log = open(machine_dir / "agent-mux.log", "ab")
-    with log:
-        proc = subprocess.Popen([sys.executable, "-m", "runner.agent.mux", "--machine", machine],
+    wait_started(spawn(machine, machine_dir), machine, machine_dir)
+
+
+def spawn(machine: str, machine_dir: Path) -> subprocess.Popen:
+    """Launch the mux without waiting: a booting machine's start launches it early, so that the mux's Python
+    start and imports overlap the guest's boot instead of following it (then :func:`wait_started`)."""
+    log_fd = os.open(machine_dir / "agent-mux.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with open(log_fd, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "runner.agent.mux", "--machine", machine],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
                                 start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]))
+
+
+def wait_started(proc: subprocess.Popen, machine: str, machine_dir: Path) -> None:
     line = b""
     with contextlib.suppress(OSError):
-        line = proc.stdout.readline()  # "ready" once it listens, EOF if it failed (reason in the log)
+        line = proc.stdout.readline()  # "ready" once it listens, "error <json>" or EOF if it failed
     proc.stdout.close()
     if not line.startswith(b"ready"):
         proc.wait(START_TIMEOUT)
+        error = None
+        if line.startswith(b"error "):
+            with contextlib.suppress(ValueError):
+                error = json.loads(line[6:])
+        if isinstance(error, dict):
+            raise RunnerError.from_dict(error)
         raise VMError(f"the SSH connection cache for machine {machine!r} did not start",
                       hint=f"see {machine_dir / 'agent-mux.log'}")
 
@@ -158,6 +176,8 @@ def _relay(conn: socket.socket, transport: Any, port: int) -> None:
 def serve(machine_name: str) -> int:
     import fcntl
 
+    from runner.agent import ship
+    from runner.vm import layout
     from runner.vm.machine import Machine
 
     machine = Machine(machine_name)
@@ -176,7 +196,15 @@ def serve(machine_name: str) -> int:
                 return 0
             time.sleep(0.05)
         raise VMError("another connection cache holds the lock but does not answer")
+    deadline = time.monotonic() + START_TIMEOUT
+    polls = 0
+    while not machine.guest_ready():  # spawned early by a booting machine's start: wait for the guest
+        polls += 1
+        if polls % 25 == 0 and machine.status().get("state") == "stopped" or time.monotonic() > deadline:
+            raise VMError(f"machine {machine_name!r} did not become ready")
+        time.sleep(0.02)
     client = machine.ssh()
+    ship.ensure_agent(client, machine.agent_port)  # what every caller connects to: our agent version, serving
     transport = client.get_transport()
     # One TCP connection carries every call's frames: Nagle's delay would cost up to 40 ms per small frame.
     transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -191,7 +219,7 @@ def serve(machine_name: str) -> int:
         os.umask(old)
     listener.listen(64)
     listener.settimeout(1.0)
-    pid_path(machine.paths.dir).write_text(str(os.getpid()))
+    layout.write_private(pid_path(machine.paths.dir), str(os.getpid()))
 
     def cleanup(*_: Any) -> None:
         with contextlib.suppress(OSError):
@@ -243,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return serve(args.machine)
     except Exception as exc:
-        print(f"runner agent mux: {type(exc).__name__}: {exc}", file=sys.stderr)
+        # The starter reads this line and raises the same error (e.g. a host key that does not match).
+        error = exc if isinstance(exc, RunnerError) else VMError(f"{type(exc).__name__}: {exc}")
+        print(f"runner agent mux: {error.message}", file=sys.stderr)
+        print("error " + json.dumps(error.to_dict()), flush=True)
         return 1
 
 

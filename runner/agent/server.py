@@ -2,7 +2,9 @@
 
 Started once per VM boot by the host (``runner.agent.ship``), from the runner code the host shipped::
 
-    python3 -m runner.agent.server --port P --token-file /runner/config.json --root /var/lib/runner --daemon
+    python3 -m runner.agent.server --guest --port P --token-file /runner/config.json --root /var/lib/runner --daemon
+
+or by the guest's init before its snapshot point, when the host sent the code along (vmimage/init).
 
 It listens on the guest's loopback only (the host reaches it through an SSH ``direct-tcpip`` channel) and
 still demands the token in the handshake, because a ``--network host`` container shares that loopback. One
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import gc
 import hmac
 import io
 import json
@@ -43,7 +46,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from runner.agent import protocol as P
 from runner.agent.ship import collect_sources
@@ -65,6 +68,97 @@ def read_token(path: str) -> str:
         if isinstance(data, dict):
             text = str(data.get("agent_token", ""))
     return P.check_token(text)
+
+
+class BootToken:
+    """This boot's agent token, read again for each connection (call the object).
+
+    An agent started before the guest's snapshot point (vmimage/init, runner.vm.snapshot) lives on in every
+    boot resumed from that state, and each such boot brings its own token (the GO line rewrites
+    ``/runner/config.json``). A changed token therefore means a new boot of a saved state, so the kernel's
+    CRNG is reseeded right then, before the connection draws its nonce: otherwise every resume would replay
+    the RNG state saved in the snapshot."""
+
+    def __init__(self, path: str, on_new_boot: Callable[[], None] = lambda: None):
+        self.path = path
+        self.current = read_token(path)
+        self.on_new_boot = on_new_boot
+
+    def __call__(self) -> str:
+        try:
+            token = read_token(self.path)
+        except (OSError, VMError):  # never lose the agent to a config file being replaced right now
+            return self.current
+        if token != self.current:
+            self.current = token
+            _reseed_kernel_rng()
+            self.on_new_boot()
+        return token
+
+
+def bring_up_default_network(engine: Any, root: str) -> None:
+    """In the background, bring up the default bridge network (bridge device, NAT), as dockerd makes docker0
+    when it starts, instead of in the first ``run`` after a boot. Only once the data disk holding the
+    network's state is mounted at ``root`` (the guest's init connects to the agent after mounting it, see
+    ``reseed_via_agent`` in vmimage/init); elsewhere (tests, a tree run in place) this does nothing."""
+    if not os.path.ismount(root):
+        return
+
+    def run() -> None:
+        try:
+            from runner.engine import network
+
+            network.Networks(engine).ensure(network.DEFAULT_NETWORK)
+        except Exception as exc:  # the first container that needs it will report the problem
+            log.warning("could not bring up the default network: %s", exc)
+
+    threading.Thread(target=run, name="default-network", daemon=True).start()
+
+
+class LazyEngine:
+    """The Engine, built on first use. The agent may start before the guest's data disk is mounted at the
+    engine's root (the snapshot point): building it then would create its state directories on the tmpfs the
+    mount hides. The imports, the slow part under TCG, are done at start (see :data:`WARM_IMPORTS`)."""
+
+    def __init__(self, root: str):
+        self._root = root
+        self._engine: Any = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        if self._engine is None:
+            with self._lock:
+                if self._engine is None:
+                    from runner.engine.engine import Engine
+
+                    self._engine = Engine(self._root)
+        return getattr(self._engine, name)
+
+
+# What a container's life imports lazily: imported when a guest agent starts, so that the first `run` of a boot
+# (or of a resumed snapshot, where the agent started long ago) does not pay for them.
+WARM_IMPORTS = ("runner.engine.engine", "runner.engine.shim", "runner.engine.network", "runner.engine.portproxy",
+                "runner.engine.logs", "runner.engine.execution", "runner.engine.runtime.builtin",
+                "runner.engine.runtime.cgroups", "runner.engine.runtime.oci", "runner.images.store",
+                "runner.images.rootfs", "runner.images.reference")
+
+
+def _guest_environment(root: str) -> None:
+    """The VM agent's settings (``--guest``): the engine's port proxies listen on the guest's 0.0.0.0, where
+    QEMU's host forwards arrive (runner.engine.network); temp files stay on the data disk, because the
+    guest's /tmp may be the host's /tmp shared over 9p (runner.vm.shares); the engine's modules are imported
+    now."""
+    import importlib
+
+    from runner.engine.network import PUBLISH_ADDRESS_ENV
+
+    os.environ[PUBLISH_ADDRESS_ENV] = "0.0.0.0"
+    os.environ["TMPDIR"] = os.path.join(root, "tmp")
+    for name in WARM_IMPORTS:
+        importlib.import_module(name)
+    # Everything loaded so far lives as long as the agent: out of the collector's sight, so no collection walks
+    # it again, and a forked shim does not dirty (copy) those pages by touching their GC headers.
+    gc.freeze()
 
 
 def own_version(root: Path | None = None) -> str:
@@ -538,12 +632,12 @@ class FrameWriter(io.RawIOBase):
 
 # ---------------------------------------------------------------------------------------------- process
 
-def serve_forever(listener: socket.socket, engine: Any, version: str, token: str) -> None:
+def serve_forever(listener: socket.socket, engine: Any, version: str, token: str | Callable[[], str]) -> None:
     while True:
         sock, _ = listener.accept()
         # Frames are small and interactive (a keystroke, a prompt): Nagle's delay would add up to 40 ms each.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(sock, engine, version, token)
+        conn = Connection(sock, engine, version, token() if callable(token) else token)
         Connection.workers.submit(conn.serve, "conn")  # a thread of its own, but one that served before
 
 
@@ -667,13 +761,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--daemon", action="store_true",
                         help="detach, keep one agent per VM (reuse one of this version, replace another)")
     parser.add_argument("--run-dir", default=RUN_DIR, help="pid, log and lock files of --daemon")
+    parser.add_argument("--guest", action="store_true",
+                        help="the VM's agent: publish ports on 0.0.0.0, temp files under ROOT/tmp, warm imports")
     args = parser.parse_args(argv)
     if not 1 <= args.port <= 65535:
         parser.error("--port must be 1-65535")
     run_dir = RunDir(args.run_dir)
     ready_w = lock_fd = None
     try:
-        token = read_token(args.token_file)
+        token = BootToken(args.token_file, lambda: bring_up_default_network(engine, args.root))
         version = own_version()
         if args.daemon:
             lock_fd = run_dir.lock()  # held (by the daemon too, after the fork) until it is ready
@@ -684,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
             if current:
                 _stop_agent(int(current["pid"]))
         # Guest loopback only: the host comes in through SSH's direct-tcpip, never over the network.
-        listener = socket.create_server(("127.0.0.1", args.port))
+        listener = _listen(args.port)
         if args.daemon:
             ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
             if os.fork() != 0:  # the starter: wait until the daemon reports ready (or its error)
@@ -697,8 +793,11 @@ def main(argv: list[str] | None = None) -> int:
             os.close(ready_r)
             _daemonize(run_dir.log_file)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s agent[%(process)d] %(levelname)s %(message)s")
-        from runner.engine.engine import Engine  # after the fork: the starter need not pay for it
-        engine = Engine(args.root)
+        if args.guest:  # after the fork: the starter need not pay for the imports
+            _guest_environment(args.root)
+        engine = LazyEngine(args.root)
+        if args.guest:
+            bring_up_default_network(engine, args.root)
         if args.daemon:
             run_dir.write_pid(version, args.port)
     except Exception as exc:  # incl. an engine that fails to import: whoever started us must hear about it

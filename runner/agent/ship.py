@@ -38,7 +38,6 @@ from runner.errors import VMError
 GUEST_ROOT = "/var/lib/runner"  # the data disk: engine state, images, and the shipped agent trees
 AGENT_BASE = f"{GUEST_ROOT}/agent"
 GUEST_TMP = f"{GUEST_ROOT}/tmp"
-PUBLISH_ENV = "RUNNER_PUBLISH_ADDRESS"  # runner.engine.network.PUBLISH_ADDRESS_ENV (not imported: Linux-only)
 GUEST_CONFIG = "/runner/config.json"  # the per-boot config from the host; holds agent_token
 START_TIMEOUT = 120.0  # a first agent start under TCG: python3 plus the engine's imports, ~1-3 s here
 
@@ -131,10 +130,7 @@ def start_script(version: str, port: int) -> str:
         f"for old in {base}/* {base}/.unpack.*; do [ \"$old\" = {d} ] || rm -rf \"$old\"; done",
         f"cd {d}",
         f"mkdir -p {shlex.quote(GUEST_TMP)}",
-        # The agent's environment: the engine's port proxies listen on the guest's 0.0.0.0, where QEMU's host
-        # forwards arrive (runner.engine.network); temp files stay on the data disk, because the guest's
-        # /tmp may be the host's /tmp shared over 9p (runner.vm.shares).
-        f"exec env {PUBLISH_ENV}=0.0.0.0 TMPDIR={shlex.quote(GUEST_TMP)} python3 -m runner.agent.server --port {int(port)} --token-file {shlex.quote(GUEST_CONFIG)} "
+        f"exec python3 -m runner.agent.server --guest --port {int(port)} --token-file {shlex.quote(GUEST_CONFIG)} "
         f"--root {shlex.quote(GUEST_ROOT)} --daemon",
     ])
 

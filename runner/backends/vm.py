@@ -6,10 +6,11 @@ where the connection comes from, and does it in two speeds:
 - fast path (every call once the VM is up): connect to the machine's connection cache
   (:mod:`runner.agent.mux`, a Unix socket), read the per-boot agent token from the machine's ``run.json`` and
   handshake. No paramiko import, no SSH handshake: a few milliseconds.
-- slow path (first call after a boot, or after anything in the fast path failed): start the machine if it
-  is stopped, ship this runner's code and start the agent if it is not the same version
-  (:func:`runner.agent.ship.ensure_agent`), start the connection cache, then take the fast path. Hosts
-  without Unix sockets use a direct paramiko channel instead of the cache.
+- slow path (after anything in the fast path failed): start the machine if it is stopped (a start brings up
+  the agent and the connection cache, see :meth:`runner.vm.machine.Machine.start`), start the cache if it is
+  gone, and if the agent still does not answer, ship this runner's code and restart it
+  (:func:`runner.agent.ship.ensure_agent`: the machine ran an agent of another runner version), then take the
+  fast path. Hosts without Unix sockets use a direct paramiko channel instead of the cache.
 
 Errors raised by the engine in the guest reach the caller as the very same RunnerError (class, message,
 hint, exit code); transport failures are :class:`runner.errors.VMError`.
@@ -60,16 +61,23 @@ class VMBackend(AgentBackend):
 
     # -- connecting
     def _connect(self) -> AgentClient:
-        from runner.agent import mux
+        from runner.agent import mux, ship
+        from runner.vm.machine import Machine
 
         if mux.SUPPORTED:
             try:
                 return self._via_mux()
             except (OSError, RunnerError):
                 pass  # no cache yet, a stale one, an agent of another version: the slow path repairs it
-        machine = self._prepare()
+        # A machine this boots comes up with our agent serving and, where supported, its connection cache.
+        machine = Machine(self.machine_name).ensure_running()
         if mux.SUPPORTED:
-            mux.start(self.machine_name, self.paths.dir)
+            mux.start(self.machine_name, self.paths.dir)  # a no-op when one runs
+            with contextlib.suppress(OSError, RunnerError):
+                return self._via_mux()
+        # The machine ran already: its agent may be of another runner version (or, without a cache, unchecked).
+        ship.ensure_agent(machine.ssh(), machine.agent_port)
+        if mux.SUPPORTED:
             return self._via_mux()
         chan = machine.ssh().get_transport().open_channel(
             "direct-tcpip", ("127.0.0.1", machine.agent_port), ("127.0.0.1", 0))
@@ -80,15 +88,6 @@ class VMBackend(AgentBackend):
 
         token = self._token()
         return AgentClient(mux.connect(self.paths.dir), token, self._version(), where=self._where)
-
-    def _prepare(self) -> Any:
-        """The slow path: the machine running and our agent serving in it."""
-        from runner.agent import ship
-        from runner.vm.machine import Machine
-
-        machine = Machine(self.machine_name).ensure_running()
-        ship.ensure_agent(machine.ssh(), machine.agent_port)
-        return machine
 
     def _token(self) -> str:
         """This boot's agent token from run.json (written by the machine at start, 0600)."""

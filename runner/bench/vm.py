@@ -52,10 +52,24 @@ def cold_start(runner: Sequence[str], env: dict, runs: int, machine: str = "defa
     for _ in range(runs):
         subprocess.run(stop, env=env, stdout=subprocess.DEVNULL, check=True)
         a = time_command(start, env)
+        steps = _ready_seconds(machine)
         b = timed_output(hello, env, b"hi")
         for name, value in (("vm start", a), ("first run", b), ("start -> first output", a + b)):
             samples[name].append(value)
+        for step, seconds in steps.items():  # when the start met each requirement (runner.vm.machine)
+            samples.setdefault(f"  start: {step} met after", []).append(seconds)
     return {name: Summary(name, values) for name, values in samples.items()}
+
+
+def _ready_seconds(machine: str) -> dict[str, float]:
+    import json
+
+    from runner.vm.layout import MachinePaths
+
+    try:
+        return dict(json.loads(MachinePaths.for_name(machine).run.read_text()).get("ready_seconds") or {})
+    except (OSError, ValueError):
+        return {}
 
 
 def guest_time_of_run(machine: str = "default") -> tuple[float, float]:

@@ -16,6 +16,13 @@ config.json contract (validated by :func:`validate_config`, read by ``vmimage/in
     time            float  host time (unix seconds) when the config was made; the guest's clock never lags it
     rng_seed        str    hex, 64 bytes; mixed into the guest's entropy pool
     timezone        str    "UTC" (the only zone the image ships)
+  optional:
+    shares          str    host directories shared over 9p, ``TAG=HEXPATH`` words (the guest path as hex
+                           bytes: any path survives the shell); init mounts each after the data disk
+    share_options   str    the 9p mount options for them (``runner.vm.shares.MOUNT_OPTIONS``)
+
+With the snapshot fast start (``runner.vm.snapshot``) the same cpio also carries this runner's agent code,
+``runner/agent/<version>/`` (see :func:`combined_initrd`), which init starts before its snapshot point.
 
 The init script parses it with one sed call, so the file is written with one ``"key": value`` per line and
 every string value must be ASCII without ``"``, ``'`` or ``\\`` (newlines are fine; they become ``\\n``).
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -33,6 +41,7 @@ _REQUIRED = {
     "hostname": str, "ssh_host_key": str, "authorized_keys": str, "agent_token": str,
     "agent_port": int, "time": (int, float), "rng_seed": str, "timezone": str,
 }
+_OPTIONAL = {"shares": str, "share_options": str}
 
 # newc mode bits
 S_IFDIR = 0o040000
@@ -103,7 +112,10 @@ def validate_config(config: dict) -> None:
             problems.append(f"missing {key}")
         elif isinstance(config[key], bool) or not isinstance(config[key], typ):
             problems.append(f"{key} has type {type(config[key]).__name__}")
-    problems += [f"unknown key {key}" for key in config if key not in _REQUIRED]
+    for key, typ in _OPTIONAL.items():
+        if key in config and not isinstance(config[key], typ):
+            problems.append(f"{key} has type {type(config[key]).__name__}")
+    problems += [f"unknown key {key}" for key in config if key not in _REQUIRED and key not in _OPTIONAL]
     for key, value in config.items():
         if isinstance(value, str) and (not value.isascii() or any(c in value for c in "\"'\\")):
             problems.append(f"{key} must be ASCII without quotes, apostrophes or backslashes")
@@ -130,17 +142,42 @@ def make_config_initrd(config: dict, path: str | os.PathLike) -> None:
         _write_config_cpio(out, payload)
 
 
-def _write_config_cpio(stream, payload: bytes) -> None:
+def _write_config_cpio(stream, payload: bytes, agent: tuple[str, dict[str, bytes]] | None = None) -> None:
     cpio = CpioWriter(stream)
     cpio.add_dir("runner", 0o700)
     cpio.add_file("runner/config.json", payload, 0o600)
+    if agent is not None:
+        _add_agent_tree(cpio, *agent)
     cpio.close()
 
 
-def combined_initrd(base: str | os.PathLike, config: dict, out: str | os.PathLike) -> None:
+def _add_agent_tree(cpio: CpioWriter, version: str, files: dict[str, bytes]) -> None:
+    """``runner/agent/<version>/<files>`` plus ``.complete``: the same tree ``runner.agent.ship`` unpacks
+    over SSH, so the agent finds its version the same way (its directory's name)."""
+    if not re.fullmatch(r"[0-9a-f]{16}", version):
+        raise ValueError(f"invalid agent version {version!r}")
+    base = f"runner/agent/{version}"
+    made = {"runner"}
+    for name in sorted(files):
+        parts = name.split("/")
+        if name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"invalid agent file name {name!r}")
+        # Parents first (the kernel's unpacker creates nothing implicitly): runner/agent, the version, the rest.
+        dirs = ["runner/agent", base] + [f"{base}/{'/'.join(parts[:i])}" for i in range(1, len(parts))]
+        for d in dirs:
+            if d not in made:
+                cpio.add_dir(d, 0o700)
+                made.add(d)
+        cpio.add_file(f"{base}/{name}", files[name], 0o600)
+    cpio.add_file(f"{base}/.complete", b"", 0o600)
+
+
+def combined_initrd(base: str | os.PathLike, config: dict, out: str | os.PathLike,
+                    agent: tuple[str, dict[str, bytes]] | None = None) -> None:
     """Write ``out`` = base initrd + config cpio, the file given to QEMU's -initrd (0600: it holds keys).
 
     The base initrd ends 512-byte aligned; the kernel unpacks the appended archive over the first.
+    ``agent``: (version, shipped files) to put the agent's code in the guest at boot (snapshot fast start).
     """
     payload = config_json(config)
     out = Path(out)
@@ -150,7 +187,7 @@ def combined_initrd(base: str | os.PathLike, config: dict, out: str | os.PathLik
         with os.fdopen(fd, "wb") as dst, open(base, "rb") as src:
             shutil.copyfileobj(src, dst, 1 << 20)
             dst.write(b"\0" * (-dst.tell() % 4))
-            _write_config_cpio(dst, payload)
+            _write_config_cpio(dst, payload, agent)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

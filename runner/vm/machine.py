@@ -99,7 +99,6 @@ class Machine:
                     self._wait_ready(record, timeout)
                 finally:
                     self._close_control()
-                self._mount_shares()
         return self
 
     # ---- shared host directories (runner.vm.shares) ---------------------------------------------------
@@ -111,22 +110,6 @@ class Machine:
             return []
         stored = self.config().shares
         return list(stored) if stored is not None else vmshares.default_dirs()
-
-    def _mount_shares(self) -> None:
-        """Mount the 9p shares in the guest over SSH (idempotent). Done after readiness, not by the guest's
-        init: the guest knows nothing about the host's paths, and a mounted 9p share blocks migration."""
-        from runner.vm import shares as vmshares
-
-        dirs = self.shared_dirs()
-        if not dirs:
-            return
-        code, out, err = self.run(vmshares.mount_script(dirs), timeout=60)
-        if code != 0:
-            detail = (err or out).decode(errors="replace").strip().splitlines()
-            raise VMError(f"cannot mount the shared host directories in machine {self.name!r}: "
-                          f"{detail[-1] if detail else f'exit code {code}'}",
-                          hint=f"check the shares with `runner vm status --name {self.name}`; "
-                               f"the guest console is in {self.paths.serial_log}")
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Power the machine off: ACPI power button, then QMP ``quit``, then SIGKILL as the last resort.
@@ -172,7 +155,7 @@ class Machine:
             if self.paths.run.exists():
                 self._clean_stale_if_idle()
             return info
-        info.update(state="running" if self._guest_ready() else "starting", pid=record["pid"],
+        info.update(state="running" if self.guest_ready() else "starting", pid=record["pid"],
                     ssh_port=record["ssh_port"], accel=record["accel"], accel_reason=record.get("accel_why"),
                     boot=record.get("boot", "cold"),  # "resume": started from its saved state (runner.vm.snapshot)
                     uptime=round(time.time() - record["started_at"], 1))
@@ -194,7 +177,7 @@ class Machine:
     def ensure_running(self) -> "Machine":
         """The VM backend's entry point: the machine, booted (with its stored or default size) and SSH-ready."""
         record = self._live_record()
-        if record is not None and self._guest_ready():
+        if record is not None and self.guest_ready():
             return self
         return self.start(wait=True)
 
@@ -286,6 +269,17 @@ class Machine:
             lambda a: accel.probe_boot(a, qemu=qemu, guest_arch=self.guest_arch, kernel=str(artifacts.kernel)),
             qemu_version=accel.qemu_version(qemu))
         token = secrets.token_hex(32)
+        from runner.vm import shares as vmshares
+        from runner.vm import snapshot
+
+        # Snapshot fast start (runner.vm.snapshot): only when someone waits to send the guest its GO line.
+        # The agent's code then boots with the guest (started before the snapshot point, see vmimage/init).
+        use_snapshot = fast and snapshot.enabled(os_name)
+        agent = None
+        if use_snapshot:
+            from runner.agent import ship
+
+            agent = ship.local_sources()
         initrd.combined_initrd(artifacts.initrd, {
             "hostname": self.name,
             "ssh_host_key": host_key.private_pem,
@@ -295,7 +289,8 @@ class Machine:
             "time": time.time(),
             "rng_seed": secrets.token_hex(64),
             "timezone": "UTC",
-        }, self.paths.initrd)
+            **vmshares.guest_config(self.shared_dirs()),
+        }, self.paths.initrd, agent=agent)
         is_root = hasattr(os, "geteuid") and os.geteuid() == 0
         # The free ports are found by binding port 0 and closing it; if another process takes one before QEMU
         # binds it, QEMU exits at once naming the hostfwd rule, and readiness requirement 1 reports that.
@@ -308,12 +303,10 @@ class Machine:
                     shares=self._boot_shares(), bios=_qboot(qemu))
         argv = build_argv(config, os_name, accel.host_arch(), self.guest_arch, choice.accel, boot)
         argv[0] = qemu
-        # ---- snapshot fast start (runner.vm.snapshot): resume the saved state if it matches, else boot and
-        # save one at the guest's snapshot point. Only when someone waits to send the guest its GO line.
-        from runner.vm import snapshot
-
+        # ---- snapshot fast start: resume the saved state if it matches, else boot and save one at the guest's
+        # snapshot point.
         snap: dict[str, Any] = {}
-        if fast and snapshot.enabled(os_name):
+        if use_snapshot:
             control = str(snapshot.control_path(self.paths.dir))
             Path(control).unlink(missing_ok=True)
             boot = dataclasses.replace(boot, control=control)
@@ -322,7 +315,8 @@ class Machine:
             state_key = snapshot.key(argv, boot.ssh_port, {
                 "qemu": snapshot.file_identity(qemu),
                 "manifest": hashlib.sha256(artifacts.manifest.read_bytes()).hexdigest(),
-                "keys": [client_key.public, host_key.public]})
+                "keys": [client_key.public, host_key.public],
+                "agent": agent[0] if agent else None})
             state = snapshot.usable(self.paths.dir, state_key) if resume else None
             snap = {"control": control, "snapshot_key": state_key, "boot": "resume" if state else "cold"}
             if state:
@@ -414,8 +408,15 @@ class Machine:
                 raise _NotYet(f"QEMU reports status {status!r}")
 
         def guest_ready() -> None:
-            if not self._guest_ready():
+            if not self.guest_ready():
                 raise _NotYet("the guest has not written READY to the org.runner.ready port")
+            from runner.vm import shares as vmshares
+
+            failed = vmshares.failed_mounts(self._ready_bytes().decode(errors="replace"))
+            if failed:
+                raise VMError(f"the guest could not mount the shared host directories {', '.join(failed)}",
+                              hint=f"check them with `runner vm status --name {self.name}`; change the set "
+                                   f"with `runner vm start --share DIR`")
 
         def banner() -> None:
             try:
@@ -423,21 +424,31 @@ class Machine:
             except TimeoutError as exc:
                 raise _NotYet(str(exc)) from exc
 
+        from runner.agent import mux
+
+        # The connection cache (runner.agent.mux) logs in once for every later CLI call and makes sure our agent
+        # serves: a second SSH login here would cost another key exchange in the slow guest. Launched now when
+        # the guest is still booting, so that its start overlaps the boot.
+        early_mux = mux.spawn(self.name, self.paths.dir) if mux.SUPPORTED and not self.guest_ready() else None
+
         def login() -> None:  # ssh.connect retries transient failures itself; its VMErrors are final
+            if mux.SUPPORTED:
+                if early_mux is not None:
+                    mux.wait_started(early_mux, self.name, self.paths.dir)
+                else:
+                    mux.start(self.name, self.paths.dir)
+                return
             self._forget_ssh()
             client = ssh.connect(port, self._client_key(), self._host_key_line(), self.name,
                                  timeout=max(1.0, deadline - time.monotonic()))
             _SSH_CLIENTS[(str(self.paths.dir), record["pid"], record["identity"])] = client
-            code, _, err = ssh.run(client, "true", timeout=max(1.0, deadline - time.monotonic()))
-            if code != 0:
-                raise VMError(f"`true` exited with {code} in the guest: {err.decode(errors='replace').strip()}")
 
         if record.get("boot") == "resume":  # a resume that hangs should fall back to a boot soon
             timeout = min(timeout, RESUME_TIMEOUT)
             deadline = time.monotonic() + timeout
 
         def go() -> None:  # snapshot fast start: see runner.vm.snapshot
-            if not record.get("control") or self._guest_ready():
+            if not record.get("control") or self.guest_ready():
                 return
             if record.get("boot") != "resume":
                 if b"WAITING" not in self._ready_bytes():
@@ -467,7 +478,11 @@ class Machine:
                     self._fail(index, len(requirements), what, exc.message, record, hint=exc.hint)
                 if time.monotonic() >= deadline:
                     self._fail(index, len(requirements), what, f"{detail} (after {timeout:g} s)", record)
-                time.sleep(0.1)
+                time.sleep(0.02)
+            # When each requirement was met, in seconds since QEMU was started: where a start spends its time
+            # (scripts/bench-vm prints them).
+            record.setdefault("ready_seconds", {}).setdefault(what, round(time.time() - record["started_at"], 3))
+        layout.write_private(self.paths.run, json.dumps(record, indent=2) + "\n")
 
     def _fail(self, index: int, total: int, what: str, detail: str, record: dict,
               hint: str | None = None) -> None:
@@ -496,7 +511,8 @@ class Machine:
             self._wait_exit(record, 10.0)
         self._clean_runtime()
 
-    def _guest_ready(self) -> bool:
+    def guest_ready(self) -> bool:
+        """Whether this boot's guest has said READY (dropbear listens) on its readiness port."""
         return b"READY" in self._ready_bytes()
 
     def _ready_bytes(self) -> bytes:

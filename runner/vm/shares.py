@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shlex
 import sys
 import tempfile
 from typing import Iterable, Sequence
@@ -104,16 +103,26 @@ def to_shares(dirs: Sequence[str]) -> tuple[Share, ...]:
     return tuple(Share(d, tag_for(d)) for d in dirs)
 
 
-def mount_script(dirs: Sequence[str]) -> str:
-    """One guest shell command mounting every share at its host path; idempotent (a reboot-free re-run
-    skips what is mounted). Fails with the first mount's error."""
-    lines = ["set -e"]
-    for d in dirs:
-        q = shlex.quote(d)
-        # Already a 9p mount there (a second start of the same boot)? Not `mountpoint`: /tmp may be a tmpfs.
-        lines.append(f"busybox awk -v d={q} '$2 == d && $3 == \"9p\" {{ f = 1 }} END {{ exit !f }}' /proc/mounts || "
-                     f"{{ mkdir -p {q} && mount -t 9p -o {MOUNT_OPTIONS} {tag_for(d)} {q}; }}")
-    return "\n".join(lines)
+def guest_config(dirs: Sequence[str]) -> dict[str, str]:
+    """The guest config entries (``runner.vm.initrd``) from which the guest's init mounts every share at its
+    host path after boot: ``TAG=HEXPATH`` words, the path hex-encoded so any name survives init's shell."""
+    if not dirs:
+        return {}
+    return {"shares": " ".join(f"{tag_for(d)}={os.fsencode(d).hex()}" for d in dirs),
+            "share_options": MOUNT_OPTIONS}
+
+
+def failed_mounts(ready_text: str) -> list[str]:
+    """The share paths the guest reported it could not mount (``SHARE-FAILED HEXPATH`` readiness lines)."""
+    failed = []
+    for line in ready_text.splitlines():
+        word, _, hexpath = line.partition(" ")
+        if word == "SHARE-FAILED":
+            try:
+                failed.append(os.fsdecode(bytes.fromhex(hexpath.strip())))
+            except ValueError:
+                failed.append(repr(hexpath))
+    return failed
 
 
 def _under(path: str, parent: str) -> bool:

@@ -4,13 +4,16 @@ A TCG boot takes 7-8 s to SSH; loading a saved state takes well under 2 s. So th
 machine saves the VM's state (QEMU ``migrate`` to a file), and later starts launch QEMU with ``-incoming``
 on that file. The state is taken at one fixed point in the guest's init (``wait_for_go`` in vmimage/init)::
 
-    cold boot:  kernel, modules, mounts, network, dropbear's host key (per machine), acpid
+    cold boot:  kernel, modules, mounts, network, dropbear's host key (per machine), acpid, the engine's
+                network modules, and the agent (from the code the host put in the config initramfs,
+                imports done: its start is the slowest part of a first container call under TCG)
                 -> guest writes WAITING to org.runner.ready and blocks reading org.runner.control
                 -> host: migrate to snapshot.state (saved once), cont
     both:       host sends  GO <unix time> <rng seed> <agent token>  on org.runner.control
                 -> guest: moves its clock forward, mixes the seed into its RNG, stores the token,
-                   mounts the data disk (dropping block buffers cached before the snapshot),
-                   starts dropbear, writes READY
+                   mounts the data disk (dropping block buffers cached before the snapshot), has the
+                   agent force a CRNG reseed (it sees the new token; it then also brings up the default
+                   network), mounts the shared directories, starts dropbear, writes READY
 
 Why there: the data disk is not mounted yet (a state holding a mounted ext4 would be stale as soon as the
 disk changes, and resuming it would corrupt the disk), and nothing per boot has been used yet: the clock,
@@ -19,7 +22,7 @@ the RNG and this boot's agent token come with the GO line. The state holds this 
 
 The state is only used when its key matches: a hash of QEMU's argv with the per-boot values left out (so
 memory, cpus, devices, kernel and root disk paths, shares), the QEMU binary, the image manifest (image
-version, recipe, artifact hashes) and both public keys. Anything else is a cold boot that saves a new one.
+version, recipe, artifact hashes), both public keys and the agent's version (the hash of its code). Anything else is a cold boot that saves a new one.
 A resume that fails for any reason (QEMU refuses the state, the guest does not answer) discards the state
 and boots normally, with a warning (``runner.vm.machine``).
 

@@ -79,6 +79,36 @@ def test_combined_initrd_appends_config_aligned(tmp_path):
     assert [n for n, _, _ in appended] == ["runner", "runner/config.json"]
 
 
+def test_combined_initrd_can_carry_the_agent_tree_parents_first(tmp_path):
+    base = tmp_path / "base.img"
+    base.write_bytes(b"")
+    out = tmp_path / "boot.img"
+    files = {"runner/__init__.py": b"", "runner/agent/server.py": b"x = 1\n", "runner/engine/runtime/oci.py": b"y"}
+    initrd.combined_initrd(base, _config(), out, agent=("0123456789abcdef", files))
+    entries = initrd.read_cpio(out.read_bytes())
+    names = [n for n, _, _ in entries]
+    tree = "runner/agent/0123456789abcdef"
+    assert names[:4] == ["runner", "runner/config.json", "runner/agent", tree]
+    for name in names:  # every entry's parent directory came before it
+        parent = name.rpartition("/")[0]
+        assert not parent or parent in names[:names.index(name)], name
+    body = {n: (m, d) for n, m, d in entries}
+    assert body[f"{tree}/runner/agent/server.py"] == (stat.S_IFREG | 0o600, b"x = 1\n")
+    assert f"{tree}/.complete" in body and stat.S_IMODE(body[tree][0]) == 0o700
+
+
+@pytest.mark.parametrize("version, files", [
+    ("../../etc", {"runner/a.py": b""}),
+    ("0123456789abcdef", {"../evil.py": b""}),
+    ("0123456789abcdef", {"/abs.py": b""}),
+])
+def test_agent_tree_refuses_bad_names(tmp_path, version, files):
+    (tmp_path / "base.img").write_bytes(b"")
+    with pytest.raises(ValueError):
+        initrd.combined_initrd(tmp_path / "base.img", _config(), tmp_path / "o", agent=(version, files))
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("bad, needle", [
     ({"agent_port": "7070"}, "agent_port has type str"),
     ({"rng_seed": "00"}, "rng_seed must be 64 bytes"),

@@ -34,12 +34,26 @@ def test_defaults_never_include_reserved_dirs():
     assert shares.default_dirs("windows") == []
 
 
-def test_mount_script_mounts_each_share_at_its_path_with_a_large_msize():
-    script = shares.mount_script(["/tmp", "/home/a b"])
-    assert f"mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=mmap {shares.tag_for('/tmp')} /tmp" \
-        in script
-    assert "'/home/a b'" in script
+def test_guest_config_names_each_share_by_tag_and_hex_path_with_a_large_msize():
+    from runner.vm import initrd
+
+    cfg = shares.guest_config(["/tmp", "/home/a b", "/x/it's \u00e9"])
+    words = cfg["shares"].split(" ")
+    assert words[0] == f"{shares.tag_for('/tmp')}={b'/tmp'.hex()}"
+    assert [bytes.fromhex(w.split("=")[1]).decode() for w in words] == ["/tmp", "/home/a b", "/x/it's \u00e9"]
+    assert "msize=512000" in cfg["share_options"] and "trans=virtio" in cfg["share_options"]
+    # init reads config.json with one sed: the values must pass its validation (no quotes, ASCII)
+    base = {"hostname": "h", "ssh_host_key": "k", "authorized_keys": "a", "agent_token": "ab",
+            "agent_port": 1, "time": 1.0, "rng_seed": "00" * 64, "timezone": "UTC"}
+    initrd.validate_config({**base, **cfg})
+    assert shares.guest_config([]) == {}
     assert len(shares.tag_for("/x" * 200)) <= 31
+
+
+def test_failed_mounts_are_read_from_the_readiness_lines():
+    text = f"WAITING\nSHARE-FAILED {b'/home/a b'.hex()}\nSHARE-FAILED zz\nREADY\n"
+    assert shares.failed_mounts(text) == ["/home/a b", "'zz'"]
+    assert shares.failed_mounts("WAITING\nREADY\n") == []
 
 
 def test_find_share_and_error_names_the_shares():

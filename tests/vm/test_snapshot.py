@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from runner.agent import ship
 from runner.vm import snapshot
 from runner.vm.machine import Machine
 
@@ -43,6 +44,18 @@ def _boot_kind(m: Machine) -> str:
     return json.loads(m.paths.run.read_text())["boot"]
 
 
+def _default_bridge_comes_up(m: Machine, timeout: float = 60.0) -> bool:
+    """Whether the default network's bridge device appears in the guest (its name is in the engine's state)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, out, _ = m.run("for f in /var/lib/runner/networks/*.json; do grep -o '\"Bridge\": *\"[^\"]*' $f; done "
+                             "| sed 's/.*\"//' | while read b; do [ -d /sys/class/net/$b/bridge ] && echo $b; done")
+        if code == 0 and out.strip():
+            return True
+        time.sleep(1)
+    return False
+
+
 def test_first_boot_saves_then_starts_resume_with_the_disk_intact(state_dir):
     m = Machine("snap")
     m.start(cpus=1, memory=1024, disk_size="1G")
@@ -59,21 +72,31 @@ def test_first_boot_saves_then_starts_resume_with_the_disk_intact(state_dir):
     finally:
         m.stop(timeout=20)
 
+    randoms = set()
     for round_ in (2, 3):
         began = time.time()
         m.start()
         try:
             assert _boot_kind(m) == "resume", m.paths.qemu_log.read_text()
-            code, out, err = m.run("head -1 /var/lib/runner/marker; date +%s; grep agent_token /runner/config.json")
+            code, out, err = m.run("head -1 /var/lib/runner/marker; date +%s; grep agent_token /runner/config.json; "
+                                   "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n'; echo; "
+                                   "cat /run/runner/agent.pid")
             assert code == 0, err
             lines = out.decode().splitlines()
             assert lines[0] == "one"
             assert abs(int(lines[1]) - began) < 120  # the clock was moved to now, not left at snapshot time
             assert m.agent_token in lines[2] and first_token not in lines[2]  # this boot's token
+            randoms.add(lines[3])  # the kernel CRNG was reseeded after the resume (vmimage/init reseed_via_agent)
+            # The agent was started before the snapshot point from the code in the initrd, not shipped now.
+            assert json.loads(lines[4])["version"] == ship.local_version()
+            code, out, _ = m.run("ls /runner/agent/")
+            assert out.decode().split() == [ship.local_version()]
+            assert _default_bridge_comes_up(m)  # brought up by the agent after the resume, as dockerd does
             code, _, err = m.run(f"echo {round_} >> /var/lib/runner/marker && sync")
             assert code == 0, err
         finally:
             m.stop(timeout=20)
+    assert len(randoms) == 2, randoms
     m.start()
     try:
         code, out, _ = m.run("cat /var/lib/runner/marker")
