@@ -58,6 +58,10 @@ class NotFound(RunnerError):
     """No such container, image, network or machine."""
 
 
+class ImageNotFound(NotFound):
+    """No such image: what ``run``/``create`` pull and retry on with ``--pull missing``, as docker does."""
+
+
 class Conflict(RunnerError):
     """The object exists or is in a state that forbids the request."""
 
@@ -95,5 +99,5 @@ class VMError(RunnerError):
 
 
 _BY_NAME = {cls.__name__: cls for cls in (
-    RunnerError, UsageError, NotFound, Conflict, ImageError, RegistryError, ContainerStartError,
+    RunnerError, UsageError, NotFound, ImageNotFound, Conflict, ImageError, RegistryError, ContainerStartError,
     CommandNotExecutable, CommandNotFound, PlatformError, VMError)}

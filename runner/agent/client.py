@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import signal as signals
 import threading
@@ -284,6 +285,7 @@ class AgentClient:
         took = frame.json().get("took")
         if isinstance(took, (int, float)) and not isinstance(took, bool):
             self.guest_times.append((method, float(took)))
+            _record_guest_time(method, float(took))
 
     def call(self, method: str, args: dict | None = None, progress: ProgressFn | None = None) -> Any:
         """A plain (or progress-reporting) call: its result, or the agent's error raised here unchanged."""
@@ -593,3 +595,16 @@ class AgentBackend:
 
     def info(self) -> dict:
         return self._call("info")
+
+
+GUEST_TIMES_ENV = "RUNNER_GUEST_TIMES"  # scripts/bench-vm: where a CLI call appends the agent's own timings
+
+
+def _record_guest_time(method: str, took: float) -> None:
+    """For the VM benchmark (runner.bench.vm): a call's in-guest seconds, as the agent reported them, appended
+    as one JSON line to the file named by ``$RUNNER_GUEST_TIMES``, so that the CLI + transport share of a CLI
+    call is its wall time minus the sum of its lines."""
+    path = os.environ.get(GUEST_TIMES_ENV)
+    if path:
+        with contextlib.suppress(OSError), open(path, "a") as f:
+            f.write(json.dumps({"method": method, "took": took}) + "\n")

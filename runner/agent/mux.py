@@ -19,14 +19,12 @@ Hosts without Unix sockets (Windows) skip it: there each CLI call opens its own 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -82,6 +80,8 @@ def start(machine: str, machine_dir: Path) -> None:
 def spawn(machine: str, machine_dir: Path) -> subprocess.Popen:
     """Launch the mux without waiting: a booting machine's start launches it early, so that the mux's Python
     start and imports overlap the guest's boot instead of following it (then :func:`wait_started`)."""
+    import subprocess  # not at the top: every VM CLI call imports this module, for connect()
+
     log_fd = os.open(machine_dir / "agent-mux.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with open(log_fd, "ab") as log:
         return subprocess.Popen([sys.executable, "-m", "runner.agent.mux", "--machine", machine],
@@ -129,6 +129,8 @@ def _cmdline(pid: int) -> str:
             return ""
     except OSError:
         return ""
+    import subprocess
+
     proc = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True)  # macOS: no /proc
     return proc.stdout.decode(errors="replace")
 
@@ -265,6 +267,8 @@ def serve(machine_name: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="python -m runner.agent.mux", description=__doc__.split("\n")[0])
     parser.add_argument("--machine", required=True)
     args = parser.parse_args(argv)

@@ -62,10 +62,10 @@ import json
 import re
 import struct
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from runner.errors import RunnerError, VMError
+from runner.records import FrozenRecord
 
 HEADER = struct.Struct(">BBII")
 MAX_JSON = 16 * 1024 * 1024  # ps/inspect/images of a large store still fit; a rogue length does not
@@ -117,12 +117,16 @@ class VersionMismatch(VMError):
 
 # ---------------------------------------------------------------------------------------------- framing
 
-@dataclass(frozen=True)
-class Frame:
-    kind: int
-    call_id: int = 0
-    payload: bytes = b""
-    stream: int = 0
+class Frame(FrozenRecord):
+    __slots__ = ("kind", "call_id", "payload", "stream")
+    _fields = __slots__
+
+    def __init__(self, kind: int, call_id: int = 0, payload: bytes = b"", stream: int = 0):
+        set_field = object.__setattr__  # one per frame on both ends: no keyword dict, no loop
+        set_field(self, "kind", kind)
+        set_field(self, "call_id", call_id)
+        set_field(self, "payload", payload)
+        set_field(self, "stream", stream)
 
     def json(self) -> dict:
         """The payload as a JSON object; anything else is a :class:`ProtocolError`."""
@@ -362,22 +366,24 @@ def _credentials(value: Any) -> bool:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()))
 
 
-@dataclass(frozen=True)
-class Param:
-    name: str
-    types: tuple[type, ...]
-    required: bool = True
-    check: Callable[[Any], bool] | None = None
+class Param(FrozenRecord):
+    __slots__ = ("name", "types", "required", "check")
+    _fields = __slots__
+
+    def __init__(self, name: str, types: tuple[type, ...], required: bool = True,
+                 check: Callable[[Any], bool] | None = None):
+        self._init(name=name, types=types, required=required, check=check)
 
 
-@dataclass(frozen=True)
-class Method:
+class Method(FrozenRecord):
     """One callable engine method: its JSON parameters and how it moves data (see the diagram)."""
 
-    name: str
-    params: tuple[Param, ...]
-    kind: str = PLAIN
-    stdio: str = "none"  # "none", "optional" (None = detached), "required"
+    __slots__ = ("name", "params", "kind", "stdio")
+    _fields = __slots__
+
+    def __init__(self, name: str, params: tuple[Param, ...], kind: str = PLAIN, stdio: str = "none"):
+        # stdio: "none", "optional" (None = detached), "required"
+        self._init(name=name, params=params, kind=kind, stdio=stdio)
 
 
 def _m(name: str, *params: Param, kind: str = PLAIN, stdio: str = "none") -> Method:
@@ -431,12 +437,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 _PARAM_NAMES = {name: frozenset(p.name for p in m.params) for name, m in METHODS.items()}
 
 
-@dataclass(frozen=True)
-class Request:
-    method: Method
-    args: dict
-    stdin: bool  # attached with a stdin stream
-    attached: bool  # stdio given (for ``optional`` methods: not detached)
+class Request(FrozenRecord):
+    __slots__ = ("method", "args", "stdin", "attached")
+    _fields = __slots__
+
+    def __init__(self, method: Method, args: dict, stdin: bool, attached: bool):
+        # stdin: attached with a stdin stream; attached: stdio given (for ``optional`` methods: not detached)
+        self._init(method=method, args=args, stdin=stdin, attached=attached)
 
 
 def request_payload(method: str, args: dict, stdio: dict | None) -> dict:

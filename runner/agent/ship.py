@@ -23,12 +23,8 @@ Standard library only at import time (paramiko objects are passed in), because t
 
 from __future__ import annotations
 
-import gzip
-import io
-import logging
 import os
 import shlex
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +73,10 @@ def local_version() -> str:
 
 def tarball(files: dict[str, bytes]) -> bytes:
     """A deterministic tar.gz of ``files`` (fixed owner, mode and time: same files, same bytes)."""
+    import gzip  # here, like logging below: every VM CLI call imports this module for local_version()
+    import io
+    import tarfile
+
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(files):
@@ -90,6 +90,8 @@ def running_version(transport: Any, port: int, timeout: float = 10.0) -> str | N
     """The version of the agent listening on the guest's ``port``, or None if nothing answers there."""
     # paramiko logs a refused channel at ERROR; with no logging configured Python would print it to the
     # user's terminal, yet "no agent yet" is the expected answer on a fresh boot.
+    import logging
+
     logging.getLogger("paramiko.transport").addHandler(logging.NullHandler())
     try:
         chan = transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0), timeout=timeout)

@@ -61,14 +61,16 @@ class VMBackend(AgentBackend):
 
     # -- connecting
     def _connect(self) -> AgentClient:
-        from runner.agent import mux, ship
-        from runner.vm.machine import Machine
+        from runner.agent import mux
 
         if mux.SUPPORTED:
             try:
                 return self._via_mux()
             except (OSError, RunnerError):
                 pass  # no cache yet, a stale one, an agent of another version: the slow path repairs it
+        from runner.agent import ship
+        from runner.vm.machine import Machine
+
         # A machine this boots comes up with our agent serving and, where supported, its connection cache.
         machine = Machine(self.machine_name).ensure_running()
         if mux.SUPPORTED:

@@ -9,13 +9,15 @@ What each number means:
   The first start after the machine or the snapshot key changed boots fully and saves the state: it is
   reported on its own, not in the medians.
 - **warm run**: ``runner --vm run --rm IMAGE true`` against ``runner run --rm IMAGE true`` (native; Linux
-  and root only), interleaved. The in-guest part is what the agent itself reports for the same calls
-  (REPLY/EXIT ``took``), made in-process right after each CLI run; CLI + transport = total - in-guest.
+  and root only), interleaved. The in-guest part is what the agent itself reported (REPLY/EXIT ``took``) for
+  the requests of that same CLI call (``$RUNNER_GUEST_TIMES``, runner.agent.client); CLI + transport =
+  total - in-guest. The same calls made in-process (no CLI start) are timed right after each CLI run.
 - **round trip**: ``ping`` over one established agent connection (through the connection cache).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -129,13 +131,30 @@ def warm_run(runner: Sequence[str], env: dict, runs: int, machine: str = "defaul
     if native:
         samples["runner run --rm true (native)"] = []
     time_command(vm_cmd, env)  # warm-up: agent shipped, connection cache up, image present
-    for _ in range(runs):
-        total = time_command(vm_cmd, env)
-        wall, guest = guest_time_of_run(machine)
-        samples["runner --vm run --rm true (CLI total)"].append(total)
-        samples["  in-guest (agent-reported)"].append(guest)
-        samples["  CLI + transport (total - in-guest)"].append(total - guest)
-        samples["  in-process through the agent (no CLI start)"].append(wall)
-        if native:
-            samples["runner run --rm true (native)"].append(time_command(native_cmd, env))
+    import tempfile
+
+    from runner.agent.client import GUEST_TIMES_ENV
+
+    with tempfile.TemporaryDirectory(prefix="bench-vm-") as tmp:
+        times = os.path.join(tmp, "guest-times.jsonl")
+        vm_env = dict(env, **{GUEST_TIMES_ENV: times})
+        for _ in range(runs):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(times)
+            total = time_command(vm_cmd, vm_env)
+            guest = _summed_guest_times(times)  # what the agent spent on this very CLI call's requests
+            wall, _ = guest_time_of_run(machine)
+            samples["runner --vm run --rm true (CLI total)"].append(total)
+            samples["  in-guest (agent-reported)"].append(guest)
+            samples["  CLI + transport (total - in-guest)"].append(total - guest)
+            samples["  in-process through the agent (no CLI start)"].append(wall)
+            if native:
+                samples["runner run --rm true (native)"].append(time_command(native_cmd, env))
     return {name: Summary(name, values) for name, values in samples.items()}
+
+
+def _summed_guest_times(path: str) -> float:
+    import json
+
+    with open(path) as f:
+        return sum(float(json.loads(line)["took"]) for line in f if line.strip())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from runner.errors import NotFound, UsageError
+from runner.errors import ImageNotFound, UsageError
 
 FLAG, VALUE, MULTI = "flag", "value", "multi"
 
@@ -98,19 +98,22 @@ def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, 
     return spec.validate().to_dict()
 
 
-def ensure_image(backend, image: str, pull: str) -> None:
-    """docker's --pull: 'missing' pulls only when the image is absent, 'always' first, 'never' not at all."""
+def with_image(backend, image: str, pull: str, attempt):
+    """docker's --pull around ``attempt`` (a create or run; its result is returned). 'missing' tries first and
+    pulls only when the engine answers that the image is absent, then tries again, as docker's CLI does: one
+    round trip fewer than asking first, which through the VM is a request to the guest. 'always' pulls first;
+    'never' not at all."""
     if pull not in ("missing", "always", "never"):
         raise UsageError(f"invalid --pull value {pull!r}", hint="use missing, always or never")
     if pull == "missing":
         try:
-            backend.image_inspect(image)
-            return
-        except NotFound:
-            pass
+            return attempt()
+        except ImageNotFound:
+            pass  # nothing was created: pull, then the same attempt again
     if pull != "never":
         from runner.cli.images import pull_image
         pull_image(image, platform=None, quiet=False, to_stderr=True)
+    return attempt()
 
 
 def run(opts: dict) -> int:
@@ -118,17 +121,19 @@ def run(opts: dict) -> int:
     from runner.cli.context import backend as get_backend
     spec = build_spec(**opts)
     backend = get_backend()
-    ensure_image(backend, opts["image"], opts["pull"])
-    if opts["detach"]:
-        print(backend.run(spec, None), flush=True)
-        return 0
-    from runner.cli.attach import attach
-    return attach(lambda stdio, size: backend.run(spec, stdio, size), opts["tty"], opts["interactive"])
+
+    def attempt() -> int:
+        if opts["detach"]:
+            print(backend.run(spec, None), flush=True)
+            return 0
+        from runner.cli.attach import attach
+        return attach(lambda stdio, size: backend.run(spec, stdio, size), opts["tty"], opts["interactive"])
+
+    return with_image(backend, opts["image"], opts["pull"], attempt)
 
 
 def create(opts: dict) -> str:
     from runner.cli.context import backend as get_backend
     spec = build_spec(**opts)
     backend = get_backend()
-    ensure_image(backend, opts["image"], opts["pull"])
-    return backend.create(spec)
+    return with_image(backend, opts["image"], opts["pull"], lambda: backend.create(spec))

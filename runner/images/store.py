@@ -29,7 +29,7 @@ import re
 import stat
 import time
 
-from runner.errors import Conflict, ImageError, NotFound, UsageError
+from runner.errors import Conflict, ImageError, ImageNotFound, NotFound, UsageError
 from runner.fsutil import write_atomic
 from runner.images.digest import sha256_digest, validate_digest
 from runner.images.reference import Reference
@@ -459,7 +459,7 @@ def _find(index: dict, ref: str) -> str:
             raise UsageError(f"image ID prefix {text} is ambiguous", hint="give more digits")
         if hits:
             return max(hits, key=lambda d: hits[d].get("added", 0))
-    raise NotFound(f"image {text} not found", hint=_NOT_FOUND_HINT)
+    raise ImageNotFound(f"image {text} not found", hint=_NOT_FOUND_HINT)
 
 
 def _names_of(index: dict, digest: str) -> list[str]:

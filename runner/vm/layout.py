@@ -37,11 +37,10 @@ import hashlib
 import os
 import re
 import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import UsageError
+from runner.records import FrozenRecord
 
 STATE_ENV = "RUNNER_VM_STATE_DIR"
 DEFAULT_MACHINE = "default"
@@ -76,12 +75,14 @@ def validate_name(name: str) -> str:
     return name
 
 
-@dataclass(frozen=True)
-class MachinePaths:
+class MachinePaths(FrozenRecord):
     """The files of one machine. Pure: building it creates nothing."""
 
-    name: str
-    dir: Path
+    __slots__ = ("name", "dir")
+    _fields = __slots__
+
+    def __init__(self, name: str, dir: Path):
+        self._init(name=name, dir=dir)
 
     @classmethod
     def for_name(cls, name: str, root: Path | None = None) -> "MachinePaths":
@@ -172,6 +173,8 @@ class MachinePaths:
 
 def short_socket_dir() -> Path:
     """A short private directory for sockets whose natural path exceeds sun_path."""
+    import tempfile
+
     uid = os.getuid() if hasattr(os, "getuid") else 0
     return Path(tempfile.gettempdir() if sys.platform != "darwin" else "/tmp") / f"runner-{uid}"
 
@@ -186,6 +189,8 @@ def ensure_private_dir(path: Path) -> Path:
 
 def write_private(path: Path, data: str | bytes) -> None:
     """Atomically write a 0600 file (temp file in the same dir, fsync, rename), so readers see old or new."""
+    import tempfile  # here: every CLI call imports this module, few write a file
+
     raw = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

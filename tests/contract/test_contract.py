@@ -237,6 +237,11 @@ def test_pull_from_a_registry_on_the_host_loopback(rn, registry):
         assert text(p).strip().splitlines()[-1] == ref
         p = rn("run", "--rm", ref, "echo", "pulled")
         assert (p.returncode, text(p)) == (0, "pulled\n"), p.stderr
+        # --pull missing (the default): a run of an absent image pulls it, then runs, as docker does
+        assert rn("rmi", ref).returncode == 0
+        p = rn("run", "--rm", ref, "echo", "pulled by run")
+        assert (p.returncode, text(p)) == (0, "pulled by run\n"), p.stderr
+        assert ref.rsplit(":", 1)[0] in rn("images").stdout.decode()
     finally:
         rn("rmi", ref)
 
