@@ -96,15 +96,20 @@ class BootToken:
         return token
 
 
-def bring_up_default_network(engine: Any, root: str) -> None:
+def bring_up_default_network(engine: Any, root: str, ready_marker: str) -> None:
     """In the background, bring up the default bridge network (bridge device, NAT), as dockerd makes docker0
-    when it starts, instead of in the first ``run`` after a boot. Only once the data disk holding the
-    network's state is mounted at ``root`` (the guest's init connects to the agent after mounting it, see
-    ``reseed_via_agent`` in vmimage/init); elsewhere (tests, a tree run in place) this does nothing."""
-    if not os.path.ismount(root):
-        return
+    when it starts, instead of in the first ``run`` after a boot. It waits for the guest's init to say it is
+    ready (``ready_marker``, written after READY: the work must not delay the host's SSH login) and acts only
+    if the data disk holding the network's state is mounted at ``root``."""
 
     def run() -> None:
+        deadline = time.monotonic() + 600
+        while not os.path.exists(ready_marker):
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+        if not os.path.ismount(root):
+            return
         try:
             from runner.engine import network
 
@@ -649,6 +654,7 @@ class RunDir:
         self.pid_file = os.path.join(path, "agent.pid")
         self.log_file = os.path.join(path, "agent.log")
         self.lock_file = os.path.join(path, "agent.lock")
+        self.ready_marker = os.path.join(path, "ready")  # written by the guest's init once it said READY
 
     def lock(self) -> int:
         """Serialise starts: two hosts calls shipping at once must end with one agent, not two racing ones."""
@@ -769,7 +775,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = RunDir(args.run_dir)
     ready_w = lock_fd = None
     try:
-        token = BootToken(args.token_file, lambda: bring_up_default_network(engine, args.root))
+        token = BootToken(args.token_file,
+                          lambda: bring_up_default_network(engine, args.root, run_dir.ready_marker))
         version = own_version()
         if args.daemon:
             lock_fd = run_dir.lock()  # held (by the daemon too, after the fork) until it is ready
@@ -797,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
             _guest_environment(args.root)
         engine = LazyEngine(args.root)
         if args.guest:
-            bring_up_default_network(engine, args.root)
+            bring_up_default_network(engine, args.root, run_dir.ready_marker)
         if args.daemon:
             run_dir.write_pid(version, args.port)
     except Exception as exc:  # incl. an engine that fails to import: whoever started us must hear about it

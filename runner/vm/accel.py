@@ -155,6 +155,33 @@ def choose(guest_arch: str, probe: Probe, *, qemu_version: str, cache_path: Path
     return Choice("tcg", why)
 
 
+def host_tsc_khz(cpuinfo: str | None = None, cpufreq: bool | None = None) -> int | None:
+    """The host's TSC rate in kHz when it can be read off ``/proc/cpuinfo`` (a Linux x86_64 host without a
+    cpufreq driver: CI runners and other VMs, where "cpu MHz" is the kernel's calibrated clock, whole MHz so
+    that the saved VM state's key stays stable), else None. An x86_64 guest's TSC ticks at this rate under
+    TCG (see :func:`runner.vm.qemu_cmd.machine_type` and ``tsc_early_khz``)."""
+    if cpuinfo is None:
+        if not sys.platform.startswith("linux") or host_arch() != "x86_64":
+            return None
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    if cpufreq is None:
+        cpufreq = Path("/sys/devices/system/cpu/cpu0/cpufreq").exists()
+    if cpufreq:  # "cpu MHz" is then the current, varying clock, not the TSC's
+        return None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "cpu MHz":
+            try:
+                mhz = round(float(value))
+            except ValueError:
+                return None
+            return mhz * 1000 if 100 <= mhz <= 10000 else None
+    return None
+
+
 def find_qemu(guest_arch: str, os_name: str | None = None) -> str:
     """The QEMU system emulator for ``guest_arch`` on PATH, or a PlatformError saying how to install it."""
     name = qemu_binary(guest_arch, os_name or host_os())

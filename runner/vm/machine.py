@@ -300,7 +300,8 @@ class Machine:
                     data_disk=str(self.paths.data_disk), serial_log=str(self.paths.serial_log),
                     ready_log=str(self.paths.ready_log), qmp=qmp, ssh_port=_free_port(), name=self.name,
                     kernel_args=tuple(artifacts.cmdline.split()), host_is_root=is_root,
-                    shares=self._boot_shares(), bios=_qboot(qemu))
+                    shares=self._boot_shares(), bios=_qboot(qemu),
+                    tsc_khz=accel.host_tsc_khz() if choice.accel == "tcg" else None)
         argv = build_argv(config, os_name, accel.host_arch(), self.guest_arch, choice.accel, boot)
         argv[0] = qemu
         # ---- snapshot fast start: resume the saved state if it matches, else boot and save one at the guest's

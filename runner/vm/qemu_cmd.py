@@ -130,6 +130,7 @@ class Boot:
     control: str | None = None
     incoming: str | None = None
     bios: str | None = None  # x86_64 firmware file (qboot.rom) for direct kernel boot; None = QEMU's default
+    tsc_khz: int | None = None  # the host's TSC rate, which an x86_64 guest's TSC has under TCG (if known)
 
 
 def qemu_binary(guest_arch: str, host_os: str) -> str:
@@ -203,7 +204,7 @@ def build_argv(config: MachineConfig, host_os: str, host_arch: str, guest_arch: 
         "-nodefaults", "-no-user-config",
         # No display window; the console goes to a file below.
         "-nographic",
-        "-machine", "q35" if guest == "x86_64" else "virt",
+        "-machine", machine_type(accel, guest),
         *accel_args(accel, config.cpus),
         "-cpu", cpu_model(accel, guest),
         "-smp", str(config.cpus),
@@ -214,7 +215,7 @@ def build_argv(config: MachineConfig, host_os: str, host_arch: str, guest_arch: 
         # Direct kernel boot: no bootloader to emulate, which saves seconds under TCG.
         "-kernel", boot.kernel,
         "-initrd", boot.initrd,
-        "-append", kernel_cmdline(guest, boot.kernel_args + _tcg_kernel_args(accel, guest)),
+        "-append", kernel_cmdline(guest, boot.kernel_args + _tcg_kernel_args(accel, guest, boot.tsc_khz)),
         # The guest console goes to a file: `runner vm logs` and every boot error message point at it.
         "-chardev", f"file,id=serial0,path={opt_value(boot.serial_log)}",
         "-serial", "chardev:serial0",
@@ -250,12 +251,27 @@ def build_argv(config: MachineConfig, host_os: str, host_arch: str, guest_arch: 
     return argv
 
 
-def _tcg_kernel_args(accel: str, guest: str) -> tuple[str, ...]:
+def machine_type(accel: str, guest: str) -> str:
+    """``q35`` (x86_64) or ``virt`` (arm). Under x86 TCG without the i8254 PIT: the kernel calibrates its TSC
+    against the PIT when one exists and trusts it over the HPET when the two disagree, and under TCG on a
+    busy host the emulated PIT is far off (measured: a guest clock running 12x fast, so every sleep and
+    timeout in the guest was 12x short). Without it the kernel calibrates against the HPET."""
+    if guest != "x86_64":
+        return "virt"
+    return "q35,pit=off" if accel == "tcg" else "q35"
+
+
+def _tcg_kernel_args(accel: str, guest: str, tsc_khz: int | None = None) -> tuple[str, ...]:
     """Under x86 TCG the kernel finds the emulated TSCs "unsynchronized" and falls back to the HPET, whose
     every read is an emulated MMIO access: each clock_gettime became a syscall plus a trip through QEMU's
     device emulation, and thread wake-ups in the guest (Python's GIL, futexes) took ~10 ms instead of ~2 ms.
-    QEMU's TCG TSC is one monotonic counter for all vCPUs, so telling the kernel it is reliable is true."""
-    return ("tsc=reliable",) if accel == "tcg" and guest == "x86_64" else ()
+    QEMU's TCG TSC is one monotonic counter for all vCPUs, so telling the kernel it is reliable is true.
+    It ticks at the host's TSC rate: when the host knows that rate (``tsc_khz``), the guest is told it rather
+    than measuring it (a calibration on a busy host is off by several per cent even against the HPET, and
+    the guest clock would drift by as much; the kernel keeps an early value it can refine within 1%)."""
+    if accel != "tcg" or guest != "x86_64":
+        return ()
+    return ("tsc=reliable",) + ((f"tsc_early_khz={int(tsc_khz)}",) if tsc_khz else ())
 
 
 def _control_args(control: str | None) -> list[str]:

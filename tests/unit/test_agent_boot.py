@@ -41,11 +41,36 @@ def test_lazy_engine_builds_its_state_only_on_first_use(tmp_path):
     assert (root / "containers").is_dir()
 
 
-def test_default_network_is_left_alone_where_the_root_is_no_mount(tmp_path, monkeypatch):
-    started = []
-    monkeypatch.setattr(server.threading, "Thread", lambda **kw: started.append(kw) or pytest.fail("started"))
-    server.bring_up_default_network(object(), str(tmp_path))
-    assert started == []
+class _InlineThread:
+    def __init__(self, target, name=None, daemon=None):
+        self.target = target
+
+    def start(self):
+        self.target()
+
+
+def test_default_network_waits_for_ready_and_needs_the_data_disk_mounted(tmp_path, monkeypatch):
+    from runner.engine import network
+
+    made = []
+    monkeypatch.setattr(server.threading, "Thread", _InlineThread)
+    monkeypatch.setattr(network, "Networks", lambda engine: made.append(engine) or pytest.fail("not mounted"))
+    marker = tmp_path / "ready"
+    marker.touch()
+    server.bring_up_default_network(object(), str(tmp_path / "root"), str(marker))  # root is no mount point
+    assert made == []
+
+    class Recorder:
+        def __init__(self, engine):
+            made.append(engine)
+
+        def ensure(self, name):
+            made.append(name)
+
+    monkeypatch.setattr(network, "Networks", Recorder)
+    monkeypatch.setattr(server.os.path, "ismount", lambda path: path == "/data")
+    server.bring_up_default_network("engine", "/data", str(marker))
+    assert made == ["engine", network.DEFAULT_NETWORK]
 
 
 def test_mux_start_failure_is_the_error_the_mux_reported(tmp_path):

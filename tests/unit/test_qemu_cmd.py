@@ -52,13 +52,13 @@ def head(binary, machine, accel, cpu):
 
 @pytest.mark.parametrize("host_os,host_arch,guest,accel,expected_head", [
     ("linux", "x86_64", "x86_64", "kvm", head("qemu-system-x86_64", "q35", "kvm", "host")),
-    ("linux", "x86_64", "x86_64", "tcg", head("qemu-system-x86_64", "q35", "tcg,thread=multi", "max")),
+    ("linux", "x86_64", "x86_64", "tcg", head("qemu-system-x86_64", "q35,pit=off", "tcg,thread=multi", "max")),
     ("linux", "aarch64", "aarch64", "kvm", head("qemu-system-aarch64", "virt", "kvm", "host")),
     ("linux", "x86_64", "aarch64", "tcg", head("qemu-system-aarch64", "virt", "tcg,thread=multi", "cortex-a72")),
     ("darwin", "arm64", "aarch64", "hvf", head("qemu-system-aarch64", "virt", "hvf", "host")),
     ("darwin", "arm64", "aarch64", "tcg", head("qemu-system-aarch64", "virt", "tcg,thread=multi", "cortex-a72")),
     ("darwin", "x86_64", "x86_64", "hvf", head("qemu-system-x86_64", "q35", "hvf", "host")),
-    ("darwin", "arm64", "x86_64", "tcg", head("qemu-system-x86_64", "q35", "tcg,thread=multi", "max")),
+    ("darwin", "arm64", "x86_64", "tcg", head("qemu-system-x86_64", "q35,pit=off", "tcg,thread=multi", "max")),
 ])
 def test_unix_hosts(host_os, host_arch, guest, accel, expected_head):
     console = "ttyS0" if guest == "x86_64" else "ttyAMA0"
@@ -69,7 +69,7 @@ def test_unix_hosts(host_os, host_arch, guest, accel, expected_head):
 @pytest.mark.parametrize("host_arch,guest,accel,expected_head", [
     ("AMD64", "x86_64", "whpx",
      head("qemu-system-x86_64.exe", "q35", "whpx,kernel-irqchip=off", "max")),
-    ("AMD64", "x86_64", "tcg", head("qemu-system-x86_64.exe", "q35", "tcg,thread=multi", "max")),
+    ("AMD64", "x86_64", "tcg", head("qemu-system-x86_64.exe", "q35,pit=off", "tcg,thread=multi", "max")),
     ("ARM64", "aarch64", "whpx", head("qemu-system-aarch64.exe", "virt", "whpx,kernel-irqchip=off",
                                       "cortex-a72")),
     ("AMD64", "aarch64", "tcg", head("qemu-system-aarch64.exe", "virt", "tcg,thread=multi", "cortex-a72")),
@@ -177,3 +177,25 @@ def test_snapshot_control_port_and_incoming():
                                  "-device", "virtserialport,bus=vser0.0,chardev=control,name=org.runner.control"]
     assert argv[-2:] == ["-incoming", "exec:cat /m/snapshot.state"]
     assert "org.runner.control" not in " ".join(build_argv(CONFIG, "linux", "x86_64", "x86_64", "tcg", boot()))
+
+
+def test_x86_tcg_guest_gets_no_pit_and_the_host_tsc_rate():
+    """Under x86 TCG the kernel must not calibrate its TSC against the emulated PIT (12x off on a busy host):
+    no PIT, and the host's TSC rate on the command line when known."""
+    argv = build_argv(CONFIG, "linux", "x86_64", "x86_64", "tcg", boot(tsc_khz=2445000))
+    assert argv[argv.index("-machine") + 1] == "q35,pit=off"
+    assert "tsc=reliable tsc_early_khz=2445000" in argv[argv.index("-append") + 1]
+    kvm = build_argv(CONFIG, "linux", "x86_64", "x86_64", "kvm", boot(tsc_khz=2445000))
+    assert kvm[kvm.index("-machine") + 1] == "q35" and "tsc" not in kvm[kvm.index("-append") + 1]
+    arm = build_argv(CONFIG, "linux", "x86_64", "aarch64", "tcg", boot(tsc_khz=2445000))
+    assert arm[arm.index("-machine") + 1] == "virt" and "tsc" not in arm[arm.index("-append") + 1]
+
+
+def test_host_tsc_rate_is_read_only_where_cpu_mhz_is_the_tsc():
+    from runner.vm.accel import host_tsc_khz
+
+    info = "processor\t: 0\nmodel name\t: AMD EPYC\ncpu MHz\t\t: 2445.406\n"
+    assert host_tsc_khz(info, cpufreq=False) == 2445000
+    assert host_tsc_khz(info, cpufreq=True) is None  # a varying clock, not the TSC's
+    assert host_tsc_khz("cpu MHz : fast\n", cpufreq=False) is None
+    assert host_tsc_khz("model name : x\n", cpufreq=False) is None

@@ -26,7 +26,7 @@ from runner.vm.image import Artifacts
 QEMU = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
 # qboot instead of SeaBIOS: direct kernel boot needs no BIOS services, and qboot reaches the kernel
 # ~0.3-0.5 s sooner under TCG. It ships with QEMU (pc-bios/qboot.rom) on every host OS.
-MACHINE = {"x86_64": ["-M", "q35", "-cpu", "max", "-bios", "qboot.rom"],
+MACHINE = {"x86_64": ["-M", "q35,pit=off", "-cpu", "max", "-bios", "qboot.rom"],
            "aarch64": ["-M", "virt", "-cpu", "cortex-a72"]}
 
 
