@@ -7,7 +7,8 @@ What each number means:
   stopped machine, until the output line. With the snapshot fast start (runner.vm.snapshot) a start
   resumes the saved state; ``RUNNER_VM_SNAPSHOT=0`` turns it off, which gives the "without" number.
   The first start after the machine or the snapshot key changed boots fully and saves the state: it is
-  reported on its own, not in the medians.
+  reported on its own, not in the medians. **auto-start** is the one-command form: ``runner --vm run`` on a
+  stopped machine, which starts it itself.
 - **warm run**: ``runner --vm run --rm IMAGE true`` against ``runner run --rm IMAGE true`` (native; Linux
   and root only), interleaved. The in-guest part is what the agent itself reported (REPLY/EXIT ``took``) for
   the requests of that same CLI call (``$RUNNER_GUEST_TIMES``, runner.agent.client); CLI + transport =
@@ -60,6 +61,11 @@ def cold_start(runner: Sequence[str], env: dict, runs: int, machine: str = "defa
             samples[name].append(value)
         for step, seconds in steps.items():  # when the start met each requirement (runner.vm.machine)
             samples.setdefault(f"  start: {step} met after", []).append(seconds)
+    if env.get("RUNNER_VM_SNAPSHOT") != "0":
+        for _ in range(runs):  # the same, as one command: a container command starts a stopped machine itself
+            subprocess.run(stop, env=env, stdout=subprocess.DEVNULL, check=True)
+            samples.setdefault("auto-start: --vm run on a stopped machine -> output", []).append(
+                timed_output(hello, env, b"hi"))
     return {name: Summary(name, values) for name, values in samples.items()}
 
 
