@@ -26,6 +26,8 @@ from runner.agent import protocol as P
 from runner.backends.base import Features, ProgressFn, Stdio, TermSize
 from runner.errors import RunnerError, VMError
 
+GUEST_TIMES_ENV = "RUNNER_GUEST_TIMES"  # scripts/bench-vm: where a CLI call appends the agent's own timings
+
 INBOX_LIMIT = 8 * 1024 * 1024  # received-but-unconsumed bytes per call before the reader waits (save, output)
 
 
@@ -74,8 +76,6 @@ class AgentClient:
         self._send(P.encode_json(P.HELLO, 0, {"version": version,
                                               "proof": P.auth_proof(P.check_token(token), nonce, version)}))
         self.agent_pid: int | None = None
-        # (method, seconds) the agent reported spending on each finished call (REPLY/EXIT "took")
-        self.guest_times: list[tuple[str, float]] = []
 
     # -- connection
     def _read_challenge(self) -> tuple[str, bytes]:
@@ -282,10 +282,16 @@ class AgentClient:
         self._send(data)
 
     def note_took(self, method: str, frame: P.Frame) -> None:
+        """For the VM benchmark (runner.bench.vm): the seconds the agent reported spending on a finished call
+        (REPLY/EXIT ``took``), appended as a JSON line to the file named by ``$RUNNER_GUEST_TIMES``, so that the
+        CLI + transport share of a CLI call is its wall time minus the sum of its lines. Nothing otherwise."""
+        path = os.environ.get(GUEST_TIMES_ENV)
+        if not path:
+            return
         took = frame.json().get("took")
         if isinstance(took, (int, float)) and not isinstance(took, bool):
-            self.guest_times.append((method, float(took)))
-            _record_guest_time(method, float(took))
+            with contextlib.suppress(OSError), open(path, "a") as f:
+                f.write(json.dumps({"method": method, "took": float(took)}) + "\n")
 
     def call(self, method: str, args: dict | None = None, progress: ProgressFn | None = None) -> Any:
         """A plain (or progress-reporting) call: its result, or the agent's error raised here unchanged."""
@@ -595,16 +601,3 @@ class AgentBackend:
 
     def info(self) -> dict:
         return self._call("info")
-
-
-GUEST_TIMES_ENV = "RUNNER_GUEST_TIMES"  # scripts/bench-vm: where a CLI call appends the agent's own timings
-
-
-def _record_guest_time(method: str, took: float) -> None:
-    """For the VM benchmark (runner.bench.vm): a call's in-guest seconds, as the agent reported them, appended
-    as one JSON line to the file named by ``$RUNNER_GUEST_TIMES``, so that the CLI + transport share of a CLI
-    call is its wall time minus the sum of its lines."""
-    path = os.environ.get(GUEST_TIMES_ENV)
-    if path:
-        with contextlib.suppress(OSError), open(path, "a") as f:
-            f.write(json.dumps({"method": method, "took": took}) + "\n")

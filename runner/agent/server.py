@@ -637,12 +637,14 @@ class FrameWriter(io.RawIOBase):
 
 # ---------------------------------------------------------------------------------------------- process
 
-def serve_forever(listener: socket.socket, engine: Any, version: str, token: str | Callable[[], str]) -> None:
+def serve_forever(listener: socket.socket, engine: Any, version: str, token: Callable[[], str]) -> None:
+    """Accept connections for ever; ``token()`` gives the token each new connection must prove (a
+    :class:`BootToken`)."""
     while True:
         sock, _ = listener.accept()
         # Frames are small and interactive (a keystroke, a prompt): Nagle's delay would add up to 40 ms each.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = Connection(sock, engine, version, token() if callable(token) else token)
+        conn = Connection(sock, engine, version, token())
         Connection.workers.submit(conn.serve, "conn")  # a thread of its own, but one that served before
 
 

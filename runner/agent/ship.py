@@ -33,7 +33,6 @@ from runner.errors import VMError
 
 GUEST_ROOT = "/var/lib/runner"  # the data disk: engine state, images, and the shipped agent trees
 AGENT_BASE = f"{GUEST_ROOT}/agent"
-GUEST_TMP = f"{GUEST_ROOT}/tmp"
 GUEST_CONFIG = "/runner/config.json"  # the per-boot config from the host; holds agent_token
 START_TIMEOUT = 120.0  # a first agent start under TCG: python3 plus the engine's imports, ~1-3 s here
 
@@ -131,7 +130,6 @@ def start_script(version: str, port: int) -> str:
         # Trees of other runner versions are dead weight on the data disk once this one runs.
         f"for old in {base}/* {base}/.unpack.*; do [ \"$old\" = {d} ] || rm -rf \"$old\"; done",
         f"cd {d}",
-        f"mkdir -p {shlex.quote(GUEST_TMP)}",
         f"exec python3 -m runner.agent.server --guest --port {int(port)} --token-file {shlex.quote(GUEST_CONFIG)} "
         f"--root {shlex.quote(GUEST_ROOT)} --daemon",
     ])

@@ -80,28 +80,26 @@ def _ready_seconds(machine: str) -> dict[str, float]:
         return {}
 
 
-def guest_time_of_run(machine: str = "default") -> tuple[float, float]:
-    """(wall seconds, in-guest seconds) of one in-process `run --rm IMAGE true` through the agent: the
-    calls the CLI makes (image_inspect, attached run), with the agent's own account of each."""
+def in_process_run(machine: str = "default") -> float:
+    """Wall seconds of one in-process `run --rm IMAGE true` through the agent: the call the CLI makes, without
+    the CLI's own start (a new connection and handshake included)."""
     from runner.backends.base import Stdio
     from runner.backends.vm import VMBackend
     from runner.spec import ContainerSpec
 
     backend = VMBackend(machine)
     try:
-        client = backend.client
         spec = ContainerSpec(image=IMAGE, command=["true"], auto_remove=True, network="bridge").validate().to_dict()
         devnull = os.open(os.devnull, os.O_RDWR)
         try:
             began = time.perf_counter()
-            backend.image_inspect(IMAGE)
             code = backend.run(spec, Stdio(None, devnull, devnull)).wait()
             wall = time.perf_counter() - began
         finally:
             os.close(devnull)
         if code != 0:
             raise RuntimeError(f"run --rm {IMAGE} true exited {code} in the VM")
-        return wall, sum(t for _, t in client.guest_times)
+        return wall
     finally:
         backend.close()
 
@@ -149,7 +147,7 @@ def warm_run(runner: Sequence[str], env: dict, runs: int, machine: str = "defaul
                 os.unlink(times)
             total = time_command(vm_cmd, vm_env)
             guest = _summed_guest_times(times)  # what the agent spent on this very CLI call's requests
-            wall, _ = guest_time_of_run(machine)
+            wall = in_process_run(machine)
             samples["runner --vm run --rm true (CLI total)"].append(total)
             samples["  in-guest (agent-reported)"].append(guest)
             samples["  CLI + transport (total - in-guest)"].append(total - guest)
