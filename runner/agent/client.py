@@ -2,14 +2,12 @@
 
 :class:`AgentClient` speaks :mod:`runner.agent.protocol` over anything socket-like with ``sendall``, ``recv``
 and ``close``: a paramiko channel to the guest, the Unix socket of the host-side connection cache
-(:mod:`runner.agent.mux`), or a plain TCP socket in tests. Frames are demultiplexed to the pending calls by
+(:mod:`runner.vm.muxd`), or a plain TCP socket in tests. Frames are demultiplexed to the pending calls by
 id, by the waiting caller itself when it is alone (see :class:`AgentClient`); a dropped connection fails every
 pending call with the same :class:`VMError`.
 
-:class:`AgentBackend` is the :class:`runner.backends.base.Backend` on top of it: each method is one call,
-stdio-attached calls relay the caller's local fds to and from frames, tar streams and progress callbacks
-are carried by frames too. It knows nothing about VMs: ``runner.backends.vm`` adds starting the machine and
-the agent.
+:class:`RemoteProcess` is the handle of an attached process in the guest. The Backend on top of this
+(:class:`runner.backends.agent.AgentBackend`) is generated from the protocol's method table.
 """
 
 from __future__ import annotations
@@ -20,11 +18,11 @@ import json
 import os
 import signal as signals
 import threading
-from typing import IO, Any, Callable
+from typing import Any
 
 from runner.agent import protocol as P
-from runner.backends.base import Features, ProgressFn, Stdio, TermSize
 from runner.errors import RunnerError, VMError
+from runner.stdio import ProgressFn, Stdio, TermSize, write_all
 
 GUEST_TIMES_ENV = "RUNNER_GUEST_TIMES"  # scripts/bench-vm: where a CLI call appends the agent's own timings
 
@@ -317,25 +315,12 @@ class AgentClient:
 
 
 def _checked_result(method: str, result: Any) -> Any:
-    """The result, if its JSON type is what the Backend promises for ``method`` (the guest is not trusted)."""
-    expected = _RESULT_TYPES.get(method, object)
+    """The result, if its JSON type is what the method table promises for ``method`` (the guest is not
+    trusted)."""
+    expected = P.METHODS[method].result
     if not isinstance(result, expected) or isinstance(result, bool) and expected is int:
         raise P.ProtocolError(f"{method} returned a {type(result).__name__}")
     return result
-
-
-_RESULT_TYPES: dict[str, Any] = {
-    "ping": type(None), "create": str, "run": str, "start": str, "stop": str, "kill": str, "rm": str,
-    "wait": int, "ps": list, "inspect": dict, "logs": type(None), "images": list, "image_inspect": dict,
-    "pull": dict, "push": str, "tag": type(None), "rmi": list, "load": list, "save": type(None),
-    "import_image": str, "info": dict, "port": dict, "network_create": dict, "network_ls": list,
-    "network_inspect": dict, "network_rm": str}
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 class RemoteProcess:
@@ -383,7 +368,7 @@ class RemoteProcess:
         if fd is None:
             return
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
         except OSError:
             self._sinks[stream] = None  # our reader went away (`| head`): drop this output, as the shim does
 
@@ -424,180 +409,3 @@ class RemoteProcess:
         if not self._done.is_set():
             with contextlib.suppress(RunnerError):  # the process ended meanwhile: nothing left to tell
                 self._client.send_frame(P.encode_json(kind, self._call.id, msg))
-
-
-class AgentBackend:
-    """The Backend protocol as agent calls. ``connect`` returns a fresh :class:`AgentClient` (called once,
-    lazily); subclasses add where that connection comes from."""
-
-    name = "agent"
-    features = Features(bind_mounts=False, host_network=True, published_ports=False)
-
-    def __init__(self, connect: Callable[[], AgentClient]):
-        self._connect = connect
-        self._client: AgentClient | None = None
-
-    @property
-    def client(self) -> AgentClient:
-        if self._client is None:
-            self._client = self._connect()
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def _call(self, method: str, progress: ProgressFn | None = None, **args: Any) -> Any:
-        return self.client.call(method, args, progress)
-
-    def _attach(self, method: str, args: dict, stdio: Stdio | None, size: TermSize | None) -> Any:
-        args["size"] = {"rows": size.rows, "cols": size.cols} if size is not None else None
-        if stdio is None:
-            return self._call(method, **args)
-        client = self.client
-        call = client.begin(method, args, {"stdin": stdio.stdin is not None})
-        try:
-            frame = client.next_frame(call)
-            if frame.kind == P.ERROR:
-                raise P.parse_error(frame)
-            if frame.kind != P.REPLY:
-                raise P.ProtocolError(f"unexpected {P.KIND_NAMES[frame.kind]} before the reply to {method}")
-            result, attached = P.parse_reply(frame)
-            if not attached:
-                raise P.ProtocolError(f"{method} with stdio returned no process")
-        except BaseException:
-            client.end(call)
-            raise
-        return RemoteProcess(client, call, result["container_id"], stdio)
-
-    # containers
-    def create(self, spec: dict) -> str:
-        return self._call("create", spec=spec)
-
-    def run(self, spec: dict, stdio: Stdio | None, size: TermSize | None = None):
-        return self._attach("run", {"spec": spec}, stdio, size)
-
-    def start(self, ref: str, stdio: Stdio | None, size: TermSize | None = None):
-        return self._attach("start", {"ref": ref}, stdio, size)
-
-    def exec(self, ref: str, exec_spec: dict, stdio: Stdio, size: TermSize | None = None):
-        return self._attach("exec", {"ref": ref, "exec_spec": exec_spec}, stdio, size)
-
-    def stop(self, ref: str, timeout: float = 10) -> str:
-        return self._call("stop", ref=ref, timeout=timeout)
-
-    def kill(self, ref: str, signal: str = "KILL") -> str:
-        return self._call("kill", ref=ref, signal=signal)
-
-    def rm(self, ref: str, force: bool = False) -> str:
-        return self._call("rm", ref=ref, force=force)
-
-    def wait(self, ref: str) -> int:
-        return self._call("wait", ref=ref)
-
-    def ps(self, all: bool = False) -> list[dict]:
-        return self._call("ps", all=all)
-
-    def inspect(self, ref: str) -> dict:
-        return self._call("inspect", ref=ref)
-
-    def logs(self, ref: str, stdio: Stdio, follow: bool = False, tail: int | None = None) -> None:
-        client = self.client
-        call = client.begin("logs", {"ref": ref, "follow": follow, "tail": tail}, {"stdin": False})
-        sinks = {P.STDOUT: stdio.stdout, P.STDERR: stdio.stderr}
-        try:
-            while True:
-                frame = client.next_frame(call)
-                if frame.kind == P.DATA:
-                    _write_all(sinks[frame.stream], frame.payload)
-                elif frame.kind == P.REPLY:
-                    return None
-                elif frame.kind == P.ERROR:
-                    raise P.parse_error(frame)
-                elif frame.kind != P.EOF:
-                    raise P.ProtocolError(f"unexpected {P.KIND_NAMES[frame.kind]} for logs")
-        finally:
-            client.end(call)
-
-    # images
-    def images(self) -> list[dict]:
-        return self._call("images")
-
-    def image_inspect(self, ref: str) -> dict:
-        return self._call("image_inspect", ref=ref)
-
-    def pull(self, ref: str, platform: str | None = None, credentials: dict | None = None,
-             progress: ProgressFn | None = None) -> dict:
-        return self._call("pull", progress, ref=ref, platform=platform, credentials=credentials)
-
-    def push(self, ref: str, credentials: dict | None = None, progress: ProgressFn | None = None) -> str:
-        return self._call("push", progress, ref=ref, credentials=credentials)
-
-    def tag(self, source: str, target: str) -> None:
-        self._call("tag", source=source, target=target)
-
-    def rmi(self, ref: str, force: bool = False) -> list[str]:
-        return self._call("rmi", ref=ref, force=force)
-
-    def load(self, stream: IO[bytes]) -> list[str]:
-        return self._upload("load", {}, stream)
-
-    def save(self, refs: list[str], stream: IO[bytes]) -> None:
-        client = self.client
-        call = client.begin("save", {"refs": list(refs)})
-        try:
-            while True:
-                frame = client.next_frame(call)
-                if frame.kind == P.DATA:
-                    stream.write(frame.payload)
-                elif frame.kind == P.REPLY:
-                    return None
-                elif frame.kind == P.ERROR:
-                    raise P.parse_error(frame)
-                elif frame.kind != P.EOF:
-                    raise P.ProtocolError(f"unexpected {P.KIND_NAMES[frame.kind]} for save")
-        finally:
-            client.end(call)
-
-    def import_image(self, stream: IO[bytes], name: str, changes: dict | None = None) -> str:
-        return self._upload("import_image", {"name": name, "changes": changes}, stream)
-
-    def _upload(self, method: str, args: dict, stream: IO[bytes]) -> Any:
-        """Send ``stream`` as blob frames, then wait for the reply. An early ERROR (a bad tar header) stops
-        the upload at once instead of after the whole file."""
-        client = self.client
-        call = client.begin(method, args)
-        try:
-            while True:
-                early = client.next_frame(call, block=False)
-                if early is not None:
-                    if early.kind == P.ERROR:
-                        raise P.parse_error(early)
-                    raise P.ProtocolError(f"unexpected {P.KIND_NAMES[early.kind]} during an upload")
-                data = stream.read(P.CHUNK)
-                if not data:
-                    client.send_frame(P.encode(P.EOF, call.id, stream=P.BLOB))
-                    break
-                client.send_frame(P.encode(P.DATA, call.id, data, P.BLOB))
-            return client.finish(call)
-        finally:
-            client.end(call)
-
-    def port(self, ref: str) -> dict:
-        return self._call("port", ref=ref)
-
-    def network_create(self, name: str, subnet: str | None = None) -> dict:
-        return self._call("network_create", name=name, subnet=subnet)
-
-    def network_ls(self) -> list[dict]:
-        return self._call("network_ls")
-
-    def network_inspect(self, name: str) -> dict:
-        return self._call("network_inspect", name=name)
-
-    def network_rm(self, name: str) -> str:
-        return self._call("network_rm", name=name)
-
-    def info(self) -> dict:
-        return self._call("info")

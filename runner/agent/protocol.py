@@ -59,9 +59,11 @@ import collections
 import hashlib
 import hmac
 import json
+import os
 import re
 import struct
 import threading
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from runner.errors import RunnerError, VMError
@@ -98,8 +100,8 @@ _AUTH_CONTEXT = b"runner-agent-auth-v1\0"
 
 # What the host ships into the guest, relative to the directory holding the ``runner`` package: the
 # stdlib-only part of runner. The protocol version is the hash of exactly these files.
-SHIPPED_FILES = ("runner/__init__.py", "runner/errors.py", "runner/fsutil.py", "runner/records.py", "runner/spec.py",
-                 "runner/backends/__init__.py", "runner/backends/base.py")
+SHIPPED_FILES = ("runner/__init__.py", "runner/errors.py", "runner/procs.py", "runner/records.py", "runner/spec.py",
+                 "runner/stdio.py")
 SHIPPED_TREES = ("runner/engine/", "runner/images/", "runner/agent/")
 
 
@@ -229,6 +231,20 @@ def is_shipped(relpath: str) -> bool:
     return relpath in SHIPPED_FILES or relpath.startswith(SHIPPED_TREES)
 
 
+def collect_sources(root: Path) -> dict[str, bytes]:
+    """The shipped files under ``root`` (``relative/posix/path`` → contents); the same rule on both ends: the
+    host hashes and ships them, the agent hashes its own copy to know its version."""
+    files: dict[str, bytes] = {}
+    for dirpath, dirnames, filenames in os.walk(root / "runner"):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for name in filenames:
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if is_shipped(rel):
+                files[rel] = path.read_bytes()
+    return files
+
+
 def version_of(files: Mapping[str, bytes]) -> str:
     """The protocol version: a hash over the shipped files' names and contents, in a fixed order."""
     h = hashlib.sha256(b"runner-agent-source-v1\0")
@@ -342,9 +358,6 @@ def parse_reply(frame: Frame) -> tuple[Any, bool]:
 PLAIN, ATTACH, OUTPUT, UPLOAD, DOWNLOAD, PROGRESS_CALL = "plain", "attach", "output", "upload", "download", \
     "progress"
 
-_JSON = (str, int, float, bool, list, dict, type(None))
-
-
 def _nullable(*types: type) -> tuple[type, ...]:
     return types + (type(None),)
 
@@ -367,27 +380,40 @@ def _credentials(value: Any) -> bool:
 
 
 class Param(FrozenRecord):
-    __slots__ = ("name", "types", "required", "check")
+    """One parameter of an engine method, in the order of the Python signature.
+
+    ``local`` parameters never cross the wire as JSON: they are the caller's stdio, stream or progress
+    callback, carried by frames (see the diagram). They are listed so that the table is the whole signature,
+    from which :mod:`runner.backends.agent` generates the host's methods."""
+
+    __slots__ = ("name", "types", "required", "check", "local")
     _fields = __slots__
 
     def __init__(self, name: str, types: tuple[type, ...], required: bool = True,
-                 check: Callable[[Any], bool] | None = None):
-        self._init(name=name, types=types, required=required, check=check)
+                 check: Callable[[Any], bool] | None = None, local: bool = False):
+        self._init(name=name, types=types, required=required, check=check, local=local)
 
 
 class Method(FrozenRecord):
-    """One callable engine method: its JSON parameters and how it moves data (see the diagram)."""
+    """One callable engine method: its parameters, how it moves data (see the diagram), and the JSON type of
+    its result (checked on the host: the guest is not trusted)."""
 
-    __slots__ = ("name", "params", "kind", "stdio")
+    __slots__ = ("name", "params", "kind", "stdio", "result")
     _fields = __slots__
 
-    def __init__(self, name: str, params: tuple[Param, ...], kind: str = PLAIN, stdio: str = "none"):
+    def __init__(self, name: str, params: tuple[Param, ...], kind: str = PLAIN, stdio: str = "none",
+                 result: type | tuple[type, ...] = object):
         # stdio: "none", "optional" (None = detached), "required"
-        self._init(name=name, params=params, kind=kind, stdio=stdio)
+        self._init(name=name, params=params, kind=kind, stdio=stdio, result=result)
+
+    @property
+    def wire_params(self) -> tuple[Param, ...]:
+        return tuple(p for p in self.params if not p.local)
 
 
-def _m(name: str, *params: Param, kind: str = PLAIN, stdio: str = "none") -> Method:
-    return Method(name, params, kind, stdio)
+def _m(name: str, result: type | tuple[type, ...], *params: Param, kind: str = PLAIN, stdio: str = "none"
+       ) -> Method:
+    return Method(name, params, kind, stdio, result)
 
 
 _REF = Param("ref", (str,))
@@ -396,45 +422,52 @@ _ENDPOINTS = Param("endpoints", _nullable(dict), False, lambda v: v is None or (
     isinstance(k, str) and isinstance(t, str) and 0 < len(k) <= 255 and 0 < len(t) <= 255
     and _HOSTPORT.match(k) and _HOSTPORT.match(t) for k, t in v.items())))
 _SIZE = Param("size", (dict, type(None)), False, _size)
+# The local parameters (frames, not JSON).
+_STDIO = Param("stdio", (), local=True)
+_STREAM = Param("stream", (), local=True)
+_PROGRESS = Param("progress", (), False, local=True)
+_NONE = type(None)
 
-# The whitelist: exactly the Backend's engine methods (runner.backends.base.Backend), plus ``ping``, the
-# agent's own no-op for liveness and round-trip measurement. Stdio, streams and progress callbacks are not
-# parameters here: they are the frames of the diagram above.
+# The one method table: exactly the Backend's engine methods (runner.backends.base.Backend, served by
+# runner.engine.engine.Engine), plus ``ping``, the agent's own no-op for liveness and round-trip measurement.
+# The agent serves it as a whitelist; the host's AgentBackend is generated from it.
+AGENT_ONLY = frozenset({"ping"})
 METHODS: dict[str, Method] = {m.name: m for m in (
-    _m("ping"),
-    _m("create", Param("spec", (dict,))),
-    _m("run", Param("spec", (dict,)), _SIZE, kind=ATTACH, stdio="optional"),
-    _m("start", _REF, _SIZE, kind=ATTACH, stdio="optional"),
-    _m("exec", _REF, Param("exec_spec", (dict,)), _SIZE, kind=ATTACH, stdio="required"),
-    _m("stop", _REF, Param("timeout", (int, float), False)),
-    _m("kill", _REF, Param("signal", (str,), False)),
-    _m("rm", _REF, Param("force", (bool,), False)),
-    _m("wait", _REF),
-    _m("ps", Param("all", (bool,), False)),
-    _m("inspect", _REF),
-    _m("logs", _REF, Param("follow", (bool,), False), Param("tail", _nullable(int), False),
+    _m("ping", _NONE),
+    _m("create", str, Param("spec", (dict,))),
+    _m("run", str, Param("spec", (dict,)), _STDIO, _SIZE, kind=ATTACH, stdio="optional"),
+    _m("start", str, _REF, _STDIO, _SIZE, kind=ATTACH, stdio="optional"),
+    _m("exec", str, _REF, Param("exec_spec", (dict,)), _STDIO, _SIZE, kind=ATTACH, stdio="required"),
+    _m("stop", str, _REF, Param("timeout", (int, float), False)),
+    _m("kill", str, _REF, Param("signal", (str,), False)),
+    _m("rm", str, _REF, Param("force", (bool,), False)),
+    _m("wait", int, _REF),
+    _m("ps", list, Param("all", (bool,), False)),
+    _m("inspect", dict, _REF),
+    _m("logs", _NONE, _REF, _STDIO, Param("follow", (bool,), False), Param("tail", _nullable(int), False),
        kind=OUTPUT, stdio="required"),
-    _m("images"),
-    _m("image_inspect", _REF),
-    _m("pull", _REF, Param("platform", _nullable(str), False),
-       Param("credentials", _nullable(dict), False, _credentials), _ENDPOINTS, kind=PROGRESS_CALL),
-    _m("push", _REF, Param("credentials", _nullable(dict), False, _credentials), _ENDPOINTS,
+    _m("images", list),
+    _m("image_inspect", dict, _REF),
+    _m("pull", dict, _REF, Param("platform", _nullable(str), False),
+       Param("credentials", _nullable(dict), False, _credentials), _PROGRESS, _ENDPOINTS, kind=PROGRESS_CALL),
+    _m("push", str, _REF, Param("credentials", _nullable(dict), False, _credentials), _PROGRESS, _ENDPOINTS,
        kind=PROGRESS_CALL),
-    _m("tag", Param("source", (str,)), Param("target", (str,))),
-    _m("rmi", _REF, Param("force", (bool,), False)),
-    _m("load", kind=UPLOAD),
-    _m("save", Param("refs", (list,), True, _str_list), kind=DOWNLOAD),
-    _m("import_image", Param("name", (str,)), Param("changes", _nullable(dict), False), kind=UPLOAD),
-    _m("port", _REF),
-    _m("network_create", Param("name", (str,)), Param("subnet", _nullable(str), False)),
-    _m("network_ls"),
-    _m("network_inspect", Param("name", (str,))),
-    _m("network_rm", Param("name", (str,))),
-    _m("info"),
+    _m("tag", _NONE, Param("source", (str,)), Param("target", (str,))),
+    _m("rmi", list, _REF, Param("force", (bool,), False)),
+    _m("load", list, _STREAM, kind=UPLOAD),
+    _m("save", _NONE, Param("refs", (list,), True, _str_list), _STREAM, kind=DOWNLOAD),
+    _m("import_image", str, _STREAM, Param("name", (str,)), Param("changes", _nullable(dict), False),
+       kind=UPLOAD),
+    _m("port", dict, _REF),
+    _m("network_create", dict, Param("name", (str,)), Param("subnet", _nullable(str), False)),
+    _m("network_ls", list),
+    _m("network_inspect", dict, Param("name", (str,))),
+    _m("network_rm", str, Param("name", (str,))),
+    _m("info", dict),
 )}
 
 
-_PARAM_NAMES = {name: frozenset(p.name for p in m.params) for name, m in METHODS.items()}
+_PARAM_NAMES = {name: frozenset(p.name for p in m.wire_params) for name, m in METHODS.items()}
 
 
 class Request(FrozenRecord):
@@ -468,7 +501,7 @@ def parse_request(frame: Frame) -> Request:
     if args and not args.keys() <= _PARAM_NAMES[name]:
         unknown = sorted(set(args) - _PARAM_NAMES[name])
         raise RunnerError(f"{name}: unknown arguments {', '.join(a[:64] for a in unknown)}")
-    for p in method.params:
+    for p in method.wire_params:
         if p.name not in args:
             if p.required:
                 raise RunnerError(f"{name}: missing argument {p.name!r}")

@@ -1,6 +1,6 @@
 """The resident agent: serves the Engine inside the VM to the host's runner (standard library only).
 
-Started once per VM boot by the host (``runner.agent.ship``), from the runner code the host shipped::
+Started once per VM boot by the host (``runner.vm.ship``), from the runner code the host shipped::
 
     python3 -m runner.agent.server --guest --port P --token-file /runner/config.json --root /var/lib/runner --daemon
 
@@ -49,8 +49,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runner.agent import protocol as P
-from runner.agent.ship import collect_sources
-from runner.backends.base import Stdio, TermSize
+from runner.stdio import Stdio, TermSize, write_all
 from runner.errors import RunnerError, VMError
 
 RUN_DIR = "/run/runner"
@@ -170,19 +169,13 @@ def own_version(root: Path | None = None) -> str:
     """The version of the code this process runs: the same hash the host computes over what it shipped.
 
     The host unpacks each version into a directory named after that hash and marks it ``.complete`` only
-    once the whole tree is written (``runner.agent.ship.start_script``), so such a directory's name is the
+    once the whole tree is written (``runner.vm.ship.start_script``), so such a directory's name is the
     answer; re-hashing every source file cost ~1.3 s of the agent's start under TCG. Anywhere else (tests, a
     tree run in place) the files are hashed."""
     root = root or Path(__file__).resolve().parents[2]
     if re.fullmatch(r"[0-9a-f]{16}", root.name) and (root / ".complete").is_file():
         return root.name
-    return P.version_of(collect_sources(root))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+    return P.version_of(P.collect_sources(root))
 
 
 class Workers:
@@ -518,7 +511,7 @@ class Call:
         """Client stdin frames → the container's stdin pipe; EOF (or a drop) closes it: the half-close."""
         try:
             while (chunk := self.inbox.get()) is not None:
-                _write_all(fd, chunk)
+                write_all(fd, chunk)
         except OSError:
             pass  # the container closed its stdin: the rest is dropped, as a pipe would
         finally:

@@ -5,59 +5,24 @@ macOS and Windows. Both backends expose the *engine's* API unchanged: ``NativeBa
 :class:`runner.engine.engine.Engine` in-process, ``VMBackend`` sends the same calls to the same Engine running
 in the guest through the agent. Arguments and results are JSON-safe data (dicts, lists, str, int), so the
 VM path needs no per-method code; only streams (stdio, tar archives) and live process handles differ, and
-those are the three small types below.
+those are the small types of :mod:`runner.stdio`.
 
 Optional abilities are data (:class:`Features`), read by callers instead of asking "which backend is this?".
 """
 
 from __future__ import annotations
 
-from runner.records import FrozenRecord, Record
+from runner.records import FrozenRecord
 
-# typing is imported for type checkers only: at run time it costs every CLI call ~6 ms. The two protocols
-# below are then plain classes (nothing instantiates them or checks isinstance against them).
+# typing is imported for type checkers only: at run time it costs every CLI call ~6 ms. The protocol below is
+# then a plain class (nothing instantiates it or checks isinstance against it).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import IO, Any, Callable, Protocol
+    from typing import IO, Any, Protocol
 
-    ProgressFn = Callable[[dict], None]
+    from runner.stdio import ProcessHandle, ProgressFn, Stdio, TermSize
 else:
     Protocol = object
-    ProgressFn = "Callable[[dict], None]"  # only ever used in annotations
-
-
-class Stdio(FrozenRecord):
-    """File descriptors a container process is wired to, seen from the caller's side.
-
-    ``stdin`` None means the process reads /dev/null. With a terminal, output arrives on ``stdout`` only.
-    """
-
-    _fields = ("stdin", "stdout", "stderr")
-
-    def __init__(self, stdin: int | None, stdout: int, stderr: int):
-        self._init(stdin=stdin, stdout=stdout, stderr=stderr)
-
-
-class TermSize(Record):
-    _fields = ("rows", "cols")
-
-    def __init__(self, rows: int, cols: int):
-        self.rows, self.cols = rows, cols
-
-
-class ProcessHandle(Protocol):
-    """A running, attached container process (``run`` without ``-d``, ``start -a``, ``exec``)."""
-
-    container_id: str
-
-    def wait(self) -> int:
-        """Block until the process ends; return its exit code (128+signal when killed, like Docker)."""
-
-    def resize(self, size: TermSize) -> None:
-        """Tell the process's terminal its new window size (no-op without a terminal)."""
-
-    def signal(self, signum: int) -> None:
-        """Deliver a signal to the process (Ctrl-C forwarding without a terminal)."""
 
 
 class Features(FrozenRecord):

@@ -1,15 +1,15 @@
 """VMBackend: the same Engine, running in a QEMU guest, reached through the resident agent.
 
-Every Backend method is one agent call (:class:`runner.agent.client.AgentBackend`); this module only decides
+Every Backend method is one agent call (:class:`runner.backends.agent.AgentBackend`); this module only decides
 where the connection comes from, and does it in two speeds:
 
 - fast path (every call once the VM is up): connect to the machine's connection cache
-  (:mod:`runner.agent.mux`, a Unix socket), read the per-boot agent token from the machine's ``run.json`` and
+  (:mod:`runner.vm.muxctl`, a Unix socket), read the per-boot agent token from the machine's ``run.json`` and
   handshake. No paramiko import, no SSH handshake: a few milliseconds.
 - slow path (after anything in the fast path failed): start the machine if it is stopped (a start brings up
   the agent and the connection cache, see :meth:`runner.vm.machine.Machine.start`), start the cache if it is
   gone, and if the agent still does not answer, ship this runner's code and restart it
-  (:func:`runner.agent.ship.ensure_agent`: the machine ran an agent of another runner version), then take the
+  (:func:`runner.vm.ship.ensure_agent`: the machine ran an agent of another runner version), then take the
   fast path. Hosts without Unix sockets use a direct paramiko channel instead of the cache.
 
 Errors raised by the engine in the guest reach the caller as the very same RunnerError (class, message,
@@ -38,8 +38,10 @@ import json
 import sys
 from typing import Any
 
-from runner.agent.client import AgentBackend, AgentClient
-from runner.backends.base import Features, ProgressFn, Stdio, TermSize
+from runner.agent.client import AgentClient
+from runner.backends.agent import AgentBackend
+from runner.backends.base import Features
+from runner.stdio import ProgressFn, Stdio, TermSize
 from runner.errors import Conflict, NotFound, PlatformError, RunnerError, VMError
 
 GUEST_HOST_ADDRESS = "10.0.2.2"  # the host's loopback as seen from the guest (QEMU user-mode networking)
@@ -61,35 +63,35 @@ class VMBackend(AgentBackend):
 
     # -- connecting
     def _connect(self) -> AgentClient:
-        from runner.agent import mux
+        from runner.vm import muxctl
 
-        if mux.SUPPORTED:
+        if muxctl.SUPPORTED:
             try:
                 return self._via_mux()
             except (OSError, RunnerError):
                 pass  # no cache yet, a stale one, an agent of another version: the slow path repairs it
-        from runner.agent import ship
+        from runner.vm import ship
         from runner.vm.machine import Machine
 
         # A machine this boots comes up with our agent serving and, where supported, its connection cache.
         machine = Machine(self.machine_name).ensure_running()
-        if mux.SUPPORTED:
-            mux.start(self.machine_name, self.paths.dir)  # a no-op when one runs
+        if muxctl.SUPPORTED:
+            muxctl.start(self.machine_name, self.paths.dir)  # a no-op when one runs
             with contextlib.suppress(OSError, RunnerError):
                 return self._via_mux()
         # The machine ran already: its agent may be of another runner version (or, without a cache, unchecked).
         ship.ensure_agent(machine.ssh(), machine.agent_port)
-        if mux.SUPPORTED:
+        if muxctl.SUPPORTED:
             return self._via_mux()
         chan = machine.ssh().get_transport().open_channel(
             "direct-tcpip", ("127.0.0.1", machine.agent_port), ("127.0.0.1", 0))
         return AgentClient(chan, machine.agent_token, self._version(), where=self._where)
 
     def _via_mux(self) -> AgentClient:
-        from runner.agent import mux
+        from runner.vm import muxctl
 
         token = self._token()
-        return AgentClient(mux.connect(self.paths.dir), token, self._version(), where=self._where)
+        return AgentClient(muxctl.connect(self.paths.dir), token, self._version(), where=self._where)
 
     def _token(self) -> str:
         """This boot's agent token from run.json (written by the machine at start, 0600)."""
@@ -100,7 +102,7 @@ class VMBackend(AgentBackend):
 
     @staticmethod
     def _version() -> str:
-        from runner.agent.ship import local_version
+        from runner.vm.ship import local_version
 
         return local_version()
 
@@ -234,11 +236,10 @@ class VMBackend(AgentBackend):
     # -- registries on the host's loopback ----------------------------------------------------------------
     def pull(self, ref: str, platform: str | None = None, credentials: dict | None = None,
              progress: ProgressFn | None = None) -> dict:
-        return self._call("pull", progress, ref=ref, platform=platform, credentials=credentials,
-                          **_endpoints(ref))
+        return super().pull(ref, platform, credentials, progress, **_endpoints(ref))
 
     def push(self, ref: str, credentials: dict | None = None, progress: ProgressFn | None = None) -> str:
-        return self._call("push", progress, ref=ref, credentials=credentials, **_endpoints(ref))
+        return super().push(ref, credentials, progress, **_endpoints(ref))
 
 
 def _endpoints(ref: str) -> dict:

@@ -83,7 +83,7 @@ def _ready_seconds(machine: str) -> dict[str, float]:
 def in_process_run(machine: str = "default") -> float:
     """Wall seconds of one in-process `run --rm IMAGE true` through the agent: the call the CLI makes, without
     the CLI's own start (a new connection and handshake included)."""
-    from runner.backends.base import Stdio
+    from runner.stdio import Stdio
     from runner.backends.vm import VMBackend
     from runner.spec import ContainerSpec
 

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 
-from runner.backends.base import ProcessHandle, Stdio, TermSize
+from runner.stdio import ProcessHandle, Stdio, TermSize
 from runner.errors import UsageError
 
 TYPE_CHECKING = False  # annotations only: importing typing costs the start path ~6 ms

@@ -123,7 +123,7 @@ def logs(
     tail: Optional[int] = typer.Option(None, "-n", "--tail", help="only the last N chunks of output"),
 ):
     """Show a container's output (docker logs)."""
-    from runner.backends.base import Stdio
+    from runner.stdio import Stdio
     _backend().logs(container, Stdio(None, 1, 2), follow=follow, tail=tail)
 
 

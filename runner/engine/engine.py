@@ -16,8 +16,8 @@ import select
 import signal as signals
 import time
 
-from runner.backends.base import Stdio, TermSize
-from runner.engine import logs, network, shim
+from runner.stdio import Stdio, TermSize
+from runner.engine import DEFAULT_ROOT, logs, network, shim
 from runner.engine.state import CREATED, RUNNING, ContainerRecord, StateStore, now
 from runner.errors import Conflict, NotFound, PlatformError, UsageError
 from runner.spec import ContainerSpec, ExecSpec
@@ -26,7 +26,6 @@ TYPE_CHECKING = False  # annotations only: importing typing costs the start path
 if TYPE_CHECKING:
     from typing import IO
 
-DEFAULT_ROOT = "/var/lib/runner"
 DEFAULT_IMAGE = "localhost/busybox:latest"
 
 

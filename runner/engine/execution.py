@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 
-from runner.backends.base import Stdio, TermSize
+from runner.stdio import Stdio, TermSize
 from runner.engine import logs
 from runner.engine.shim import AttachedProcess, exit_code_of
 from runner.engine.state import ContainerRecord

@@ -20,6 +20,9 @@ import selectors
 import struct
 import threading
 import time
+
+from runner.stdio import write_all
+
 TYPE_CHECKING = False  # annotations only: importing typing costs the start path ~6 ms
 if TYPE_CHECKING:
     from typing import Callable, Iterator
@@ -66,13 +69,6 @@ def read_frames(path: str, follow: Callable[[], bool] | None = None,
                     continue
                 return
             time.sleep(poll)
-
-
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 def _copy_until_eof(src: int, dst: int) -> None:

@@ -57,13 +57,13 @@ import os
 import re
 
 from runner.engine import netlink
+from runner.engine import DEFAULT_ROOT
 from runner.engine.state import alive, now, proc_start_time, write_json_atomic
 from runner.errors import Conflict, ContainerStartError, NotFound, PlatformError, RunnerError, UsageError
-from runner.fsutil import flock
+from runner.procs import FileLock
 
 DEFAULT_NETWORK = "bridge"
 BUILTIN_MODES = ("none", "host")
-DEFAULT_ROOT = "/var/lib/runner"
 GLOBAL_LOCK = "/run/runner/network.lock"  # host-wide: subnet choice and bridges are shared by all roots
 PUBLISH_ADDRESS_ENV = "RUNNER_PUBLISH_ADDRESS"
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
@@ -221,7 +221,7 @@ def ports_text(bound: list[dict]) -> str:
 @contextlib.contextmanager
 def _flock(path: str):
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    with flock(path):
+    with FileLock(path):
         yield
 
 

@@ -45,7 +45,7 @@ import socket
 import struct
 import termios
 
-from runner.backends.base import Stdio, TermSize
+from runner.stdio import Stdio, TermSize
 from runner.engine import logs, network
 from runner.engine.state import EXITED, RUNNING, now, proc_start_time
 from runner.errors import ContainerStartError, RunnerError

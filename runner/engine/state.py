@@ -30,7 +30,8 @@ import os
 import time
 
 from runner.errors import Conflict, NotFound
-from runner.fsutil import flock, write_atomic
+from runner.procs import FileLock, alive, write_atomic
+from runner.procs import start_time as proc_start_time
 from runner.records import Record
 
 CREATED, RUNNING, EXITED = "created", "running", "exited"
@@ -50,27 +51,6 @@ def write_json_atomic(path: str, data: dict, mode: int = 0o600, durable: bool = 
     readers still never see half a file.
     """
     write_atomic(path, json.dumps(data, sort_keys=True).encode(), mode, durable)
-
-
-def proc_start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None if gone.
-
-    Together with the pid it names a process uniquely: a recycled pid has a different start time.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The command name (field 2) may contain spaces and parentheses; fields after the last ')' are safe.
-    rest = data[data.rfind(b")") + 2:].split()
-    if rest and rest[0] == b"Z":  # a zombie has exited already
-        return None
-    return int(rest[19]) if len(rest) > 19 else None
-
-
-def alive(pid: int | None, start_time: int | None) -> bool:
-    return bool(pid) and start_time is not None and proc_start_time(pid) == start_time
 
 
 class ContainerRecord(Record):
@@ -113,10 +93,10 @@ class StateStore:
         return os.path.join(self.root, cid)
 
     def global_lock(self):
-        return flock(os.path.join(self.root, ".lock"))
+        return FileLock(os.path.join(self.root, ".lock"))
 
     def lock(self, cid: str):
-        return flock(os.path.join(self.dir(cid), "lock"))
+        return FileLock(os.path.join(self.dir(cid), "lock"))
 
     def ids(self) -> list[str]:
         try:

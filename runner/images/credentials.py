@@ -26,7 +26,7 @@ import urllib.parse
 from pathlib import Path
 
 from runner.errors import RegistryError, UsageError
-from runner.fsutil import write_atomic
+from runner.procs import write_atomic
 from runner.images.reference import Reference
 
 _HELPER_PREFIX = "docker-credential-"

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from runner.errors import ImageError, RegistryError
-from runner.fsutil import write_atomic
+from runner.procs import write_atomic
 from runner.images import platform as platforms
 from runner.images.digest import validate_digest
 from runner.images.reference import Reference

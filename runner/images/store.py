@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import io
 import json
 import os
@@ -30,7 +29,7 @@ import stat
 import time
 
 from runner.errors import Conflict, ImageError, ImageNotFound, NotFound, UsageError
-from runner.fsutil import write_atomic
+from runner.procs import FileLock, write_atomic
 from runner.images.digest import sha256_digest, validate_digest
 from runner.images.reference import Reference
 from runner.records import FrozenRecord, Record
@@ -206,16 +205,12 @@ class Store:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict]:
         """Hold the index lock and yield the index; it is written back atomically on a normal exit."""
-        fd = os.open(os.path.join(self.root, "index.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with FileLock(os.path.join(self.root, "index.lock"), mode=0o644):
             index = self._read_index()
             before = json.dumps(index, sort_keys=True)
             yield index
             if json.dumps(index, sort_keys=True) != before:
                 _write_atomic(self._index, json.dumps(index, indent=1, sort_keys=True).encode() + b"\n")
-        finally:
-            os.close(fd)
 
     def _read_index(self) -> dict:
         """The index as last written (readers need no lock: it is only ever replaced by rename)."""

@@ -152,7 +152,7 @@ def _write_config_cpio(stream, payload: bytes, agent: tuple[str, dict[str, bytes
 
 
 def _add_agent_tree(cpio: CpioWriter, version: str, files: dict[str, bytes]) -> None:
-    """``runner/agent/<version>/<files>`` plus ``.complete``: the same tree ``runner.agent.ship`` unpacks
+    """``runner/agent/<version>/<files>`` plus ``.complete``: the same tree ``runner.vm.ship`` unpacks
     over SSH, so the agent finds its version the same way (its directory's name)."""
     if not re.fullmatch(r"[0-9a-f]{16}", version):
         raise ValueError(f"invalid agent version {version!r}")

@@ -19,7 +19,7 @@ sockets that give root in the guest)::
     data.qcow2      the persistent data disk (images and containers survive VM restarts)
     initrd.img      base initrd + this machine's guest config.json (per machine: it carries its keys)
     keys/           SSH client key and the guest host key (see runner.vm.keys)
-    agent.sock      the connection cache's Unix socket (runner.agent.mux; moved to a short temp path
+    agent.sock      the connection cache's Unix socket (runner.vm.muxctl; moved to a short temp path
                     when too long, like qmp.sock)
     agent-mux.pid   the connection cache's pid; agent-mux.lock: one cache per machine; agent-mux.log its log
     forwards.json   host port forwards of published container ports (runner.backends.vm), per boot
@@ -138,12 +138,6 @@ class MachinePaths(FrozenRecord):
             return sock
         digest = hashlib.sha256(os.fsencode(self.dir)).hexdigest()[:16]
         return short_socket_dir() / f"{digest}.qmp"
-
-    @property
-    def agent_socket(self) -> Path:
-        from runner.agent import mux
-
-        return mux.socket_path(self.dir)
 
     @property
     def agent_mux_pid(self) -> Path:

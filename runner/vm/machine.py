@@ -120,9 +120,9 @@ class Machine:
                 self._clean_runtime()
                 return False
             self._forget_ssh()
-            from runner.agent import mux  # the connection cache would only hold a dead SSH session
+            from runner.vm import muxctl  # the connection cache would only hold a dead SSH session
 
-            mux.stop(self.paths.dir)
+            muxctl.stop(self.paths.dir)
             steps: list[tuple[Callable[[Any], None], float]] = [
                 (lambda q: q.system_powerdown(), timeout), (lambda q: q.quit(), 5.0)]
             for action, wait_s in steps:
@@ -277,7 +277,7 @@ class Machine:
         use_snapshot = fast and snapshot.enabled(os_name)
         agent = None
         if use_snapshot:
-            from runner.agent import ship
+            from runner.vm import ship
 
             agent = ship.local_sources()
         initrd.combined_initrd(artifacts.initrd, {
@@ -425,19 +425,19 @@ class Machine:
             except TimeoutError as exc:
                 raise _NotYet(str(exc)) from exc
 
-        from runner.agent import mux
+        from runner.vm import muxctl
 
-        # The connection cache (runner.agent.mux) logs in once for every later CLI call and makes sure our agent
+        # The connection cache (runner.vm.muxctl) logs in once for every later CLI call and makes sure our agent
         # serves: a second SSH login here would cost another key exchange in the slow guest. Launched now when
         # the guest is still booting, so that its start overlaps the boot.
-        early_mux = mux.spawn(self.name, self.paths.dir) if mux.SUPPORTED and not self.guest_ready() else None
+        early_mux = muxctl.spawn(self.name, self.paths.dir) if muxctl.SUPPORTED and not self.guest_ready() else None
 
         def login() -> None:  # ssh.connect retries transient failures itself; its VMErrors are final
-            if mux.SUPPORTED:
+            if muxctl.SUPPORTED:
                 if early_mux is not None:
-                    mux.wait_started(early_mux, self.name, self.paths.dir)
+                    muxctl.wait_started(early_mux, self.name, self.paths.dir)
                 else:
-                    mux.start(self.name, self.paths.dir)
+                    muxctl.start(self.name, self.paths.dir)
                 return
             self._forget_ssh()
             client = ssh.connect(port, self._client_key(), self._host_key_line(), self.name,

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from runner.agent.client import AgentBackend, AgentClient
-from runner.agent.ship import local_version, package_root
-from runner.backends.base import Stdio, TermSize
+from runner.agent.client import AgentClient
+from runner.backends.agent import AgentBackend
 from runner.backends.native import NativeBackend
 from runner.errors import CommandNotFound, NotFound, RunnerError
+from runner.stdio import Stdio, TermSize
+from runner.vm.ship import local_version, package_root
 
 pytestmark = pytest.mark.root
 

@@ -19,11 +19,13 @@ import time
 import pytest
 
 from runner.agent import protocol as P
-from runner.agent.client import AgentBackend, AgentClient
+from runner.agent.client import AgentClient
+from runner.agent.protocol import collect_sources
 from runner.agent.server import Connection
-from runner.agent.ship import collect_sources, local_version, package_root, start_script, tarball
-from runner.backends.base import Stdio, TermSize
+from runner.backends.agent import AgentBackend
 from runner.errors import CommandNotFound, NotFound, RunnerError, UsageError, VMError
+from runner.stdio import Stdio, TermSize
+from runner.vm.ship import local_version, package_root, start_script, tarball
 
 TOKEN = "ab" * 32
 VERSION = "0123456789abcdef"
@@ -279,8 +281,8 @@ def test_every_backend_method_is_served():
 def test_version_is_a_hash_of_the_shipped_sources():
     files = collect_sources(package_root())
     assert "runner/engine/engine.py" in files and "runner/agent/server.py" in files
-    assert "runner/backends/base.py" in files and "runner/errors.py" in files
-    assert not any(f.startswith(("runner/cli/", "runner/vm/")) or f == "runner/backends/vm.py" for f in files)
+    assert "runner/stdio.py" in files and "runner/procs.py" in files and "runner/errors.py" in files
+    assert not any(f.startswith(("runner/cli/", "runner/vm/", "runner/backends/")) for f in files)
     assert P.version_of(files) == local_version()
     changed = dict(files)
     changed["runner/errors.py"] += b"\n"
@@ -522,7 +524,7 @@ def test_round_trip_inside_one_connection_is_fast(backend):
 
 def test_mux_relays_calls_and_streams_to_a_channel(engine):
     """The connection cache copies bytes between a local socket and an SSH channel, in both directions."""
-    from runner.agent import mux
+    from runner.vm import muxctl, muxd
 
     class Channel:  # what paramiko's direct-tcpip channel offers the relay
         def __init__(self, sock):
@@ -546,7 +548,7 @@ def test_mux_relays_calls_and_streams_to_a_channel(engine):
             return Channel(serve(engine)[0])
 
     ours, theirs = socket.socketpair()
-    threading.Thread(target=mux._relay, args=(theirs, Transport(), 7070), daemon=True).start()
+    threading.Thread(target=muxd._relay, args=(theirs, Transport(), 7070), daemon=True).start()
     backend = AgentBackend(lambda: AgentClient(ours, TOKEN, VERSION))
     stdio, in_w, out_r, err_r, lent = pipe_stdio(with_stdin=True)
     handle = backend.run({"image": "x"}, stdio)
@@ -561,8 +563,8 @@ def test_mux_relays_calls_and_streams_to_a_channel(engine):
 
 
 def test_mux_socket_path_stays_within_sun_path(tmp_path):
-    from runner.agent import mux
+    from runner.vm import muxctl, muxd
 
-    assert mux.socket_path(tmp_path) == tmp_path / "agent.sock"
+    assert muxctl.socket_path(tmp_path) == tmp_path / "agent.sock"
     long_dir = tmp_path / ("x" * 120)
-    assert len(str(mux.socket_path(long_dir))) <= 100
+    assert len(str(muxctl.socket_path(long_dir))) <= 100

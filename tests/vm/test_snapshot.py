@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from runner.agent import ship
+from runner.vm import ship
 from runner.vm import snapshot
 from runner.vm.machine import Machine
 

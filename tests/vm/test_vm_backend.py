@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from runner.backends.base import Stdio
 from runner.errors import CommandNotFound, NotFound
+from runner.stdio import Stdio
 
 pytestmark = pytest.mark.vm
 
@@ -26,8 +26,8 @@ def vm(tmp_path_factory, guest_image):
     state = tmp_path_factory.mktemp("vmstate")
     old = os.environ.get("RUNNER_VM_STATE_DIR")
     os.environ["RUNNER_VM_STATE_DIR"] = str(state)
-    from runner.agent import mux
     from runner.backends.vm import VMBackend
+    from runner.vm import muxctl
     from runner.vm.machine import Machine
 
     backend = VMBackend(MACHINE)
@@ -36,7 +36,7 @@ def vm(tmp_path_factory, guest_image):
     finally:
         backend.close()
         machine = Machine(MACHINE)
-        mux.stop(machine.paths.dir)
+        muxctl.stop(machine.paths.dir)
         machine.stop()
         if old is None:
             os.environ.pop("RUNNER_VM_STATE_DIR")
@@ -133,7 +133,9 @@ def test_qemu_sigkilled_mid_run_recovers_with_images_and_no_stale_forwards(vm):
     forwards = machine.paths.forwards
     assert json.loads(forwards.read_text())["forwards"][0]["container"] == cid
     assert stat.S_IMODE(forwards.stat().st_mode) == 0o600
-    for path in (machine.paths.qmp_socket, machine.paths.agent_socket):
+    from runner.vm import muxctl
+
+    for path in (machine.paths.qmp_socket, muxctl.socket_path(machine.paths.dir)):
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
     vm.close()
     pid = machine.status()["pid"]

@@ -17,21 +17,21 @@ Per boot (``ensure_agent``), with one SSH connection:
 
 Not SFTP: the guest's dropbear has no sftp-server, and stdin of the one exec we need anyway is cheaper.
 
-Standard library only at import time (paramiko objects are passed in), because the agent imports
-:func:`collect_sources` in the guest to compute its own version.
+Standard library only at import time (paramiko objects are passed in): every VM CLI call imports it for
+:func:`local_version`. The rule for what is shipped (:func:`runner.agent.protocol.collect_sources`) lives in
+the protocol, which both ends keep.
 """
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 from typing import Any
 
 from runner.agent import protocol as P
+from runner.engine import DEFAULT_ROOT as GUEST_ROOT  # the data disk: engine state, images, agent trees
 from runner.errors import VMError
 
-GUEST_ROOT = "/var/lib/runner"  # the data disk: engine state, images, and the shipped agent trees
 AGENT_BASE = f"{GUEST_ROOT}/agent"
 GUEST_CONFIG = "/runner/config.json"  # the per-boot config from the host; holds agent_token
 START_TIMEOUT = 120.0  # a first agent start under TCG: python3 plus the engine's imports, ~1-3 s here
@@ -44,24 +44,11 @@ def package_root() -> Path:
     return Path(__file__).resolve().parents[2]
 
 
-def collect_sources(root: Path) -> dict[str, bytes]:
-    """The shipped files under ``root`` (``relative/posix/path`` → contents); the same rule on both ends."""
-    files: dict[str, bytes] = {}
-    for dirpath, dirnames, filenames in os.walk(root / "runner"):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-        for name in filenames:
-            path = Path(dirpath) / name
-            rel = path.relative_to(root).as_posix()
-            if P.is_shipped(rel):
-                files[rel] = path.read_bytes()
-    return files
-
-
 def local_sources() -> tuple[str, dict[str, bytes]]:
     """This runner's protocol version and shipped files (read once per process)."""
     global _local
     if _local is None:
-        files = collect_sources(package_root())
+        files = P.collect_sources(package_root())
         _local = (P.version_of(files), files)
     return _local
 

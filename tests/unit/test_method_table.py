@@ -1,0 +1,53 @@
+"""The Engine, the Backend protocol and the agent's method table name the same methods with the same arguments.
+
+Why: the VM path is generated from the table (runner.backends.agent), so the table is what keeps the engine
+served in the guest; adding an engine method must fail here until the table has it too. The Engine is read
+with ``ast`` (not imported): it is Linux-only, and unit tests run on any OS.
+"""
+
+import ast
+import inspect
+from pathlib import Path
+
+from runner.agent import protocol as P
+from runner.backends.agent import AgentBackend
+from runner.backends.base import Backend
+
+ROOT = Path(__file__).resolve().parents[2]
+# Public Engine methods that are the engine's own plumbing (called by the shim or the store), not Backend calls.
+ENGINE_INTERNAL = {"runtime", "images_store", "bundle_dir", "log_path", "prepare_rootfs", "release_rootfs",
+                   "remove_container_files"}
+
+
+def _engine_methods() -> dict[str, list[str]]:
+    tree = ast.parse((ROOT / "runner/engine/engine.py").read_text())
+    engine = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Engine")
+    out = {}
+    for node in engine.body:
+        if isinstance(node, ast.FunctionDef) and not node.name.startswith("_") and node.name not in ENGINE_INTERNAL:
+            out[node.name] = [a.arg for a in node.args.args[1:] + node.args.kwonlyargs]
+    return out
+
+
+def _table() -> dict[str, list[str]]:
+    return {name: [p.name for p in m.params] for name, m in P.METHODS.items() if name not in P.AGENT_ONLY}
+
+
+def test_engine_and_table_have_the_same_methods_and_arguments():
+    assert _engine_methods() == _table()
+
+
+def test_backend_protocol_lists_the_tables_methods():
+    backend = {n for n, v in vars(Backend).items() if callable(v) and not n.startswith("_")}
+    assert backend == set(_table())
+    for name, params in _table().items():
+        declared = list(inspect.signature(getattr(Backend, name)).parameters)[1:]
+        # The Backend's arguments are the engine's, in order; the engine may take trailing ones only the VM
+        # backend passes (pull/push ``endpoints``).
+        assert params[:len(declared)] == declared, name
+
+
+def test_agent_backend_is_generated_for_every_method():
+    for name in _table():
+        assert getattr(AgentBackend, name).__name__ == name
+    assert not hasattr(AgentBackend, "ping")  # the agent's own method is not a Backend call
