@@ -31,8 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner.vm.image import IMAGE_VERSION
 from runner.vm.initrd import CpioWriter
+from vmimage.version import IMAGE_VERSION
 
 HERE = Path(__file__).resolve().parent
 RECIPE_FILES = ("build.py", "init", "poweroff")

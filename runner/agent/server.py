@@ -48,6 +48,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from runner import procs
 from runner.agent import protocol as P
 from runner.stdio import Stdio, TermSize, write_all
 from runner.errors import RunnerError, VMError
@@ -651,45 +652,29 @@ class RunDir:
         self.lock_file = os.path.join(path, "agent.lock")
         self.ready_marker = os.path.join(path, "ready")  # written by the guest's init once it said READY
 
-    def lock(self) -> int:
+    def lock(self) -> procs.FileLock:
         """Serialise starts: two hosts calls shipping at once must end with one agent, not two racing ones."""
-        import fcntl
-
         os.makedirs(self.path, mode=0o700, exist_ok=True)
-        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        return fd
+        return procs.FileLock(self.lock_file).acquire()
 
     def running_agent(self) -> dict | None:
         """The pid file's record if it names a live agent process (a recycled pid is not trusted)."""
         try:
             with open(self.pid_file) as f:
                 rec = json.load(f)
-            with open(f"/proc/{int(rec['pid'])}/cmdline", "rb") as f:
-                cmdline = f.read()
+            cmdline = procs.cmdline(int(rec["pid"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return rec if b"runner.agent.server" in cmdline else None
+        return rec if "runner.agent.server" in (cmdline or "") else None
 
     def write_pid(self, version: str, port: int) -> None:
-        tmp = f"{self.pid_file}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"pid": os.getpid(), "version": version, "port": port}, f)
-        os.replace(tmp, self.pid_file)
+        procs.write_atomic(self.pid_file, json.dumps({"pid": os.getpid(), "version": version, "port": port}),
+                           0o644, durable=False)
 
     def remove_pid(self) -> None:
         if (self.running_agent() or {}).get("pid") == os.getpid():
             with contextlib.suppress(OSError):
                 os.unlink(self.pid_file)
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs; a zombie counts as gone (the guest's init may reap it late)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _listen(port: int, patience: float = 10.0) -> socket.socket:
@@ -708,15 +693,12 @@ def _listen(port: int, patience: float = 10.0) -> socket.socket:
 
 def _stop_agent(pid: int, timeout: float = 5.0) -> None:
     """Stop an agent of another version: TERM, then KILL. Its containers live on in their shims."""
-    import time
-
     for sig in (signals.SIGTERM, signals.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, sig)
+        procs.kill(pid, sig)
         deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
+        while procs.running(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if not _alive(pid):
+        if not procs.running(pid):
             return
 
 
@@ -768,13 +750,13 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.port <= 65535:
         parser.error("--port must be 1-65535")
     run_dir = RunDir(args.run_dir)
-    ready_w = lock_fd = None
+    ready_w = lock = None
     try:
         token = BootToken(args.token_file,
                           lambda: bring_up_default_network(engine, args.root, run_dir.ready_marker))
         version = own_version()
         if args.daemon:
-            lock_fd = run_dir.lock()  # held (by the daemon too, after the fork) until it is ready
+            lock = run_dir.lock()  # held (by the daemon too, after the fork) until it is ready
             current = run_dir.running_agent()
             if current and current.get("version") == version and current.get("port") == args.port:
                 print(f"ready pid={current['pid']} version={version} (already running)")
@@ -814,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
     if ready_w is not None:
         os.write(ready_w, f"ready pid={os.getpid()} version={version}".encode())
         os.close(ready_w)
-        os.close(lock_fd)
+        lock.release()
 
     def terminate(*_: Any) -> None:
         # Leave at once: running containers belong to their shims, which outlive the agent.

@@ -130,10 +130,11 @@ class VMBackend(AgentBackend):
             return spec
         from runner.vm import shares
         from runner.vm.machine import Machine
+        from runner.vm.qemu_cmd import WINDOWS_HINT
 
         if sys.platform.startswith("win"):
             raise PlatformError("bind mounts (-v) are not supported by the VM backend on Windows hosts",
-                                hint=shares.WINDOWS_HINT)
+                                hint=WINDOWS_HINT)
         dirs = Machine(self.machine_name).shared_dirs()
         out = []
         for m in mounts:

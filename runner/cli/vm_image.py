@@ -21,7 +21,10 @@ def build(
     """Build the guest image into the cache (Linux, as root; other hosts use the release artifacts)."""
     from runner.vm import image
 
-    arch = arch or image.host_arch()
+    if not arch:
+        from runner.vm.accel import host_arch
+
+        arch = host_arch()
     art = image.build(arch, image.cache_dir(arch), force=force)
     print(f"{arch} guest image (kernel {art.kernel_version}) ready in {art.manifest.parent}")
 

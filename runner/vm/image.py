@@ -25,9 +25,8 @@ from pathlib import Path
 
 from runner.errors import PlatformError, VMError
 
-# Bump when the guest contract (init, config.json keys, layout, package set) changes: it names the cache dir
-# and the release asset, so hosts never mix artifacts of two contracts.
-IMAGE_VERSION = "1"
+from vmimage.version import IMAGE_VERSION  # the recipe owns its contract version (it ships beside runner/)
+
 ARCHES = ("x86_64", "aarch64")
 CACHE_ENV = "RUNNER_VMIMAGE_DIR"
 ROLES = ("kernel", "initrd", "rootfs")
@@ -44,12 +43,6 @@ class Artifacts:
     manifest: Path
     kernel_version: str
     cmdline: str
-
-
-def host_arch() -> str:
-    """The guest arch that runs natively on this host (QEMU's spelling)."""
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 def cache_dir(arch: str) -> Path:
@@ -183,7 +176,10 @@ def ensure(arch: str | None = None, build_if_missing: bool = True) -> Artifacts:
     Verification happens on every call, before QEMU is started: it costs a few hundred ms of hashing,
     far less than debugging a guest booted from a truncated kernel.
     """
-    arch = arch or host_arch()
+    if not arch:
+        from runner.vm.accel import host_arch
+
+        arch = host_arch()
     directory = cache_dir(arch)
     can_build = build_if_missing and platform.system() == "Linux"
     try:

@@ -29,6 +29,9 @@ NATIVE_ACCEL = {"linux": "kvm", "darwin": "hvf", "windows": "whpx"}
 SSH_GUEST_PORT = 22
 READY_PORT_NAME = "org.runner.ready"
 CONTROL_PORT_NAME = "org.runner.control"
+WINDOWS_HINT = ("QEMU for Windows cannot share host folders with the VM: run runner inside WSL 2 (native "
+                "Linux containers, where -v works), or use a volume-free workflow (COPY files into the image, "
+                "or pipe them in with -i)")
 DATA_DISK_SERIAL = "runner-data"
 ROOT_DISK_SERIAL = "runner-root"
 NETDEV_ID = "net0"
@@ -193,7 +196,6 @@ def build_argv(config: MachineConfig, host_os: str, host_arch: str, guest_arch: 
             raise PlatformError(f"{accel} cannot run a {guest} guest on a {normalize_arch(host_arch)} host",
                                 hint="use RUNNER_ACCEL=tcg (slow) or a guest of the host's architecture")
     if boot.shares and host_os == "windows":
-        from runner.vm.shares import WINDOWS_HINT
         raise PlatformError("sharing host directories with the VM is not supported on Windows hosts",
                             hint=WINDOWS_HINT)
 

@@ -25,22 +25,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import tempfile
 from typing import Iterable, Sequence
 
+from runner.engine import DEFAULT_ROOT
 from runner.errors import UsageError
 from runner.vm.qemu_cmd import Share
 
 MOUNT_OPTIONS = "trans=virtio,version=9p2000.L,msize=512000,cache=mmap"
-WINDOWS_HINT = ("QEMU for Windows cannot share host folders with the VM: run runner inside WSL 2 (native "
-                "Linux containers, where -v works), or use a volume-free workflow (COPY files into the image, "
-                "or pipe them in with -i)")
-
 
 # Guest directories a share must not be, be under, or contain (the guest's own system and runner's state).
 GUEST_RESERVED = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/root", "/run", "/sbin",
-                  "/sys", "/usr", "/var/lib/runner", "/runner")
+                  "/sys", "/usr", DEFAULT_ROOT, "/runner")
 
 
 def reserved_reason(path: str) -> str | None:
@@ -51,15 +47,12 @@ def reserved_reason(path: str) -> str | None:
     return None
 
 
-def host_os() -> str:
-    if sys.platform.startswith("win"):
-        return "windows"
-    return "darwin" if sys.platform == "darwin" else "linux"
-
-
 def default_dirs(os_name: str | None = None) -> list[str]:
     """The directories a machine shares when the user named none."""
-    os_name = os_name or host_os()
+    if os_name is None:
+        from runner.vm.accel import host_os
+
+        os_name = host_os()
     if os_name == "windows":
         return []
     dirs = [os.path.expanduser("~"), tempfile.gettempdir()]
