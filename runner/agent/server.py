@@ -125,8 +125,9 @@ class LazyEngine:
     engine's root (the snapshot point): building it then would create its state directories on the tmpfs the
     mount hides. The imports, the slow part under TCG, are done at start (see :data:`WARM_IMPORTS`)."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, publish_address: str | None = None):
         self._root = root
+        self._publish_address = publish_address
         self._engine: Any = None
         self._lock = threading.Lock()
 
@@ -136,7 +137,7 @@ class LazyEngine:
                 if self._engine is None:
                     from runner.engine.engine import Engine
 
-                    self._engine = Engine(self._root)
+                    self._engine = Engine(self._root, publish_address=self._publish_address)
         return getattr(self._engine, name)
 
 
@@ -148,16 +149,15 @@ WARM_IMPORTS = ("runner.engine.engine", "runner.engine.shim", "runner.engine.net
                 "runner.images.rootfs", "runner.images.reference")
 
 
+GUEST_PUBLISH = "0.0.0.0"  # the guest's proxies listen where QEMU's host forwards arrive (runner.engine.network)
+
+
 def _guest_environment(root: str) -> None:
-    """The VM agent's settings (``--guest``): the engine's port proxies listen on the guest's 0.0.0.0, where
-    QEMU's host forwards arrive (runner.engine.network); temp files stay on the data disk, because the
-    guest's /tmp may be the host's /tmp shared over 9p (runner.vm.shares); the engine's modules are imported
-    now."""
+    """The VM agent's settings (``--guest``): temp files stay on the data disk, because the guest's /tmp may be
+    the host's /tmp shared over 9p (runner.vm.shares); the engine's modules are imported now. (Its port
+    proxies listen on the guest's 0.0.0.0, where QEMU's host forwards arrive: see :data:`GUEST_PUBLISH`.)"""
     import importlib
 
-    from runner.engine.network import PUBLISH_ADDRESS_ENV
-
-    os.environ[PUBLISH_ADDRESS_ENV] = "0.0.0.0"
     os.environ["TMPDIR"] = os.path.join(root, "tmp")
     for name in WARM_IMPORTS:
         importlib.import_module(name)
@@ -779,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s agent[%(process)d] %(levelname)s %(message)s")
         if args.guest:  # after the fork: the starter need not pay for the imports
             _guest_environment(args.root)
-        engine = LazyEngine(args.root)
+        engine = LazyEngine(args.root, GUEST_PUBLISH if args.guest else None)
         if args.guest:
             bring_up_default_network(engine, args.root, run_dir.ready_marker)
         if args.daemon:

@@ -50,7 +50,9 @@ def parse_signal(name: str | int) -> int:
 class Engine:
     """Containers and images under one state root (``/var/lib/runner`` by default, ``$RUNNER_ROOT``)."""
 
-    def __init__(self, root: str | None = None, runtime=None):
+    def __init__(self, root: str | None = None, runtime=None, publish_address: str | None = None):
+        """``publish_address``: where published ports' proxies listen instead of the address the user asked
+        for (the VM agent's ``0.0.0.0``, where QEMU's host forwards arrive); reports keep the user's."""
         if os.name != "posix" or not os.path.exists("/proc/self/ns"):
             raise PlatformError("containers need a Linux kernel",
                                 hint="on macOS and Windows use the VM backend: runner --backend vm ...")
@@ -61,6 +63,7 @@ class Engine:
             raise PlatformError(f"cannot write the state directory {self.root}",
                                 hint="run runner as root (sudo), or set RUNNER_ROOT") from None
         self.state = StateStore(self.root)
+        self.publish_address = publish_address
         self._runtime = runtime
         self._store = None
 

@@ -40,9 +40,9 @@ VM backend: the guest runs this very engine, so everything above happens inside 
 host side reads ``Engine.inspect(ref)["NetworkSettings"]["Ports"]`` (Docker's shape:
 ``{"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}``, filled once the container runs) and adds
 ``hostfwd_add`` host ``HostIp:HostPort`` → guest ``:HostPort`` for each entry (``udp`` for ``/udp`` keys),
-removing them when the container exits. The agent sets ``RUNNER_PUBLISH_ADDRESS=0.0.0.0`` in its
-environment so that the guest-side proxy listens where QEMU's forwards arrive; what ``inspect`` reports
-stays the address the user asked for on the host.
+removing them when the container exits. The agent builds its Engine with ``publish_address="0.0.0.0"`` so
+that the guest-side proxy listens where QEMU's forwards arrive; what ``inspect`` reports stays the address
+the user asked for on the host.
 
 Standard library only (runs in the guest too); ``nft`` or ``iptables`` for the NAT rules, run once per
 network change, never per container.
@@ -65,7 +65,6 @@ from runner.procs import FileLock
 DEFAULT_NETWORK = "bridge"
 BUILTIN_MODES = ("none", "host")
 GLOBAL_LOCK = "/run/runner/network.lock"  # host-wide: subnet choice and bridges are shared by all roots
-PUBLISH_ADDRESS_ENV = "RUNNER_PUBLISH_ADDRESS"
 _NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
 HOSTS_BASE = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
@@ -600,7 +599,7 @@ class BridgeAttachment(Attachment):
 
     def attach(self, network: str, ports: list[dict]) -> None:
         from runner.engine import portproxy
-        bind_override = os.environ.get(PUBLISH_ADDRESS_ENV) or None
+        bind_override = self.networks.engine.publish_address
         # Ports first: a port in use must fail the start before any veth, lease or rule exists.
         self.proxy = portproxy.PortProxy(ports, bind_override)
         record = self.networks.ensure(network)
