@@ -82,9 +82,20 @@ def choose(flag: str | None, env: dict | None = None, platform: str = sys.platfo
     return Choice(platform_default(platform), f"default on {platform}")
 
 
-def make_backend(choice: Choice, machine: str = "default"):
+def features(backend: str):
+    """What the named backend can do (:class:`runner.backends.base.Features`), without building it: for
+    callers that plan around a backend they run through the CLI (the benchmark)."""
+    if backend == "native":
+        from runner.backends.native import NativeBackend
+        return NativeBackend.features
+    from runner.backends.vm import VMBackend
+    return VMBackend.features
+
+
+def make_backend(choice: Choice, machine: str = "default", warn=None):
+    """``warn``: the CLI's callback for warnings from below (a machine that could not resume, ...)."""
     if choice.backend == "native":
         from runner.backends.native import NativeBackend
         return NativeBackend()
     from runner.backends.vm import VMBackend
-    return VMBackend(machine)
+    return VMBackend(machine, warn)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from runner.agent.client import AgentClient
 from runner.backends.agent import AgentBackend
@@ -54,10 +54,11 @@ class VMBackend(AgentBackend):
     # QEMU host forwards added by this class; host networking means the VM's network.
     features = Features(bind_mounts=not sys.platform.startswith("win"), host_network=True, published_ports=True)
 
-    def __init__(self, machine_name: str = "default"):
+    def __init__(self, machine_name: str = "default", warn: Callable[[str], None] | None = None):
         from runner.vm.layout import MachinePaths
 
         self.machine_name = machine_name
+        self.warn = warn
         self.paths = MachinePaths.for_name(machine_name)
         super().__init__(self._connect)
 
@@ -74,7 +75,7 @@ class VMBackend(AgentBackend):
         from runner.vm.machine import Machine
 
         # A machine this boots comes up with our agent serving and, where supported, its connection cache.
-        machine = Machine(self.machine_name).ensure_running()
+        machine = Machine(self.machine_name, warn=self.warn).ensure_running()
         if muxctl.SUPPORTED:
             muxctl.start(self.machine_name, self.paths.dir)  # a no-op when one runs
             with contextlib.suppress(OSError, RunnerError):

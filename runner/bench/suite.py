@@ -377,6 +377,10 @@ class Suite:
                         contenders[backend] = made
                     continue
                 bind_dir = None
+                if workload.bind and (note := _feature_note(backend, "bind_mounts")):
+                    wr.measurements[backend] = Measurement.unavailable(note.lstrip("; "))
+                    self.say(f"{label}{backend}: unavailable: {note.lstrip('; ')}")
+                    continue
                 if workload.bind:
                     # Under the system temp dir: a VM machine shares it with the guest by default.
                     bind_dir = tempfile.mkdtemp(prefix="runner-bench-bind-")
@@ -438,11 +442,8 @@ def _fetch(port: int, timeout: float) -> int:
 def _feature_note(backend: str, feature: str) -> str:
     """`` (the vm backend declares published_ports=False)`` when the backend says it cannot, else ''."""
     try:
-        if backend == "vm":
-            from runner.backends.vm import VMBackend as cls
-        else:
-            from runner.backends.native import NativeBackend as cls
-        value = getattr(cls.features, feature)
+        from runner.backends.select import features
+        value = getattr(features(backend), feature)
     except Exception:  # noqa: BLE001 - only a hint
         return ""
     return "" if value else f"; the {backend} backend declares {feature}=False"

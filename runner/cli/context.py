@@ -25,7 +25,7 @@ class Globals:
     def backend(self):
         if self._backend is None:
             from runner.backends.select import make_backend
-            self._backend = make_backend(self.choice, self.machine)
+            self._backend = make_backend(self.choice, self.machine, warn)
         return self._backend
 
 
@@ -34,6 +34,12 @@ STATE = Globals()
 
 def backend():
     return STATE.backend
+
+
+def warn(message: str) -> None:
+    """What lower layers report without failing (their ``warn`` callback): ``warning: <what>`` on stderr."""
+    import sys
+    sys.stderr.write(f"warning: {message}\n")
 
 
 def print_error(exc) -> None:

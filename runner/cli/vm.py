@@ -23,10 +23,10 @@ NAME_HELP = "machine name (default: the global --machine, i.e. 'default')"
 
 
 def _machine(name: str | None):
-    from runner.cli.context import STATE
+    from runner.cli.context import STATE, warn
     from runner.vm.machine import Machine
 
-    return Machine(name or STATE.machine)
+    return Machine(name or STATE.machine, warn=warn)
 
 
 def _memory(text: str | None) -> int | None:
@@ -116,7 +116,7 @@ def _interactive(machine) -> int:
     if binary is None:
         return vm_ssh.interactive_shell(machine.ssh())
     port = machine.status()["ssh_port"]
-    client_key, host_key = machine._keys()
+    client_key, host_key = machine.keys()
     layout.write_private(machine.paths.known_hosts, f"[127.0.0.1]:{port} {host_key.public}\n")
     argv = [binary, "-q", "-p", str(port), "-i", str(client_key.private_path),
             "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={machine.paths.known_hosts}",

@@ -429,9 +429,6 @@ class RouteSocket:
     def set_up(self, name: str) -> None:
         self.request(setlink_request(name, up=True), f"set link {name} up")
 
-    def set_master(self, name: str, master: str) -> None:
-        self.request(setlink_request(name, master=self.ifindex(master)), f"set the master of {name} to {master}")
-
     def delete_link(self, name: str) -> None:
         self.request(dellink_request(name), f"delete link {name}")
 

@@ -155,10 +155,6 @@ class Authenticator:
     def __repr__(self) -> str:  # never show credentials
         return f"Authenticator({self.registry!r}, anonymous={self._credentials is None})"
 
-    @property
-    def has_credentials(self) -> bool:
-        return self._credentials is not None
-
     def remember(self, header: str | None) -> Challenge | None:
         """Record the challenge a 401 reply offered; prefer Bearer over Basic like Docker does."""
         challenges = parse_challenges(header or "")

@@ -120,12 +120,12 @@ def choose(guest_arch: str, probe: Probe, *, qemu_version: str, cache_path: Path
     """Pick the accelerator for ``guest_arch``: the override, else the first candidate whose probe passed.
 
     ``probe`` boots the guest with one accelerator and returns its Verdict; it is only called on a cache
-    miss. ``warn`` receives the one-line TCG warning (stderr by default).
+    miss. ``warn`` receives the one-line TCG warning (the CLI prints it; dropped without a callback).
     """
     env = os.environ if env is None else env
     os_name = os_name or host_os()
     arch = arch or host_arch()
-    warn = warn or (lambda line: print(line, file=sys.stderr))
+    warn = warn or (lambda line: None)
     forced = env.get(ACCEL_ENV, "").strip().lower()
     if forced:
         if forced not in ACCELS:
@@ -151,7 +151,7 @@ def choose(guest_arch: str, probe: Probe, *, qemu_version: str, cache_path: Path
             reason = verdict.reason
         reasons.append(f"{accel}: {reason}")
     why = "; ".join(reasons) or f"no hardware accelerator runs {normalize_arch(guest_arch)} guests on this host"
-    warn(f"warning: no hardware acceleration ({why}); the VM runs under TCG emulation and will be slow")
+    warn(f"no hardware acceleration ({why}); the VM runs under TCG emulation and will be slow")
     return Choice("tcg", why)
 
 

@@ -248,9 +248,14 @@ def build_argv(config: MachineConfig, host_os: str, host_arch: str, guest_arch: 
     for i, share in enumerate(boot.shares):
         argv += ["-virtfs", _virtfs_value(share, i, boot.host_is_root)]
     if boot.incoming:
-        # Load the saved state instead of booting; QEMU runs the guest on as soon as it is loaded.
-        argv += ["-incoming", boot.incoming]
+        argv += incoming_args(boot.incoming)
     return argv
+
+
+def incoming_args(uri: str) -> list[str]:
+    """Load the saved state instead of booting; QEMU runs the guest on as soon as it is loaded. Always last
+    in the argv: the snapshot key is the hash of the argv without it (runner.vm.boot)."""
+    return ["-incoming", uri]
 
 
 def machine_type(accel: str, guest: str) -> str:

@@ -65,6 +65,28 @@ def wait_for_banner(port: int, deadline: float, host: str = HOST) -> str:
         delay = min(delay * 2, 0.5)
 
 
+# Connected SSH clients of this process, keyed by machine dir and the QEMU process identity (pid and start
+# time), so a restarted machine never reuses a session to its previous boot.
+_SESSIONS: dict[tuple[str, int, str], Any] = {}
+
+
+def cached_session(key: tuple[str, int, str]) -> Any:
+    """The live client remembered under ``key``, else None."""
+    client = _SESSIONS.get(key)
+    transport = client.get_transport() if client is not None else None
+    return client if transport is not None and transport.is_active() else None
+
+
+def remember_session(key: tuple[str, int, str], client: Any) -> None:
+    _SESSIONS[key] = client
+
+
+def forget_sessions(machine_dir: str) -> None:
+    """Close every session of this process to the machine in ``machine_dir`` (any boot)."""
+    for key in [k for k in _SESSIONS if k[0] == machine_dir]:
+        _SESSIONS.pop(key).close()
+
+
 def connect(port: int, client_key: Path, pinned_host_key: str, machine: str, timeout: float = 30.0,
             host: str = HOST) -> Any:
     """A connected, authenticated ``paramiko.SSHClient`` to the guest, or VMError naming what failed."""
@@ -142,51 +164,6 @@ def _drain(recv: Any, sink: list[bytes]) -> None:
         if not chunk:
             return
         sink.append(chunk)
-
-
-def put_tree(client: Any, local_dir: str | os.PathLike, remote_dir: str, timeout: float | None = 300.0) -> int:
-    """Copy a local directory tree into the guest (modes and symlinks kept, owned by root); return the number
-    of files and symlinks sent.
-
-    A tar stream into ``tar -x`` over one exec channel rather than SFTP: dropbear has no SFTP server of its
-    own (it needs OpenSSH's sftp-server in the guest), and one stream avoids a round trip per file, which
-    under TCG costs more than the bytes.
-    """
-    import shlex
-    import tarfile
-
-    local = Path(local_dir)
-    if not local.is_dir():
-        raise VMError(f"cannot copy {local} into the guest: not a directory")
-    members = 0
-
-    def as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        nonlocal members
-        info.uid = info.gid = 0
-        info.uname = info.gname = "root"
-        members += not info.isdir()
-        return info
-
-    dest = shlex.quote(remote_dir)
-    chan = client.get_transport().open_session(timeout=timeout)
-    try:
-        chan.settimeout(timeout)
-        chan.exec_command(f"mkdir -p -- {dest} && tar -x -f - -C {dest}")
-        with chan.makefile("wb") as stream, tarfile.open(fileobj=stream, mode="w|") as tar:
-            tar.add(str(local), arcname=".", filter=as_root)
-        chan.shutdown_write()
-        err_chunks: list[bytes] = []
-        _drain(chan.recv_stderr, err_chunks)
-        code = chan.recv_exit_status()
-    except (socket.timeout, OSError) as exc:
-        raise VMError(f"copying {local} into the guest at {remote_dir} failed: {exc}") from exc
-    finally:
-        chan.close()
-    if code != 0:
-        detail = b"".join(err_chunks).decode(errors="replace").strip().splitlines()
-        raise VMError(f"copying {local} into the guest at {remote_dir} failed: "
-                      f"{detail[-1] if detail else f'tar exited with {code}'}")
-    return members
 
 
 def interactive_shell(client: Any) -> int:

@@ -74,19 +74,6 @@ def test_start_status_ssh(machine):
     assert machine.ssh() is machine.ssh()  # cached per process
 
 
-def test_put_tree(machine, tmp_path):
-    (tmp_path / "pkg" / "sub").mkdir(parents=True)
-    (tmp_path / "pkg" / "sub" / "mod.py").write_text("print('hi')\n")
-    tool = tmp_path / "pkg" / "tool.sh"
-    tool.write_text("#!/bin/sh\necho tool\n")
-    tool.chmod(0o755)
-    (tmp_path / "pkg" / "link").symlink_to("tool.sh")
-    assert machine.put_tree(tmp_path / "pkg", "/tmp/pkg") == 3
-    code, out, err = machine.run("cat /tmp/pkg/sub/mod.py && /tmp/pkg/link && readlink /tmp/pkg/link && "
-                                 "stat -c %u /tmp/pkg/tool.sh")
-    assert (code, out) == (0, b"print('hi')\ntool\ntool.sh\n0\n"), err
-
-
 def test_private_files(machine):
     assert stat.S_IMODE(machine.paths.qmp_socket.stat().st_mode) == 0o600
     for key in machine.paths.keys_dir.iterdir():
