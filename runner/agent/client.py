@@ -324,7 +324,7 @@ def _checked_result(method: str, result: Any) -> Any:
 
 
 class RemoteProcess:
-    """The :class:`runner.backends.base.ProcessHandle` of an attached container in the guest.
+    """The :class:`runner.stdio.ProcessHandle` of an attached container in the guest.
 
     A pump thread writes the container's output to the local fds as it arrives, until EXIT; a stdin thread
     sends what the local stdin fd yields and, at its end, EOF (the half-close). ``wait`` only waits, so a

@@ -36,6 +36,10 @@ from runner.errors import RunnerError, VMError
 START_TIMEOUT = 60.0
 _SUN_PATH_MAX = 100  # sizeof(sun_path) is 104 on macOS, 108 on Linux
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: subprocess is imported where a mux is started, not by every VM call
+    import subprocess
+
 SUPPORTED = hasattr(socket, "AF_UNIX") and os.name == "posix"
 
 

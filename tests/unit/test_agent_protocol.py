@@ -524,7 +524,7 @@ def test_round_trip_inside_one_connection_is_fast(backend):
 
 def test_mux_relays_calls_and_streams_to_a_channel(engine):
     """The connection cache copies bytes between a local socket and an SSH channel, in both directions."""
-    from runner.vm import muxctl, muxd
+    from runner.vm import muxd
 
     class Channel:  # what paramiko's direct-tcpip channel offers the relay
         def __init__(self, sock):
@@ -563,7 +563,7 @@ def test_mux_relays_calls_and_streams_to_a_channel(engine):
 
 
 def test_mux_socket_path_stays_within_sun_path(tmp_path):
-    from runner.vm import muxctl, muxd
+    from runner.vm import muxctl
 
     assert muxctl.socket_path(tmp_path) == tmp_path / "agent.sock"
     long_dir = tmp_path / ("x" * 120)

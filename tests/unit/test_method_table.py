@@ -51,3 +51,40 @@ def test_agent_backend_is_generated_for_every_method():
     for name in _table():
         assert getattr(AgentBackend, name).__name__ == name
     assert not hasattr(AgentBackend, "ping")  # the agent's own method is not a Backend call
+
+
+class _RecordingClient:
+    def __init__(self):
+        self.calls = []
+
+    def call(self, method, args=None, progress=None):
+        self.calls.append((method, args, progress))
+        return {"ps": [], "stop": "c1", "run": "c1", "pull": {}}[method]
+
+
+def test_generated_methods_bind_like_python_and_send_only_given_arguments():
+    import pytest
+
+    client = _RecordingClient()
+    backend = AgentBackend(lambda: client)
+    events = []
+    assert backend.stop("c1") == "c1"
+    assert backend.stop("c1", timeout=3) == "c1"
+    backend.ps(True)
+    backend.run({"image": "x"}, None)
+    backend.pull("alpine", progress=events.append, endpoints={"a": "b"})
+    assert client.calls == [
+        ("stop", {"ref": "c1"}, None),  # the engine's default timeout applies: it is not sent
+        ("stop", {"ref": "c1", "timeout": 3}, None),
+        ("ps", {"all": True}, None),
+        ("run", {"spec": {"image": "x"}}, None),  # stdio None: detached, a plain call
+        ("pull", {"ref": "alpine", "endpoints": {"a": "b"}}, events.append),
+    ]
+    with pytest.raises(TypeError, match="missing required argument 'ref'"):
+        backend.stop()
+    with pytest.raises(TypeError, match="multiple values"):
+        backend.stop("c1", ref="c2")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        backend.ps(bogus=1)
+    with pytest.raises(TypeError, match="takes 2 arguments"):
+        backend.stop("c1", 3, 4)
