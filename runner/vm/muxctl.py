@@ -30,7 +30,6 @@ import socket
 import sys
 from pathlib import Path
 
-from runner import procs
 from runner.errors import RunnerError, VMError
 
 START_TIMEOUT = 60.0
@@ -115,6 +114,8 @@ def stop(machine_dir: Path) -> bool:
         pid = int(pid_path(machine_dir).read_text())
     except (OSError, ValueError):
         return False
+    from runner import procs
+
     if "runner.vm.muxd" not in (procs.cmdline(pid) or ""):
         return False  # a recycled pid: never signal a process we cannot prove is ours
     with contextlib.suppress(ProcessLookupError):

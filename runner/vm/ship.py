@@ -29,10 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from runner.agent import protocol as P
-from runner.engine import DEFAULT_ROOT as GUEST_ROOT  # the data disk: engine state, images, agent trees
 from runner.errors import VMError
 
-AGENT_BASE = f"{GUEST_ROOT}/agent"
 GUEST_CONFIG = "/runner/config.json"  # the per-boot config from the host; holds agent_token
 START_TIMEOUT = 120.0  # a first agent start under TCG: python3 plus the engine's imports, ~1-3 s here
 
@@ -101,8 +99,13 @@ def running_version(transport: Any, port: int, timeout: float = 10.0) -> str | N
 
 def start_script(version: str, port: int) -> str:
     """The one shell command that installs the tree from stdin (unless present) and starts the agent."""
-    d = shlex.quote(f"{AGENT_BASE}/{version}")
-    base = shlex.quote(AGENT_BASE)
+    # The guest's engine root is its data disk: engine state, images, and the shipped agent trees. (Imported
+    # here: every VM CLI call imports this module, only the slow path starts an agent.)
+    from runner.engine import DEFAULT_ROOT as guest_root
+
+    agent_base = f"{guest_root}/agent"
+    d = shlex.quote(f"{agent_base}/{version}")
+    base = shlex.quote(agent_base)
     return "\n".join([
         "set -e",
         "umask 077",
@@ -118,7 +121,7 @@ def start_script(version: str, port: int) -> str:
         f"for old in {base}/* {base}/.unpack.*; do [ \"$old\" = {d} ] || rm -rf \"$old\"; done",
         f"cd {d}",
         f"exec python3 -m runner.agent.server --guest --port {int(port)} --token-file {shlex.quote(GUEST_CONFIG)} "
-        f"--root {shlex.quote(GUEST_ROOT)} --daemon",
+        f"--root {shlex.quote(guest_root)} --daemon",
     ])
 
 
