@@ -140,9 +140,9 @@ def _save_stamps(directory: Path, paths: dict, arts: dict) -> None:
     try:
         new = {p.name: _identity(p, arts[role]["sha256"]) for role, p in paths.items() if p is not None}
         if new != _load_stamps(directory):
-            tmp = directory / f"{STAMPS}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(new))
-            os.replace(tmp, directory / STAMPS)
+            from runner import procs
+
+            procs.write_atomic(directory / STAMPS, json.dumps(new), 0o644, durable=False)
     except OSError:
         pass
 

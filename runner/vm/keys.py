@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner import procs
+
 CLIENT_KEY = "client_ed25519"
 HOST_KEY = "host_ed25519"
 
@@ -60,11 +62,7 @@ def generate(private_path: str | os.PathLike, comment: str) -> KeyPair:
                                            serialization.PublicFormat.OpenSSH).decode() + f" {comment}"
     path = Path(private_path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    os.replace(tmp, path)
+    procs.write_atomic(path, pem, 0o600)
     path.with_name(path.name + ".pub").write_text(public + "\n")
     return KeyPair(private_path=path, public=public, fingerprint=fingerprint(public))
 

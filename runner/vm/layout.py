@@ -183,19 +183,7 @@ def ensure_private_dir(path: Path) -> Path:
 
 def write_private(path: Path, data: str | bytes) -> None:
     """Atomically write a 0600 file (temp file in the same dir, fsync, rename), so readers see old or new."""
-    import tempfile  # here: every CLI call imports this module, few write a file
+    from runner import procs  # here: every CLI call imports this module, few write a file
 
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        if os.name == "posix":
-            os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    procs.write_atomic(path, data, 0o600)
 
