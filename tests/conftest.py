@@ -28,8 +28,9 @@ def guest_image():
 
     from runner.errors import PlatformError, VMError
     from runner.vm import image
+    from runner.vm.accel import host_arch
 
-    arch = image.host_arch()
+    arch = host_arch()
     try:
         return image.ensure(arch, build_if_missing=platform.system() == "Linux")
     except (PlatformError, VMError) as exc:

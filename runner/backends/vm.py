@@ -326,10 +326,10 @@ class _Forwards:
 
     @contextlib.contextmanager
     def _locked(self):
-        from runner.vm.machine import _FileLock
+        from runner.procs import FileLock
 
-        with _FileLock(self.paths.forwards_lock, 60.0, f"the port forwards of machine {self.machine_name!r} "
-                                                       f"are busy ({self.paths.forwards_lock})"):
+        with FileLock(self.paths.forwards_lock, 60.0, f"the port forwards of machine {self.machine_name!r} "
+                                                      f"are busy ({self.paths.forwards_lock})", error=VMError):
             yield
 
     def table(self) -> dict:
