@@ -18,6 +18,10 @@ import time
 
 from runner.errors import RunnerError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: subprocess is imported where a process is started
+    import subprocess
+
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)  # Windows has none (and no fork that could leak the fd)
 
 
@@ -120,6 +124,22 @@ def kill(pid: int, signum: int | None = None) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def spawn_detached(argv: list[str], log_path: str | os.PathLike, umask: int | None = None) -> "subprocess.Popen":
+    """Start ``argv`` so that it outlives the caller and its terminal's signals (its own session on Unix, a
+    detached process group on Windows); stdin is /dev/null, stdout and stderr go to ``log_path`` (truncated,
+    0600). The caller keeps the Popen to reap the child if it dies while the caller still runs."""
+    import subprocess
+
+    kwargs: dict = {}
+    if os.name == "posix":
+        kwargs.update(start_new_session=True, umask=-1 if umask is None else umask)
+    else:
+        kwargs.update(creationflags=subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _CLOEXEC, 0o600)
+    with os.fdopen(log_fd, "wb") as log:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------- files

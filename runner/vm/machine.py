@@ -332,20 +332,12 @@ class Machine:
             layout.ensure_private_dir(Path(boot.qmp).parent)
         for stale in (self.paths.serial_log, self.paths.ready_log):
             stale.unlink(missing_ok=True)
-        kwargs: dict[str, Any] = {}
-        if os.name == "posix":
-            # Own session: QEMU survives the CLI and its terminal's signals. umask 077: the QMP socket, the
-            # logs and the readiness file QEMU creates are the user's alone (QMP is root in the guest).
-            kwargs.update(start_new_session=True, umask=0o077)
-        else:
-            kwargs.update(creationflags=subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP)
-        log_fd = os.open(self.paths.qemu_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(log_fd, "wb") as errlog:
-            try:
-                self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=errlog,
-                                              stderr=subprocess.STDOUT, **kwargs)
-            except OSError as exc:
-                raise VMError(f"cannot start {argv[0]}: {exc}") from exc
+        try:
+            # umask 077: the QMP socket, the logs and the readiness file QEMU creates are the user's alone
+            # (QMP is root in the guest).
+            self._proc = procs.spawn_detached(argv, self.paths.qemu_log, umask=0o077)
+        except OSError as exc:
+            raise VMError(f"cannot start {argv[0]}: {exc}") from exc
         pid = self._proc.pid
         identity = procs.identity(pid) or ""
         record = {"pid": pid, "identity": identity, "ssh_port": boot.ssh_port, "qmp": boot.qmp,
