@@ -77,7 +77,7 @@ class VMBackend(AgentBackend):
         # A machine this boots comes up with our agent serving and, where supported, its connection cache.
         machine = Machine(self.machine_name, warn=self.warn).ensure_running()
         if muxctl.SUPPORTED:
-            muxctl.start(self.machine_name, self.paths.dir)  # a no-op when one runs
+            muxctl.start(self.paths)  # a no-op when one runs
             with contextlib.suppress(OSError, RunnerError):
                 return self._via_mux()
         # The machine ran already: its agent may be of another runner version (or, without a cache, unchecked).
@@ -92,7 +92,7 @@ class VMBackend(AgentBackend):
         from runner.vm import muxctl
 
         token = self._token()
-        return AgentClient(muxctl.connect(self.paths.dir), token, self._version(), where=self._where)
+        return AgentClient(muxctl.connect(self.paths), token, self._version(), where=self._where)
 
     def _token(self) -> str:
         """This boot's agent token from run.json (written by the machine at start, 0600)."""

@@ -20,7 +20,7 @@ sockets that give root in the guest)::
     initrd.img      base initrd + this machine's guest config.json (per machine: it carries its keys)
     keys/           SSH client key and the guest host key (see runner.vm.keys)
     agent.sock      the connection cache's Unix socket (runner.vm.muxctl; moved to a short temp path
-                    when too long, like qmp.sock)
+                    when too long, like qmp.sock and control.sock)
     agent-mux.pid   the connection cache's pid; agent-mux.lock: one cache per machine; agent-mux.log its log
     forwards.json   host port forwards of published container ports (runner.backends.vm), per boot
     forwards.lock   fcntl lock guarding forwards.json
@@ -132,12 +132,26 @@ class MachinePaths(FrozenRecord):
 
     @property
     def qmp_socket(self) -> Path:
-        """The QMP Unix socket; moved to a short per-user temp dir when the state path is too long."""
-        sock = self.dir / "qmp.sock"
+        return self._socket("qmp.sock", "qmp")
+
+    @property
+    def agent_socket(self) -> Path:
+        """The connection cache's socket (runner.vm.muxctl), where every CLI call reaches the agent."""
+        return self._socket("agent.sock", "agent")
+
+    @property
+    def control_socket(self) -> Path:
+        """The guest's org.runner.control port (QEMU listens): the snapshot fast start's GO line."""
+        return self._socket("control.sock", "control")
+
+    def _socket(self, name: str, suffix: str) -> Path:
+        """A Unix socket in the machine dir; moved to a short per-user temp dir when the state path is too long
+        for sun_path (named by a hash of the machine dir: stable across calls, distinct per machine)."""
+        sock = self.dir / name
         if len(os.fsencode(sock)) <= _SUN_PATH_MAX:
             return sock
         digest = hashlib.sha256(os.fsencode(self.dir)).hexdigest()[:16]
-        return short_socket_dir() / f"{digest}.qmp"
+        return short_socket_dir() / f"{digest}.{suffix}"
 
     @property
     def agent_mux_pid(self) -> Path:

@@ -116,7 +116,7 @@ class Machine:
             self._forget_ssh()
             from runner.vm import muxctl  # the connection cache would only hold a dead SSH session
 
-            muxctl.stop(self.paths.dir)
+            muxctl.stop(self.paths)
             steps: list[tuple[Callable[[Any], None], float]] = [
                 (lambda q: q.system_powerdown(), timeout), (lambda q: q.quit(), 5.0)]
             for action, wait_s in steps:
@@ -274,7 +274,7 @@ class Machine:
         spec = self._boot_spec(artifacts, qemu, os_name, tcg=choice.accel == "tcg")
         state_inputs = None
         if agent is not None:
-            control = snapshot.control_path(self.paths.dir)
+            control = self.paths.control_socket
             control.unlink(missing_ok=True)
             spec = dataclasses.replace(spec, control=str(control))
             state_inputs = {"qemu": snapshot.file_identity(qemu),

@@ -22,7 +22,6 @@ Hosts without Unix sockets (Windows) skip it: there each CLI call opens its own 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -33,36 +32,22 @@ from pathlib import Path
 from runner.errors import RunnerError, VMError
 
 START_TIMEOUT = 60.0
-_SUN_PATH_MAX = 100  # sizeof(sun_path) is 104 on macOS, 108 on Linux
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: subprocess is imported where a mux is started, not by every VM call
     import subprocess
 
+    from runner.vm.layout import MachinePaths
+
 SUPPORTED = hasattr(socket, "AF_UNIX") and os.name == "posix"
 
 
-def socket_path(machine_dir: Path) -> Path:
-    """``<machine dir>/agent.sock``, or a short per-user temp path when that exceeds sun_path."""
-    path = machine_dir / "agent.sock"
-    if len(os.fsencode(path)) <= _SUN_PATH_MAX:
-        return path
-    digest = hashlib.sha256(os.fsencode(machine_dir)).hexdigest()[:16]
-    from runner.vm.layout import short_socket_dir
-
-    return short_socket_dir() / f"{digest}.agent"
-
-
-def pid_path(machine_dir: Path) -> Path:
-    return machine_dir / "agent-mux.pid"
-
-
-def connect(machine_dir: Path, timeout: float = 5.0) -> socket.socket:
+def connect(paths: MachinePaths, timeout: float = 5.0) -> socket.socket:
     """A connection through the mux to the agent (raises OSError if no mux listens)."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
-        sock.connect(str(socket_path(machine_dir)))
+        sock.connect(str(paths.agent_socket))
         sock.settimeout(None)
     except OSError:
         sock.close()
@@ -70,28 +55,28 @@ def connect(machine_dir: Path, timeout: float = 5.0) -> socket.socket:
     return sock
 
 
-def start(machine: str, machine_dir: Path) -> None:
-    """Start the mux for ``machine`` detached from this CLI call; return once it listens (or raise why not).
+def start(paths: MachinePaths) -> None:
+    """Start the mux for the machine of ``paths`` detached from this CLI call; return once it listens (or raise why not).
 
     It opens its own SSH connection (the caller's paramiko client cannot cross a process boundary) once the
     guest says READY, and makes sure our agent serves before it listens.
     """
-    wait_started(spawn(machine, machine_dir), machine, machine_dir)
+    wait_started(spawn(paths), paths)
 
 
-def spawn(machine: str, machine_dir: Path) -> subprocess.Popen:
+def spawn(paths: MachinePaths) -> subprocess.Popen:
     """Launch the mux without waiting: a booting machine's start launches it early, so that the mux's Python
     start and imports overlap the guest's boot instead of following it (then :func:`wait_started`)."""
     import subprocess  # not at the top: every VM CLI call imports this module, for connect()
 
-    log_fd = os.open(machine_dir / "agent-mux.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    log_fd = os.open(paths.agent_mux_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     with open(log_fd, "ab") as log:
-        return subprocess.Popen([sys.executable, "-m", "runner.vm.muxd", "--machine", machine],
+        return subprocess.Popen([sys.executable, "-m", "runner.vm.muxd", "--machine", paths.name],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
                                 start_new_session=True, cwd=str(Path(__file__).resolve().parents[2]))
 
 
-def wait_started(proc: subprocess.Popen, machine: str, machine_dir: Path) -> None:
+def wait_started(proc: subprocess.Popen, paths: MachinePaths) -> None:
     line = b""
     with contextlib.suppress(OSError):
         line = proc.stdout.readline()  # "ready" once it listens, "error <json>" or EOF if it failed
@@ -104,14 +89,14 @@ def wait_started(proc: subprocess.Popen, machine: str, machine_dir: Path) -> Non
                 error = json.loads(line[6:])
         if isinstance(error, dict):
             raise RunnerError.from_dict(error)
-        raise VMError(f"the SSH connection cache for machine {machine!r} did not start",
-                      hint=f"see {machine_dir / 'agent-mux.log'}")
+        raise VMError(f"the SSH connection cache for machine {paths.name!r} did not start",
+                      hint=f"see {paths.agent_mux_log}")
 
 
-def stop(machine_dir: Path) -> bool:
+def stop(paths: MachinePaths) -> bool:
     """Stop the machine's mux if one runs (for ``runner vm stop``; it would also notice by itself)."""
     try:
-        pid = int(pid_path(machine_dir).read_text())
+        pid = int(paths.agent_mux_pid.read_text())
     except (OSError, ValueError):
         return False
     from runner import procs

@@ -21,7 +21,7 @@ from runner import procs
 from runner.errors import RunnerError, VMError
 from runner.vm import layout, ship
 from runner.vm.machine import Machine
-from runner.vm.muxctl import START_TIMEOUT, connect, pid_path, socket_path
+from runner.vm.muxctl import START_TIMEOUT, connect
 
 IDLE_TIMEOUT = 30 * 60.0
 
@@ -66,7 +66,7 @@ def _relay(conn: socket.socket, transport: Any, port: int) -> None:
 
 def serve(machine_name: str) -> int:
     machine = Machine(machine_name)
-    sock_path = socket_path(machine.paths.dir)
+    sock_path = machine.paths.agent_socket
     # One mux per machine: the lock is held for the mux's whole life. A second starter (two CLI calls racing
     # after a boot) waits for the first one's socket instead of replacing it.
     lock = procs.FileLock(machine.paths.agent_mux_lock, timeout=0)
@@ -81,14 +81,14 @@ def serve(machine_name: str) -> int:
     # One TCP connection carries every call's frames: Nagle's delay would cost up to 40 ms per small frame.
     transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     listener = _listen(sock_path)
-    layout.write_private(pid_path(machine.paths.dir), str(os.getpid()))
+    layout.write_private(machine.paths.agent_mux_pid, str(os.getpid()))
 
     def cleanup(*_: Any) -> None:
         with contextlib.suppress(OSError):
-            if socket_path(machine.paths.dir) == sock_path:
+            if machine.paths.agent_socket == sock_path:
                 sock_path.unlink()
         with contextlib.suppress(OSError):
-            pid_path(machine.paths.dir).unlink()
+            machine.paths.agent_mux_pid.unlink()
         os._exit(0)
 
     signal.signal(signal.SIGTERM, cleanup)
@@ -107,7 +107,7 @@ def _await_other(machine: Machine) -> int:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            connect(machine.paths.dir, timeout=1).close()
+            connect(machine.paths, timeout=1).close()
             print("ready (already running)", flush=True)
             return 0
         time.sleep(0.05)

@@ -60,7 +60,7 @@ class Readiness:
         # The connection cache (runner.vm.muxctl) logs in once for every later CLI call and makes sure our agent
         # serves: a second SSH login here would cost another key exchange in the slow guest. Launched now when
         # the guest is still booting, so that its start overlaps the boot.
-        self._early_mux = (muxctl.spawn(machine.name, machine.paths.dir)
+        self._early_mux = (muxctl.spawn(machine.paths)
                            if muxctl.SUPPORTED and not machine.guest_ready() else None)
 
     def requirements(self) -> list[Requirement]:
@@ -177,9 +177,9 @@ class Readiness:
         m = self.machine
         if muxctl.SUPPORTED:
             if self._early_mux is not None:
-                muxctl.wait_started(self._early_mux, m.name, m.paths.dir)
+                muxctl.wait_started(self._early_mux, m.paths)
             else:
-                muxctl.start(m.name, m.paths.dir)
+                muxctl.start(m.paths)
             return
         m.connect_ssh(self.record, timeout=max(1.0, self.deadline - time.monotonic()))
 

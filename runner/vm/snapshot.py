@@ -64,16 +64,6 @@ def meta_path(machine_dir: Path) -> Path:
     return machine_dir / META
 
 
-def control_path(machine_dir: Path) -> Path:
-    """The control port's socket: in the machine dir, or a short temp path when that exceeds sun_path."""
-    path = machine_dir / CONTROL
-    if len(os.fsencode(path)) <= 100:
-        return path
-    from runner.vm.layout import short_socket_dir
-
-    return short_socket_dir() / f"{hashlib.sha256(os.fsencode(machine_dir)).hexdigest()[:16]}.control"
-
-
 def key(argv: list[str], ssh_port: int, extra: dict[str, Any]) -> str:
     """What the saved state depends on. The SSH forward's host port changes every boot and does not reach
     the guest, so it is left out; everything else in the argv must be the same."""

@@ -11,8 +11,9 @@ import sys
 import pytest
 
 from runner.agent import server
-from runner.vm import muxctl
 from runner.errors import NotFound, VMError
+from runner.vm import muxctl
+from runner.vm.layout import MachinePaths
 
 
 def _config(path, token: str) -> None:
@@ -79,8 +80,8 @@ def test_mux_start_failure_is_the_error_the_mux_reported(tmp_path):
     script = f"import sys; print('error ' + {json.dumps(json.dumps(err.to_dict()))!s}); sys.exit(1)"
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
     with pytest.raises(VMError) as info:
-        muxctl.wait_started(proc, "x", tmp_path)
+        muxctl.wait_started(proc, MachinePaths("x", tmp_path))
     assert info.value.message == err.message and info.value.hint == "recreate it"
     proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"], stdout=subprocess.PIPE)
     with pytest.raises(VMError, match="did not start"):
-        muxctl.wait_started(proc, "x", tmp_path)
+        muxctl.wait_started(proc, MachinePaths("x", tmp_path))

@@ -563,8 +563,8 @@ def test_mux_relays_calls_and_streams_to_a_channel(engine):
 
 
 def test_mux_socket_path_stays_within_sun_path(tmp_path):
-    from runner.vm import muxctl
+    from runner.vm.layout import MachinePaths
 
-    assert muxctl.socket_path(tmp_path) == tmp_path / "agent.sock"
+    assert MachinePaths("m", tmp_path).agent_socket == tmp_path / "agent.sock"
     long_dir = tmp_path / ("x" * 120)
-    assert len(str(muxctl.socket_path(long_dir))) <= 100
+    assert len(str(MachinePaths("m", long_dir).agent_socket)) <= 100

@@ -4,6 +4,7 @@ import os
 import re
 
 from runner.vm import snapshot
+from runner.vm.layout import MachinePaths
 
 ARGV = ["qemu-system-x86_64", "-m", "2048", "-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22",
         "-drive", "file=/m/data.qcow2,if=none,id=data,format=qcow2"]
@@ -56,5 +57,5 @@ def test_env_switch(monkeypatch):
 
 def test_long_state_dirs_get_a_short_control_socket(tmp_path):
     deep = tmp_path / ("d" * 120)
-    assert len(os.fsencode(snapshot.control_path(deep))) < 108
-    assert snapshot.control_path(tmp_path) == tmp_path / "control.sock"
+    assert len(os.fsencode(MachinePaths("m", deep).control_socket)) < 108
+    assert MachinePaths("m", tmp_path).control_socket == tmp_path / "control.sock"

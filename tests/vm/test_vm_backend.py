@@ -36,7 +36,7 @@ def vm(tmp_path_factory, guest_image):
     finally:
         backend.close()
         machine = Machine(MACHINE)
-        muxctl.stop(machine.paths.dir)
+        muxctl.stop(machine.paths)
         machine.stop()
         if old is None:
             os.environ.pop("RUNNER_VM_STATE_DIR")
@@ -133,9 +133,7 @@ def test_qemu_sigkilled_mid_run_recovers_with_images_and_no_stale_forwards(vm):
     forwards = machine.paths.forwards
     assert json.loads(forwards.read_text())["forwards"][0]["container"] == cid
     assert stat.S_IMODE(forwards.stat().st_mode) == 0o600
-    from runner.vm import muxctl
-
-    for path in (machine.paths.qmp_socket, muxctl.socket_path(machine.paths.dir)):
+    for path in (machine.paths.qmp_socket, machine.paths.agent_socket):
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
     vm.close()
     pid = machine.status()["pid"]
