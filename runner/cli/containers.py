@@ -109,12 +109,7 @@ def ps(
     if fmt == "json":
         render.print_json(items)
         return
-    rows = []
-    for c in items:
-        cmd = c["Command"] if no_trunc or len(c["Command"]) <= 20 else c["Command"][:19] + "…"
-        rows.append([c["Id"] if no_trunc else c["Id"][:12], c["Image"], f'"{cmd}"', render.ago(c["Created"]),
-                     render.container_status(c), c.get("Ports", ""), c["Name"]])
-    render.table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], rows)
+    render.containers(items, no_trunc)
 
 
 def logs(

@@ -49,14 +49,7 @@ def images(
     if fmt == "json":
         render.print_json(items)
         return
-    rows = []
-    for img in items:
-        names = img["RepoTags"] or ["<none>:<none>"]
-        for name in names:
-            repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "<none>")
-            rows.append([repo, tag, img["Id"].split(":")[-1][:12], render.ago(img.get("Created")),
-                         render.human_size(img.get("Size"))])
-    render.table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows)
+    render.images(items)
 
 
 def pull(

@@ -17,7 +17,7 @@ import signal as signals
 import time
 
 from runner.backends.base import Stdio, TermSize
-from runner.engine import logs, network, shim
+from runner.engine import logs, network, shim, views
 from runner.engine.state import CREATED, RUNNING, ContainerRecord, StateStore, now
 from runner.errors import Conflict, NotFound, PlatformError, UsageError
 from runner.spec import ContainerSpec, ExecSpec
@@ -349,50 +349,20 @@ class Engine:
             with contextlib.suppress(NotFound, ValueError):
                 rec = self.state.reconcile(self.state.load(cid))
                 if all or rec.status == RUNNING:
-                    out.append(self._summary(rec))
-        return sorted(out, key=lambda c: c["Created"], reverse=True)
-
-    def _summary(self, rec: ContainerRecord) -> dict:
-        spec = rec.spec
-        cmd = (spec.get("entrypoint") or []) + (spec.get("command") or [])
-        return {"Id": rec.id, "Name": rec.name, "Image": rec.image_ref, "Command": " ".join(cmd),
-                "Created": rec.created, "State": rec.status, "ExitCode": rec.exit_code,
-                "StartedAt": rec.started_at, "FinishedAt": rec.finished_at,
-                "Ports": network.ports_text((rec.extra.get("network") or {}).get("Ports") or []),
-                "Networks": spec.get("network", "none")}
+                    out.append((rec.created, views.container_summary(rec)))
+        return [c for _, c in sorted(out, key=lambda c: c[0], reverse=True)]
 
     def inspect(self, ref: str) -> dict:
         rec = self._record(ref)
-        spec = ContainerSpec.from_dict(rec.spec)
         config = {}
         with contextlib.suppress(OSError, ValueError):
             import json
             with open(os.path.join(self.bundle_dir(rec.id), "config.json")) as f:
                 config = json.load(f)
-        process = config.get("process", {})
-        return {
-            "Id": rec.id, "Name": rec.name, "Created": _iso(rec.created), "Image": rec.image_id,
-            "Path": (process.get("args") or [""])[0], "Args": (process.get("args") or [])[1:],
-            "State": {"Status": rec.status, "Running": rec.status == RUNNING, "Pid": rec.pid or 0,
-                      "ExitCode": rec.exit_code if rec.exit_code is not None else 0,
-                      "OOMKilled": rec.oom_killed, "Error": rec.error,
-                      "StartedAt": _iso(rec.started_at), "FinishedAt": _iso(rec.finished_at)},
-            "Config": {"Image": rec.image_ref, "Hostname": rec.extra.get("hostname"), "Cmd": spec.command,
-                       "Entrypoint": spec.entrypoint, "Env": process.get("env", spec.env),
-                       "WorkingDir": process.get("cwd", spec.workdir or ""), "User": spec.user or "",
-                       "Tty": spec.tty, "OpenStdin": spec.interactive, "Labels": spec.labels},
-            "HostConfig": {"Memory": spec.limits.memory or 0,
-                           "NanoCpus": int((spec.limits.cpus or 0) * 1e9),
-                           "PidsLimit": spec.limits.pids or 0, "ReadonlyRootfs": spec.read_only,
-                           "NetworkMode": spec.network, "PortBindings": network.port_bindings(spec),
-                           "PublishAllPorts": spec.publish_all, "AutoRemove": spec.auto_remove,
-                           "Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "") for m in spec.mounts],
-                           "Runtime": rec.runtime},
-            "Mounts": [{"Type": "bind", "Source": m.source, "Destination": m.target, "RW": not m.readonly}
-                       for m in spec.mounts],
-            "NetworkSettings": network.container_settings(rec, spec),
-            "LogPath": self.log_path(rec.id),
-        }
+        etc = os.path.join(self.state.dir(rec.id), "etc")
+        paths = {"ResolvConfPath": os.path.join(etc, "resolv.conf"), "HostnamePath": os.path.join(etc, "hostname"),
+                 "HostsPath": os.path.join(etc, "hosts"), "LogPath": self.log_path(rec.id)}
+        return views.container_inspect(rec, ContainerSpec.from_dict(rec.spec), config, paths)
 
     def logs(self, ref: str, stdio: Stdio, follow: bool = False, tail: int | None = None) -> None:
         rec = self._record(ref)
@@ -415,7 +385,7 @@ class Engine:
     # ------------------------------------------------------------------ networks (runner.engine.network)
     def port(self, ref: str) -> dict:
         """The published ports of a running container, ``{"80/tcp": [{"HostIp", "HostPort"}]}``."""
-        return network.docker_ports((self._record(ref).extra.get("network") or {}).get("Ports") or [])
+        return views.port_map((self._record(ref).extra.get("network") or {}).get("Ports") or [])
 
     def network_create(self, name: str, subnet: str | None = None) -> dict:
         self._require_root()
@@ -434,26 +404,17 @@ class Engine:
 
     # ------------------------------------------------------------------ images
     def images(self) -> list[dict]:
-        return [self._image_summary(img) for img in self.images_store.list()]
-
-    def _image_summary(self, img) -> dict:
-        return {"Id": img.id, "RepoTags": img.repo_tags, "Size": img.size, "Created": img.created,
-                "ManifestDigest": img.manifest_digest}
+        return [views.image_summary(img) for img in self.images_store.list()]
 
     def image_inspect(self, ref: str) -> dict:
-        img = self._image(ref)
-        summary = self._image_summary(img)
-        summary.update({"Config": img.config.get("config", {}), "Architecture": img.config.get("architecture"),
-                        "Os": img.config.get("os"), "RootFS": img.config.get("rootfs", {}),
-                        "Layers": [layer.digest for layer in img.layers]})
-        return summary
+        return views.image_inspect(self._image(ref))
 
     def pull(self, ref: str, platform: str | None = None, credentials: dict | None = None,
              progress=None, endpoints: dict | None = None) -> dict:
         """``endpoints``: where registry connections really go (the VM backend maps the host's loopback
         registries to the address the guest reaches them at); see runner.images.registry.RegistryClient."""
         from runner.images.pull import pull
-        return self._image_summary(pull(self.images_store, ref, platform=platform, credentials=credentials,
+        return views.image_summary(pull(self.images_store, ref, platform=platform, credentials=credentials,
                                         progress=progress, endpoints=endpoints))
 
     def push(self, ref: str, credentials: dict | None = None, progress=None,
@@ -491,8 +452,3 @@ class Engine:
                 "version": __version__, "kernel": os.uname().release, "arch": os.uname().machine,
                 "containers": len(self.state.ids())}
 
-
-def _iso(ts: float | None) -> str:
-    if not ts:
-        return "0001-01-01T00:00:00Z"
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e9):09d}Z"
