@@ -560,7 +560,7 @@ class AgentBackend:
         finally:
             client.end(call)
 
-    def import_image(self, stream: IO[bytes], name: str, changes: dict | None = None) -> str:
+    def import_image(self, stream: IO[bytes], name: str, changes: list[str] | None = None) -> str:
         return self._upload("import_image", {"name": name, "changes": changes}, stream)
 
     def _upload(self, method: str, args: dict, stream: IO[bytes]) -> Any:

@@ -370,9 +370,10 @@ class Engine:
             self._image(ref)  # the default image is made on demand, as for run
         archive.save(self.images_store, refs, stream)
 
-    def import_image(self, stream: IO[bytes], name: str, changes: dict | None = None) -> str:
+    def import_image(self, stream: IO[bytes], name: str, changes: list[str] | None = None) -> str:
+        """``changes``: Dockerfile instructions (``--change``), applied by runner.images.dockerfile."""
         from runner.images.rootfs import import_rootfs
-        return import_rootfs(self.images_store, stream, name, changes).id
+        return import_rootfs(self.images_store, stream, name, changes=changes or ()).id
 
     def info(self) -> dict:
         from runner import __version__
