@@ -182,14 +182,7 @@ def wait(containers: List[str] = typer.Argument(...)):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run", context_settings=_RUN_CTX)(run)
-    app.command("create", context_settings=_RUN_CTX)(create)
-    app.command("start")(start)
-    app.command("exec", context_settings=_CMD_CTX)(exec_)
-    app.command("ps")(ps)
-    app.command("logs")(logs)
-    app.command("stop")(stop)
-    app.command("kill")(kill)
-    app.command("rm")(rm)
-    app.command("inspect")(inspect)
-    app.command("wait")(wait)
+    commands = {"run": _RUN_CTX, "create": _RUN_CTX, "exec": _CMD_CTX}  # the rest: Typer's defaults
+    for fn in (run, create, start, exec_, ps, logs, stop, kill, rm, inspect, wait):
+        name = fn.__name__.rstrip("_")
+        app.command(name, context_settings=commands.get(name))(fn)

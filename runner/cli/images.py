@@ -148,11 +148,5 @@ def import_(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("images")(images)
-    app.command("pull")(pull)
-    app.command("push")(push)
-    app.command("tag")(tag)
-    app.command("rmi")(rmi)
-    app.command("load")(load)
-    app.command("save")(save)
-    app.command("import")(import_)
+    for fn in (images, pull, push, tag, rmi, load, save, import_):
+        app.command(fn.__name__.rstrip("_"))(fn)

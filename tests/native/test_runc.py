@@ -7,22 +7,16 @@ detached container stopped again, exec, a terminal, and the builtin runtime's "u
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import pty
-import select
 import shutil
 import signal
-import struct
 import sys
-import termios
-import time
 import uuid
 
 import pytest
 
-from tests.helpers import REPO, cli, err, out
+from tests.helpers import cli, err, out, run_in_pty
 
 pytestmark = pytest.mark.root
 IMG = "localhost/busybox"
@@ -84,26 +78,9 @@ def test_unknown_runtime_is_one_clear_error_and_leaves_nothing(native_root):
 
 
 def test_terminal_under_runc(native_root):
-    env = dict(os.environ, RUNNER_ROOT=native_root, PYTHONPATH=REPO)
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(sys.executable, [sys.executable, "-m", "runner", "run", "--rm", "-it", "--runtime", "runc", IMG,
-                                   "sh", "-c", "tty; stty size"], env)
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
-    output = b""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 1)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, output
+    code, output = run_in_pty(["run", "--rm", "-it", "--runtime", "runc", IMG, "sh", "-c", "tty; stty size"],
+                              native_root, rows=33, cols=111)
+    assert code == 0, output
     assert b"/dev/pts/0" in output and b"33 111" in output
 
 
