@@ -16,7 +16,7 @@ import signal as signals
 import time
 
 from runner.backends.base import Stdio, TermSize
-from runner.engine import logs, network, shim, views
+from runner.engine import logs, network, shim
 from runner.engine.bundle import Bundle
 from runner.engine.state import CREATED, RUNNING, ContainerRecord, StateStore, now
 from runner.errors import Conflict, NotFound, PlatformError, UsageError
@@ -276,6 +276,7 @@ class Engine:
             self.state.remove_dir(cid)
 
     def ps(self, all: bool = False) -> list[dict]:
+        from runner.engine import views
         out = []
         for cid in self.state.ids():
             with contextlib.suppress(NotFound, ValueError):
@@ -285,6 +286,7 @@ class Engine:
         return [c for _, c in sorted(out, key=lambda c: c[0], reverse=True)]
 
     def inspect(self, ref: str) -> dict:
+        from runner.engine import views
         rec = self._record(ref)
         config = {}
         with contextlib.suppress(OSError, ValueError):
@@ -317,6 +319,7 @@ class Engine:
     # ------------------------------------------------------------------ networks (runner.engine.network)
     def port(self, ref: str) -> dict:
         """The published ports of a running container, ``{"80/tcp": [{"HostIp", "HostPort"}]}``."""
+        from runner.engine import views
         return views.port_map((self._record(ref).extra.get("network") or {}).get("Ports") or [])
 
     def network_create(self, name: str, subnet: str | None = None) -> dict:
@@ -336,15 +339,18 @@ class Engine:
 
     # ------------------------------------------------------------------ images
     def images(self) -> list[dict]:
+        from runner.engine import views
         return [views.image_summary(img) for img in self.images_store.list()]
 
     def image_inspect(self, ref: str) -> dict:
+        from runner.engine import views
         return views.image_inspect(self._image(ref))
 
     def pull(self, ref: str, platform: str | None = None, credentials: dict | None = None,
              progress=None, endpoints: dict | None = None) -> dict:
         """``endpoints``: where registry connections really go (the VM backend maps the host's loopback
         registries to the address the guest reaches them at); see runner.images.registry.RegistryClient."""
+        from runner.engine import views
         from runner.images.pull import pull
         return views.image_summary(pull(self.images_store, ref, platform=platform, credentials=credentials,
                                         progress=progress, endpoints=endpoints))

@@ -206,7 +206,9 @@ def image_inspect(img) -> dict:
             "Config": config.get("config", {}), "Architecture": config.get("architecture"),
             "Variant": config.get("variant", ""), "Os": config.get("os"), "Size": img.size,
             "GraphDriver": {"Name": "overlay2", "Data": None},
-            "RootFS": config.get("rootfs", {}), "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"}}
+            "RootFS": {"Type": (config.get("rootfs") or {}).get("type", "layers"),
+                       "Layers": list((config.get("rootfs") or {}).get("diff_ids") or [])},
+            "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"}}
 
 
 # ------------------------------------------------------------------------------------------------ networks

@@ -61,13 +61,13 @@ def test_image_shapes():
     img = Image("sha256:" + "1" * 64, ["docker.io/library/busybox:latest"], "sha256:" + "m" * 64,
                 "application/vnd.oci.image.manifest.v1+json",
                 {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"], "Labels": {"x": "y"}},
-                 "rootfs": {"type": "layers", "diff_ids": []}}, [], 1234, "2024-01-02T03:04:05.123456789Z")
+                 "rootfs": {"type": "layers", "diff_ids": ["sha256:" + "d" * 64]}}, [], 1234, "2024-01-02T03:04:05.123456789Z")
     s = views.image_summary(img)
     assert s["Created"] == 1704164645 and s["Size"] == 1234 and s["Labels"] == {"x": "y"}
     assert s["RepoTags"] == ["busybox:latest"] and s["RepoDigests"] == ["busybox@sha256:" + "m" * 64]
     i = views.image_inspect(img)
     assert i["Created"] == "2024-01-02T03:04:05.123456789Z" and i["Config"] == {"Cmd": ["sh"], "Labels": {"x": "y"}}
-    assert i["Architecture"] == "amd64" and i["Os"] == "linux" and i["RootFS"]["type"] == "layers"
+    assert i["Architecture"] == "amd64" and i["Os"] == "linux" and i["RootFS"] == {"Type": "layers", "Layers": ["sha256:" + "d" * 64]}
 
 
 def test_network_shape():
