@@ -183,4 +183,4 @@ def _apply(config: dict, inst: Instruction, cmd_set: bool) -> None:
         for path in args if exec_form else rest.split():
             config.setdefault("Volumes", {})[path] = {}
     else:
-        raise inst.error("not supported here", hint="use " + ", ".join(CHANGE_INSTRUCTIONS))
+        raise inst.error(f"{keyword} is not a valid change command", hint="use " + ", ".join(CHANGE_INSTRUCTIONS))
