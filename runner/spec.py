@@ -19,6 +19,7 @@ _ENV_KEY_RE = re.compile(r"^[^=\0]+$")
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)b?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
 NETWORK_MODES = ("none", "host", "bridge")
+RUNTIMES = ("builtin", "runc")  # --runtime: the built-in Python runtime, or runc on PATH (same OCI bundle)
 _NETWORK_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")  # a user network (runner network create)
 _NEW: list = []  # marks "not given": a fresh list/dict/Limits per record, as a dataclass default_factory does
 
@@ -135,14 +136,15 @@ class ContainerSpec(Record):
 
     _fields = ("image", "command", "entrypoint", "env", "workdir", "user", "name", "hostname", "tty",
                "interactive", "mounts", "ports", "publish_all", "network", "limits", "read_only", "auto_remove",
-               "labels")
+               "labels", "runtime")
 
     def __init__(self, image: str, command: list[str] | None = None, entrypoint: list[str] | None = None,
                  env: list[str] = _NEW, workdir: str | None = None, user: str | None = None,
                  name: str | None = None, hostname: str | None = None, tty: bool = False, interactive: bool = False,
                  mounts: list[Mount] = _NEW, ports: list[PortMapping] = _NEW,
                  publish_all: bool = False, network: str = "none", limits: Limits = _NEW,
-                 read_only: bool = False, auto_remove: bool = False, labels: dict[str, str] = _NEW):
+                 read_only: bool = False, auto_remove: bool = False, labels: dict[str, str] = _NEW,
+                 runtime: str | None = None):
         self.image, self.command, self.entrypoint = image, command, entrypoint
         self.env = [] if env is _NEW else env
         self.workdir, self.user, self.name, self.hostname = workdir, user, name, hostname
@@ -153,6 +155,7 @@ class ContainerSpec(Record):
         self.limits = Limits() if limits is _NEW else limits
         self.read_only, self.auto_remove = read_only, auto_remove
         self.labels = {} if labels is _NEW else labels
+        self.runtime = runtime  # None: the engine's default (builtin)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -205,6 +208,8 @@ class ContainerSpec(Record):
         for p in self.ports:
             problems.extend(p.problems())
         problems.extend(self.limits.problems())
+        if self.runtime is not None and self.runtime not in RUNTIMES:
+            problems.append(f"unknown or invalid runtime name: {self.runtime}: use {' or '.join(RUNTIMES)}")
         if problems:
             raise UsageError("; ".join(problems))
         return self

@@ -31,3 +31,35 @@ def out(proc: subprocess.CompletedProcess) -> str:
 
 def err(proc: subprocess.CompletedProcess) -> str:
     return proc.stderr.decode()
+
+
+def run_in_pty(args: list[str], root: str, rows: int = 33, cols: int = 111, timeout: float = 60) -> tuple[int, bytes]:
+    """`python -m runner ARGS` on a new pseudo-terminal of ``rows`` x ``cols``, as from an interactive shell;
+    returns (exit code, everything it wrote to the terminal)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    env = dict(os.environ, RUNNER_ROOT=root, PYTHONPATH=REPO)
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(sys.executable, [sys.executable, "-m", "runner", *args], env)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    output = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            output += chunk
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), output

@@ -186,7 +186,7 @@ class VMBackend(AgentBackend):
         if table:
             for c in out:
                 if c.get("Ports"):
-                    c["Ports"] = _ports_text_on_host(c["Ports"], c["Id"], table)
+                    c["Ports"] = _port_list_on_host(c["Ports"], c["Id"], table)
         return out
 
     def inspect(self, ref: str) -> dict:
@@ -430,14 +430,7 @@ def _ports_on_host(ports: dict, cid: str, table: dict) -> dict:
     return out
 
 
-def _ports_text_on_host(text: str, cid: str, table: dict) -> str:
-    """``ps``'s ``127.0.0.1:32768->80/tcp, ...`` with the host's port numbers."""
-    items = []
-    for item in text.split(", "):
-        left, sep, right = item.partition("->")
-        ip, _, guest = left.rpartition(":")
-        proto = right.partition("/")[2] or "tcp"
-        if sep and guest.isdigit() and (cid, proto, int(guest)) in table:
-            item = f"{ip}:{table[(cid, proto, int(guest))]}->{right}"
-        items.append(item)
-    return ", ".join(items)
+def _port_list_on_host(ports: list[dict], cid: str, table: dict) -> list[dict]:
+    """``ps``'s ``[{"IP", "PrivatePort", "PublicPort", "Type"}]`` with the host's port numbers."""
+    return [{**p, "PublicPort": table[(cid, p["Type"], p["PublicPort"])]}
+            if (cid, p["Type"], p.get("PublicPort")) in table else p for p in ports]

@@ -1,7 +1,7 @@
 """`runner bench`: native vs VM overhead, measured through the real CLI, as a table, JSON and a chart.
 
 The work is in runner.bench (suite: running; results: statistics and the JSON schema; report: table;
-chart: PNG and SVG). Progress goes to stderr so that ``--json`` output on stdout stays clean.
+chart: PNG and SVG with matplotlib, an optional extra). Progress goes to stderr so that ``--json`` output on stdout stays clean.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def bench(
     """Measure native vs VM overhead: start latency, CPU, fork+exec, memory, file and network I/O, VM cold start."""
     from rich.console import Console
 
-    from runner.bench import chart, report
+    from runner.bench import report
     from runner.bench.results import BenchResult
     from runner.bench.suite import Suite
     from runner.cli.context import STATE
@@ -71,13 +71,7 @@ def bench(
         with open(path, "w", encoding="utf-8") as f:
             f.write(report.render_markdown(result))
         files.append(path)
-        accel = report.accelerator(result)
-        subtitle = (f"{result.mode} mode, {result.runs} runs, medians"
-                    + (f"; VM accelerator {accel}" if accel else ""))
-        charts = chart.write_charts(report.chart_rows(result), output, "runner bench: time ratios", subtitle)
-        if not charts:
-            err.print("no ratios to chart (one backend and no runc anchor)", markup=False)
-        files += charts
+        files += _charts(result, output, err)
 
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -89,6 +83,21 @@ def bench(
         err.print(f"wrote {path}", markup=False)
     if not output:
         err.print("hint: --output DIR writes results.json and the ratio chart (PNG, SVG)", style="dim", markup=False)
+
+
+def _charts(result, output: str, err) -> list[str]:
+    """The ratio chart files, or a line saying why there are none (no ratios, or no matplotlib)."""
+    from runner.bench import chart, report
+    rows = report.chart_rows(result)
+    if not rows:
+        err.print("no ratios to chart (one backend and no runc anchor)", markup=False)
+        return []
+    if not chart.available():
+        err.print(chart.INSTALL_HINT, markup=False)
+        return []
+    accel = report.accelerator(result)
+    subtitle = f"{result.mode} mode, {result.runs} runs, medians" + (f"; VM accelerator {accel}" if accel else "")
+    return chart.write_charts(rows, output, "runner bench: time ratios", subtitle)
 
 
 def register(app: typer.Typer) -> None:

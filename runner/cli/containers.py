@@ -26,40 +26,41 @@ def _option(opt: runopts.Opt):
     return typer.Option(opt.default, *opt.flags, help=opt.help)
 
 
-_OPTS = {opt.dest: _option(opt) for opt in runopts.RUN_OPTIONS}
+def _annotation(opt: runopts.Opt):
+    if opt.kind == runopts.FLAG:
+        return bool
+    if opt.kind == runopts.MULTI:
+        return List[opt.type]
+    return opt.type if opt.default is not None else Optional[opt.type]
 
 
-def run(
-    image: str = typer.Argument(..., help="image to run"),
-    command: Optional[List[str]] = typer.Argument(None, help="command and arguments"),
-    detach: bool = _OPTS["detach"], rm: bool = _OPTS["rm"],
-    env: List[str] = _OPTS["env"], env_file: List[str] = _OPTS["env_file"],
-    workdir: Optional[str] = _OPTS["workdir"], user: Optional[str] = _OPTS["user"],
-    name: Optional[str] = _OPTS["name"], hostname: Optional[str] = _OPTS["hostname"],
-    entrypoint: Optional[str] = _OPTS["entrypoint"], memory: Optional[str] = _OPTS["memory"],
-    cpus: Optional[float] = _OPTS["cpus"], pids_limit: Optional[int] = _OPTS["pids_limit"],
-    volume: List[str] = _OPTS["volume"], read_only: bool = _OPTS["read_only"], network: str = _OPTS["network"],
-    tty: bool = _OPTS["tty"], interactive: bool = _OPTS["interactive"], publish: List[str] = _OPTS["publish"],
-    publish_all: bool = _OPTS["publish_all"], label: List[str] = _OPTS["label"], pull: str = _OPTS["pull"],
-):
+def _from_table(options: tuple) -> "callable":
+    """Give the decorated ``fn(**values)`` the Typer signature ``IMAGE [COMMAND...]`` plus ``options``: run and
+    create are described once, by runner.cli.runopts' table, which the fast run lane parses with too."""
+    import inspect
+    P = inspect.Parameter
+    params = [P("image", P.POSITIONAL_OR_KEYWORD, default=typer.Argument(..., help="image to run"), annotation=str),
+              P("command", P.POSITIONAL_OR_KEYWORD, default=typer.Argument(None, help="command and arguments"),
+                annotation=Optional[List[str]])]
+    params += [P(o.dest, P.POSITIONAL_OR_KEYWORD, default=_option(o), annotation=_annotation(o)) for o in options]
+
+    def decorate(fn):
+        fn.__signature__ = inspect.Signature(params)
+        fn.__annotations__ = {p.name: p.annotation for p in params}
+        return fn
+    return decorate
+
+
+@_from_table(runopts.RUN_OPTIONS)
+def run(**values):
     """Create and start a container (docker run)."""
-    raise typer.Exit(runopts.run(dict(locals())))
+    raise typer.Exit(runopts.run(values))
 
 
-def create(
-    image: str = typer.Argument(...), command: Optional[List[str]] = typer.Argument(None),
-    rm: bool = _OPTS["rm"],
-    env: List[str] = _OPTS["env"], env_file: List[str] = _OPTS["env_file"],
-    workdir: Optional[str] = _OPTS["workdir"], user: Optional[str] = _OPTS["user"],
-    name: Optional[str] = _OPTS["name"], hostname: Optional[str] = _OPTS["hostname"],
-    entrypoint: Optional[str] = _OPTS["entrypoint"], memory: Optional[str] = _OPTS["memory"],
-    cpus: Optional[float] = _OPTS["cpus"], pids_limit: Optional[int] = _OPTS["pids_limit"],
-    volume: List[str] = _OPTS["volume"], read_only: bool = _OPTS["read_only"], network: str = _OPTS["network"],
-    tty: bool = _OPTS["tty"], interactive: bool = _OPTS["interactive"], publish: List[str] = _OPTS["publish"],
-    publish_all: bool = _OPTS["publish_all"], label: List[str] = _OPTS["label"], pull: str = _OPTS["pull"],
-):
+@_from_table(runopts.CREATE_OPTIONS)
+def create(**values):
     """Create a container without starting it (docker create)."""
-    print(runopts.create(dict(locals())))
+    print(runopts.create(values))
 
 
 def start(
@@ -109,12 +110,7 @@ def ps(
     if fmt == "json":
         render.print_json(items)
         return
-    rows = []
-    for c in items:
-        cmd = c["Command"] if no_trunc or len(c["Command"]) <= 20 else c["Command"][:19] + "…"
-        rows.append([c["Id"] if no_trunc else c["Id"][:12], c["Image"], f'"{cmd}"', render.ago(c["Created"]),
-                     render.container_status(c), c.get("Ports", ""), c["Name"]])
-    render.table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], rows)
+    render.containers(items, no_trunc)
 
 
 def logs(
@@ -186,14 +182,7 @@ def wait(containers: List[str] = typer.Argument(...)):
 
 
 def register(app: typer.Typer) -> None:
-    app.command("run", context_settings=_RUN_CTX)(run)
-    app.command("create", context_settings=_RUN_CTX)(create)
-    app.command("start")(start)
-    app.command("exec", context_settings=_CMD_CTX)(exec_)
-    app.command("ps")(ps)
-    app.command("logs")(logs)
-    app.command("stop")(stop)
-    app.command("kill")(kill)
-    app.command("rm")(rm)
-    app.command("inspect")(inspect)
-    app.command("wait")(wait)
+    commands = {"run": _RUN_CTX, "create": _RUN_CTX, "exec": _CMD_CTX}  # the rest: Typer's defaults
+    for fn in (run, create, start, exec_, ps, logs, stop, kill, rm, inspect, wait):
+        name = fn.__name__.rstrip("_")
+        app.command(name, context_settings=commands.get(name))(fn)

@@ -49,14 +49,7 @@ def images(
     if fmt == "json":
         render.print_json(items)
         return
-    rows = []
-    for img in items:
-        names = img["RepoTags"] or ["<none>:<none>"]
-        for name in names:
-            repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "<none>")
-            rows.append([repo, tag, img["Id"].split(":")[-1][:12], render.ago(img.get("Created")),
-                         render.human_size(img.get("Size"))])
-    render.table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows)
+    render.images(items)
 
 
 def pull(
@@ -139,59 +132,21 @@ def save(
 def import_(
     source: str = typer.Argument(..., help="rootfs tar file, or - for stdin"),
     name: str = typer.Argument(..., help="NAME[:TAG] of the new image"),
-    change: List[str] = typer.Option([], "-c", "--change", help="CMD/ENV/WORKDIR/ENTRYPOINT/USER instruction"),
+    change: List[str] = typer.Option([], "-c", "--change",
+                                     help="apply a Dockerfile instruction: CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, "
+                                          "STOPSIGNAL, USER, VOLUME or WORKDIR"),
 ):
     """Create an image from a root filesystem tarball (docker import)."""
-    changes = parse_changes(change)
+    from runner.images.dockerfile import check_changes
+    check_changes(change)  # a bad instruction fails before the tarball is read or sent
     try:
         stream = sys.stdin.buffer if source == "-" else open(source, "rb")
     except OSError as exc:
         raise UsageError(f"cannot open {source}: {exc.strerror}") from None
     with stream:
-        print(_backend().import_image(stream, name, changes))
-
-
-def parse_changes(items: list[str]) -> dict:
-    """The Dockerfile instructions docker import -c accepts, as an image config fragment."""
-    import json
-    import shlex
-    config: dict = {}
-    for item in items:
-        word, _, rest = item.strip().partition(" ")
-        word, rest = word.upper(), rest.strip()
-        if not rest:
-            raise UsageError(f"invalid --change {item!r}")
-
-        def words(text: str) -> list[str]:
-            if text.startswith("["):
-                try:
-                    value = json.loads(text)
-                except ValueError:
-                    raise UsageError(f"invalid JSON in --change {item!r}") from None
-                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                    raise UsageError(f"--change {item!r} needs a JSON list of strings")
-                return value
-            return ["/bin/sh", "-c", text] if word in ("CMD", "ENTRYPOINT") else shlex.split(text)
-
-        if word in ("CMD", "ENTRYPOINT"):
-            config["Cmd" if word == "CMD" else "Entrypoint"] = words(rest)
-        elif word == "ENV":
-            config.setdefault("Env", []).append(rest if "=" in rest else rest.replace(" ", "=", 1))
-        elif word == "WORKDIR":
-            config["WorkingDir"] = rest
-        elif word == "USER":
-            config["User"] = rest
-        else:
-            raise UsageError(f"unsupported --change instruction {word}", hint="use CMD, ENTRYPOINT, ENV, WORKDIR or USER")
-    return config
+        print(_backend().import_image(stream, name, list(change)))
 
 
 def register(app: typer.Typer) -> None:
-    app.command("images")(images)
-    app.command("pull")(pull)
-    app.command("push")(push)
-    app.command("tag")(tag)
-    app.command("rmi")(rmi)
-    app.command("load")(load)
-    app.command("save")(save)
-    app.command("import")(import_)
+    for fn in (images, pull, push, tag, rmi, load, save, import_):
+        app.command(fn.__name__.rstrip("_"))(fn)

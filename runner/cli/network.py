@@ -37,10 +37,7 @@ def ls(quiet: bool = typer.Option(False, "-q", "--quiet", help="only print names
     if fmt == "json":
         render.print_json(items)
         return
-    rows = [[n["Id"][:12], n["Name"], n["Driver"], n["IPAM"]["Config"][0]["Subnet"], n["Options"]["bridge"],
-             str(len(n["Containers"]))] for n in items]
-    rows += [["-", "host", "host", "-", "-", "-"], ["-", "none", "null", "-", "-", "-"]]
-    render.table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "BRIDGE", "CONTAINERS"], rows)
+    render.networks(items)
 
 
 @network_app.command("rm")

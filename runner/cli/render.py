@@ -42,20 +42,44 @@ def ago(value: float | str | None) -> str:
 
 
 def duration(seconds: float) -> str:
-    s = max(0, int(seconds))
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if s >= size:
-            n = s // size
-            return f"{n} {unit}{'s' if n != 1 else ''}"
-    return "Less than a second" if s < 1 else f"{s} second{'s' if s != 1 else ''}"
+    """'3 seconds', '5 minutes': docker's human durations (runner.engine.views, where ps's Status is made)."""
+    from runner.engine.views import human_duration
+    return human_duration(seconds)
 
 
-def container_status(c: dict) -> str:
-    if c["State"] == "running":
-        return f"Up {duration(time.time() - (c.get('StartedAt') or time.time()))}"
-    if c["State"] == "exited":
-        return f"Exited ({c.get('ExitCode')}) {ago(c.get('FinishedAt'))}"
-    return "Created"
+def ports_text(ports: list[dict]) -> str:
+    """A container list entry's ``Ports`` as ``docker ps`` shows them: ``127.0.0.1:8080->80/tcp, ...``."""
+    return ", ".join(f'{p["IP"]}:{p["PublicPort"]}->{p["PrivatePort"]}/{p["Type"]}' if p.get("PublicPort")
+                     else f'{p["PrivatePort"]}/{p["Type"]}' for p in ports)
+
+
+def containers(items: list[dict], no_trunc: bool) -> None:
+    """``docker ps``'s table from container list entries (runner.engine.views.container_summary)."""
+    rows = []
+    for c in items:
+        cmd = c["Command"] if no_trunc or len(c["Command"]) <= 20 else c["Command"][:19] + "…"
+        rows.append([c["Id"] if no_trunc else c["Id"][:12], c["Image"], f'"{cmd}"', ago(c["Created"]),
+                     c["Status"], ports_text(c.get("Ports") or []), ",".join(n.lstrip("/") for n in c["Names"])])
+    table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], rows)
+
+
+def images(items: list[dict]) -> None:
+    """``docker images``'s table: one row per repository:tag (``<none>`` for an untagged image)."""
+    rows = []
+    for img in items:
+        for name in img["RepoTags"] or ["<none>:<none>"]:
+            repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "<none>")
+            rows.append([repo, tag, img["Id"].split(":")[-1][:12], ago(img.get("Created")),
+                         human_size(img.get("Size"))])
+    table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows)
+
+
+def networks(items: list[dict]) -> None:
+    """``network ls``'s table; host and none always exist, so they are listed too."""
+    rows = [[n["Id"][:12], n["Name"], n["Driver"], n["IPAM"]["Config"][0]["Subnet"],
+             n["Options"]["com.docker.network.bridge.name"], str(len(n["Containers"]))] for n in items]
+    rows += [["-", "host", "host", "-", "-", "-"], ["-", "none", "null", "-", "-", "-"]]
+    table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "BRIDGE", "CONTAINERS"], rows)
 
 
 def human_size(n: int | None) -> str:

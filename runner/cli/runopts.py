@@ -50,6 +50,7 @@ CREATE_OPTIONS = (
     Opt("publish_all", ("-P", "--publish-all"), FLAG, "publish all exposed ports to random ports on 127.0.0.1"),
     Opt("label", ("-l", "--label"), MULTI, "set a label KEY=VALUE"),
     Opt("pull", ("--pull",), VALUE, "pull the image: missing, always or never", default="missing"),
+    Opt("runtime", ("--runtime",), VALUE, "OCI runtime: builtin (default) or runc"),
 )
 RUN_ONLY = (Opt("detach", ("-d", "--detach"), FLAG, "run in the background and print the id"),)
 RUN_OPTIONS = RUN_ONLY + CREATE_OPTIONS
@@ -79,7 +80,7 @@ def parse_env(items: list[str], files: list[str], environ: dict | None = None) -
 
 def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, name, hostname, entrypoint,
                memory, cpus, pids_limit, volume, read_only, network, tty, interactive, rm, publish=(),
-               publish_all=False, label=(), **_ignored) -> dict:
+               publish_all=False, label=(), runtime=None, **_ignored) -> dict:
     """The validated ContainerSpec (as a dict) for these option values."""
     from runner.spec import ContainerSpec, Limits, Mount, PortMapping, parse_size
     labels = {}
@@ -94,7 +95,7 @@ def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, 
         ports=[PortMapping.parse(p) for p in publish], publish_all=publish_all, network=network,
         limits=Limits(memory=parse_size(memory, "memory size") if memory else None, cpus=cpus,
                       pids=pids_limit if pids_limit is None or pids_limit > 0 else None),  # docker: <= 0 is unlimited
-        read_only=read_only, auto_remove=rm, labels=labels)
+        read_only=read_only, auto_remove=rm, labels=labels, runtime=runtime)
     return spec.validate().to_dict()
 
 

@@ -10,7 +10,6 @@ Linux only and standard library only (it runs inside the guest, which has nothin
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import select
 import signal as signals
@@ -18,6 +17,7 @@ import time
 
 from runner.stdio import Stdio, TermSize
 from runner.engine import DEFAULT_ROOT, logs, network, shim
+from runner.engine.bundle import Bundle
 from runner.engine.state import CREATED, RUNNING, ContainerRecord, StateStore, now
 from runner.errors import Conflict, NotFound, PlatformError, UsageError
 from runner.spec import ContainerSpec, ExecSpec
@@ -65,6 +65,7 @@ class Engine:
         self.state = StateStore(self.root)
         self.publish_address = publish_address
         self._runtime = runtime
+        self._runtimes: dict = {}
         self._store = None
 
     # ------------------------------------------------------------------ plumbing
@@ -74,6 +75,19 @@ class Engine:
             from runner.engine.runtime.builtin import BuiltinRuntime
             self._runtime = BuiltinRuntime()
         return self._runtime
+
+    def runtime_for(self, name: str | None):
+        """The runtime named on a container (``--runtime``): builtin, or runc on PATH (same OCI bundle).
+
+        None or the default runtime's own name gives :attr:`runtime` (a test may have injected one)."""
+        if not name or name == self.runtime.name:
+            return self.runtime
+        if name not in self._runtimes:
+            if name != "runc":
+                raise UsageError(f"unknown or invalid runtime name: {name}", hint="use builtin or runc")
+            from runner.engine.runtime.runc import RuncRuntime
+            self._runtimes[name] = RuncRuntime()
+        return self._runtimes[name]
 
     @property
     def images_store(self):
@@ -88,9 +102,6 @@ class Engine:
                 if self.state.load(cid).image_id == image_id:
                     return True
         return False
-
-    def bundle_dir(self, cid: str) -> str:
-        return os.path.join(self.state.dir(cid), "bundle")
 
     def log_path(self, cid: str) -> str:
         return os.path.join(self.state.dir(cid), "container.log")
@@ -115,95 +126,16 @@ class Engine:
                     return ensure_default_image(store)
             raise
 
-    # ------------------------------------------------------------------ rootfs (runs in the shim)
-    def prepare_rootfs(self, rec: ContainerRecord, netns: str | None = None, size: TermSize | None = None) -> None:
-        """Mount the container's overlay in a private mount namespace and write the OCI ``config.json``.
+    # ------------------------------------------------------------------ bundles (runner.engine.bundle)
+    def bundle(self, cid: str) -> Bundle:
+        return Bundle(self.state.dir(cid))
 
-        Called in the shim. The new mount namespace is made recursively private first, so the overlay
-        neither shows up on the host nor receives the host's later mount events. ``netns`` is the network
-        namespace the shim wired (runner.engine.network), which the runtime joins instead of creating one.
-        """
-        from runner.engine.runtime import linux, oci
-        linux.unshare(linux.CLONE_NEWNS)
-        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-        cdir = self.state.dir(rec.id)
-        rootfs = os.path.join(self.bundle_dir(rec.id), "rootfs")
-        image = self.images_store.resolve(rec.image_id)
-        lowers = self.images_store.layer_dirs(image) or [self._empty_dir()]
-        # Relative lowerdirs keep the mount options short (they are limited to one page) with many layers.
-        base = os.path.commonpath(lowers) if len(lowers) > 1 else os.path.dirname(lowers[0])
-        opts = "lowerdir={},upperdir={},workdir={}".format(
-            ":".join(os.path.relpath(p, base) for p in lowers),
-            os.path.join(cdir, "upper"), os.path.join(cdir, "work"))
-        # A --rm container's writable layer never outlives its run, so it is mounted "volatile" (as podman does
-        # for --rm): overlayfs then skips syncing the upper filesystem, which otherwise makes the unmount at
-        # exit flush the whole host filesystem (2-60 ms here). A volatile mount leaves a marker that refuses
-        # any later mount of the same dirs; this container can only meet it again if a killed shim left the
-        # container behind and it is started again, and then its layer is as the shim left it: drop the marker.
-        volatile = bool(rec.spec.get("auto_remove"))
-        marker = os.path.join(cdir, "work", "work", "incompat", "volatile")
-        if volatile and os.path.lexists(marker):
-            import shutil
-            shutil.rmtree(marker, ignore_errors=True)
-        cwd = os.open(".", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            os.chdir(base)
-            try:
-                linux.mount("overlay", rootfs, "overlay", 0, opts + (",volatile" if volatile else ""))
-            except OSError as exc:
-                if not volatile or exc.errno != errno.EINVAL:
-                    raise
-                linux.mount("overlay", rootfs, "overlay", 0, opts)  # a kernel before 5.10: no volatile
-        finally:
-            os.fchdir(cwd)
-            os.close(cwd)
-        spec = ContainerSpec.from_dict(rec.spec)
-        uid, gid, gids = oci.resolve_user(spec.user or image.config.get("config", {}).get("User") or None, rootfs)
-        config = oci.make_config(
-            spec, image.config, rootfs=rootfs, container_id=rec.id,
-            hostname=rec.extra["hostname"], etc_files=self._etc_files(rec.id),
-            cgroups_path=f"runner/{rec.id}", uid=uid, gid=gid, additional_gids=gids,
-            home=oci.home_dir(uid, rootfs))
-        network.join_config(config, netns)
-        if spec.tty and size is not None:  # set before the workload runs: its first `stty size` must see it
-            config["process"]["consoleSize"] = {"height": size.rows, "width": size.cols}
-        from runner.engine.state import write_json_atomic
-        # Not fsynced: config.json is written anew at every start, so after a crash it is never needed (the
-        # rename alone keeps readers from seeing half of it).
-        write_json_atomic(os.path.join(self.bundle_dir(rec.id), "config.json"), config, durable=False)
+    def bundle_dir(self, cid: str) -> str:
+        return self.bundle(cid).dir
 
-    def release_rootfs(self, cid: str) -> None:
-        """Unmount the overlay (in the shim's namespace) so the container's files can be removed."""
-        from runner.engine.runtime import linux
-        with contextlib.suppress(OSError):
-            linux.umount2(os.path.join(self.bundle_dir(cid), "rootfs"), linux.MNT_DETACH)
-
-    def _empty_dir(self) -> str:
-        path = os.path.join(self.root, "empty")
-        os.makedirs(path, exist_ok=True)
-        return path
-
-    def _etc_files(self, cid: str) -> dict[str, str]:
-        etc = os.path.join(self.state.dir(cid), "etc")
-        return {"/etc/" + name: os.path.join(etc, name) for name in ("hostname", "hosts", "resolv.conf")}
-
-    def _write_etc_files(self, cid: str, spec: ContainerSpec, hostname: str) -> None:
-        etc = os.path.join(self.state.dir(cid), "etc")
-        os.makedirs(etc, exist_ok=True)
-        hosts = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-                 f"127.0.1.1\t{hostname}\n")
-        resolv = ""
-        if spec.network == "host":
-            with contextlib.suppress(OSError), open("/etc/hosts") as f:
-                hosts = f.read()
-            with contextlib.suppress(OSError), open("/etc/resolv.conf") as f:
-                resolv = f.read()
-        elif spec.network != "none":  # a bridge network: the host's resolvers, minus loopback stubs
-            resolv = network.resolv_conf_for_container()
-        for name, content in (("hostname", hostname + "\n"), ("hosts", hosts), ("resolv.conf", resolv)):
-            with open(os.path.join(etc, name), "w") as f:
-                f.write(content)
-            os.chmod(os.path.join(etc, name), 0o644)
+    def empty_dir(self) -> str:
+        """The lower layer of an image that has none (the shim creates it on first use)."""
+        return os.path.join(self.root, "empty")
 
     # ------------------------------------------------------------------ containers
     def create(self, spec: dict) -> str:
@@ -214,20 +146,20 @@ class Engine:
             if not os.path.exists(m.source):
                 raise NotFound(f"bind source path does not exist: {m.source}",
                                hint="create the directory first, or fix the -v source path")
+        runtime = self.runtime_for(cspec.runtime)  # an unknown runtime or a missing runc fails here
         image = self._image(cspec.image)
 
         def make(cid: str, name: str) -> ContainerRecord:
             hostname = cspec.hostname or cid[:12]
             return ContainerRecord(id=cid, name=name, spec=cspec.to_dict(), image_id=image.id,
-                                   image_ref=cspec.image, created=now(), runtime=self.runtime.name,
+                                   image_ref=cspec.image, created=now(), runtime=runtime.name,
                                    extra={"hostname": hostname})
 
         rec = self.state.create(cspec.name, make)
         try:
-            cdir = self.state.dir(rec.id)
-            for sub in ("bundle/rootfs", "upper", "work"):
-                os.makedirs(os.path.join(cdir, sub), mode=0o755)
-            self._write_etc_files(rec.id, cspec, rec.extra["hostname"])
+            bundle = self.bundle(rec.id)
+            bundle.make_dirs()
+            bundle.write_etc_files(cspec.network, rec.extra["hostname"], network.resolv_conf_for_container)
         except BaseException:
             self.state.remove_dir(rec.id)
             raise
@@ -243,7 +175,7 @@ class Engine:
             if rec.status != CREATED:  # a fresh container (runner run) is CREATED already: nothing to write
                 rec.status = CREATED
                 self.state.save(rec)
-        prime = getattr(self.runtime, "prime", None)
+        prime = getattr(self.runtime_for(rec.runtime), "prime", None)
         # The kernel-side wait of the container's cgroup join, paid meanwhile: see cgroups.prime_migrations.
         unprime = prime() if prime is not None else None
         try:
@@ -258,7 +190,7 @@ class Engine:
         try:
             return self.start(cid, stdio, size)
         except BaseException:
-            self._remove(cid)  # nothing half-created is left behind
+            self._remove(cid, spec.get("runtime"))  # nothing half-created is left behind
             raise
 
     def exec(self, ref: str, exec_spec: dict, stdio: Stdio, size: TermSize | None = None):
@@ -329,12 +261,12 @@ class Engine:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.pid, signals.SIGKILL)
             self._wait_exited(rec.id, None)
-        self._remove(rec.id)
+        self._remove(rec.id, rec.runtime)
         return rec.name
 
-    def _remove(self, cid: str) -> None:
+    def _remove(self, cid: str, runtime: str | None = None) -> None:
         with contextlib.suppress(Exception):
-            self.runtime.delete(self.bundle_dir(cid), cid)
+            self.runtime_for(runtime).delete(self.bundle_dir(cid), cid)
         network.forget(self, cid)  # a lease or veth a killed shim could not release
         self.remove_container_files(cid)
 
@@ -346,55 +278,27 @@ class Engine:
             self.state.remove_dir(cid)
 
     def ps(self, all: bool = False) -> list[dict]:
+        from runner.engine import views
         out = []
         for cid in self.state.ids():
             with contextlib.suppress(NotFound, ValueError):
                 rec = self.state.reconcile(self.state.load(cid))
                 if all or rec.status == RUNNING:
-                    out.append(self._summary(rec))
-        return sorted(out, key=lambda c: c["Created"], reverse=True)
-
-    def _summary(self, rec: ContainerRecord) -> dict:
-        spec = rec.spec
-        cmd = (spec.get("entrypoint") or []) + (spec.get("command") or [])
-        return {"Id": rec.id, "Name": rec.name, "Image": rec.image_ref, "Command": " ".join(cmd),
-                "Created": rec.created, "State": rec.status, "ExitCode": rec.exit_code,
-                "StartedAt": rec.started_at, "FinishedAt": rec.finished_at,
-                "Ports": network.ports_text((rec.extra.get("network") or {}).get("Ports") or []),
-                "Networks": spec.get("network", "none")}
+                    out.append((rec.created, views.container_summary(rec)))
+        return [c for _, c in sorted(out, key=lambda c: c[0], reverse=True)]
 
     def inspect(self, ref: str) -> dict:
+        from runner.engine import views
         rec = self._record(ref)
-        spec = ContainerSpec.from_dict(rec.spec)
         config = {}
         with contextlib.suppress(OSError, ValueError):
             import json
             with open(os.path.join(self.bundle_dir(rec.id), "config.json")) as f:
                 config = json.load(f)
-        process = config.get("process", {})
-        return {
-            "Id": rec.id, "Name": rec.name, "Created": _iso(rec.created), "Image": rec.image_id,
-            "Path": (process.get("args") or [""])[0], "Args": (process.get("args") or [])[1:],
-            "State": {"Status": rec.status, "Running": rec.status == RUNNING, "Pid": rec.pid or 0,
-                      "ExitCode": rec.exit_code if rec.exit_code is not None else 0,
-                      "OOMKilled": rec.oom_killed, "Error": rec.error,
-                      "StartedAt": _iso(rec.started_at), "FinishedAt": _iso(rec.finished_at)},
-            "Config": {"Image": rec.image_ref, "Hostname": rec.extra.get("hostname"), "Cmd": spec.command,
-                       "Entrypoint": spec.entrypoint, "Env": process.get("env", spec.env),
-                       "WorkingDir": process.get("cwd", spec.workdir or ""), "User": spec.user or "",
-                       "Tty": spec.tty, "OpenStdin": spec.interactive, "Labels": spec.labels},
-            "HostConfig": {"Memory": spec.limits.memory or 0,
-                           "NanoCpus": int((spec.limits.cpus or 0) * 1e9),
-                           "PidsLimit": spec.limits.pids or 0, "ReadonlyRootfs": spec.read_only,
-                           "NetworkMode": spec.network, "PortBindings": network.port_bindings(spec),
-                           "PublishAllPorts": spec.publish_all, "AutoRemove": spec.auto_remove,
-                           "Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "") for m in spec.mounts],
-                           "Runtime": rec.runtime},
-            "Mounts": [{"Type": "bind", "Source": m.source, "Destination": m.target, "RW": not m.readonly}
-                       for m in spec.mounts],
-            "NetworkSettings": network.container_settings(rec, spec),
-            "LogPath": self.log_path(rec.id),
-        }
+        etc = self.bundle(rec.id).etc
+        paths = {"ResolvConfPath": os.path.join(etc, "resolv.conf"), "HostnamePath": os.path.join(etc, "hostname"),
+                 "HostsPath": os.path.join(etc, "hosts"), "LogPath": self.log_path(rec.id)}
+        return views.container_inspect(rec, ContainerSpec.from_dict(rec.spec), config, paths)
 
     def logs(self, ref: str, stdio: Stdio, follow: bool = False, tail: int | None = None) -> None:
         rec = self._record(ref)
@@ -417,7 +321,8 @@ class Engine:
     # ------------------------------------------------------------------ networks (runner.engine.network)
     def port(self, ref: str) -> dict:
         """The published ports of a running container, ``{"80/tcp": [{"HostIp", "HostPort"}]}``."""
-        return network.docker_ports((self._record(ref).extra.get("network") or {}).get("Ports") or [])
+        from runner.engine import views
+        return views.port_map((self._record(ref).extra.get("network") or {}).get("Ports") or [])
 
     def network_create(self, name: str, subnet: str | None = None) -> dict:
         self._require_root()
@@ -436,26 +341,20 @@ class Engine:
 
     # ------------------------------------------------------------------ images
     def images(self) -> list[dict]:
-        return [self._image_summary(img) for img in self.images_store.list()]
-
-    def _image_summary(self, img) -> dict:
-        return {"Id": img.id, "RepoTags": img.repo_tags, "Size": img.size, "Created": img.created,
-                "ManifestDigest": img.manifest_digest}
+        from runner.engine import views
+        return [views.image_summary(img) for img in self.images_store.list()]
 
     def image_inspect(self, ref: str) -> dict:
-        img = self._image(ref)
-        summary = self._image_summary(img)
-        summary.update({"Config": img.config.get("config", {}), "Architecture": img.config.get("architecture"),
-                        "Os": img.config.get("os"), "RootFS": img.config.get("rootfs", {}),
-                        "Layers": [layer.digest for layer in img.layers]})
-        return summary
+        from runner.engine import views
+        return views.image_inspect(self._image(ref))
 
     def pull(self, ref: str, platform: str | None = None, credentials: dict | None = None,
              progress=None, endpoints: dict | None = None) -> dict:
         """``endpoints``: where registry connections really go (the VM backend maps the host's loopback
         registries to the address the guest reaches them at); see runner.images.registry.RegistryClient."""
+        from runner.engine import views
         from runner.images.pull import pull
-        return self._image_summary(pull(self.images_store, ref, platform=platform, credentials=credentials,
+        return views.image_summary(pull(self.images_store, ref, platform=platform, credentials=credentials,
                                         progress=progress, endpoints=endpoints))
 
     def push(self, ref: str, credentials: dict | None = None, progress=None,
@@ -479,9 +378,10 @@ class Engine:
             self._image(ref)  # the default image is made on demand, as for run
         archive.save(self.images_store, refs, stream)
 
-    def import_image(self, stream: IO[bytes], name: str, changes: dict | None = None) -> str:
+    def import_image(self, stream: IO[bytes], name: str, changes: list[str] | None = None) -> str:
+        """``changes``: Dockerfile instructions (``--change``), applied by runner.images.dockerfile."""
         from runner.images.rootfs import import_rootfs
-        return import_rootfs(self.images_store, stream, name, changes).id
+        return import_rootfs(self.images_store, stream, name, changes=changes or ()).id
 
     def info(self) -> dict:
         from runner import __version__
@@ -493,8 +393,3 @@ class Engine:
                 "version": __version__, "kernel": os.uname().release, "arch": os.uname().machine,
                 "containers": len(self.state.ids())}
 
-
-def _iso(ts: float | None) -> str:
-    if not ts:
-        return "0001-01-01T00:00:00Z"
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e9):09d}Z"

@@ -40,6 +40,7 @@ class ExecProcess(AttachedProcess):
 def start_exec(engine, rec: ContainerRecord, spec: ExecSpec, stdio: Stdio, size: TermSize | None) -> ExecProcess:
     from runner.engine.runtime import oci
     bundle = engine.bundle_dir(rec.id)
+    runtime = engine.runtime_for(rec.runtime)  # the one the container was created with
     with open(os.path.join(bundle, "config.json")) as f:
         config = json.load(f)
     # The container's own /etc/passwd, seen through its PID 1's root: names resolve as they do inside.
@@ -58,8 +59,8 @@ def start_exec(engine, rec: ContainerRecord, spec: ExecSpec, stdio: Stdio, size:
             # As for run -t: the pty comes from the container's own devpts via a console socket.
             console, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                pid = engine.runtime.exec(bundle, rec.id, rec.pid, process, (devnull, devnull, devnull),
-                                          console_socket=theirs.fileno())
+                pid = runtime.exec(bundle, rec.id, rec.pid, process, (devnull, devnull, devnull),
+                                   console_socket=theirs.fileno())
             finally:
                 theirs.close()
             try:
@@ -73,7 +74,7 @@ def start_exec(engine, rec: ContainerRecord, spec: ExecSpec, stdio: Stdio, size:
             pump.start()
             return ExecProcess(rec.id, pid, master, pump)
         cin = stdio.stdin if spec.interactive and stdio.stdin is not None else devnull
-        pid = engine.runtime.exec(bundle, rec.id, rec.pid, process, (cin, stdio.stdout, stdio.stderr))
+        pid = runtime.exec(bundle, rec.id, rec.pid, process, (cin, stdio.stdout, stdio.stderr))
         return ExecProcess(rec.id, pid, None, None)
     finally:
         os.close(devnull)

@@ -37,7 +37,7 @@ Why it is built this way:
   is built by pure functions (``nft_script``, ``iptables_restore_script``), unit-tested without root.
 
 VM backend: the guest runs this very engine, so everything above happens inside the guest unchanged. The
-host side reads ``Engine.inspect(ref)["NetworkSettings"]["Ports"]`` (Docker's shape:
+host side reads ``Engine.inspect(ref)["NetworkSettings"]["Ports"]`` (Docker's shape, from runner.engine.views:
 ``{"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}``, filled once the container runs) and adds
 ``hostfwd_add`` host ``HostIp:HostPort`` → guest ``:HostPort`` for each entry (``udp`` for ``/udp`` keys),
 removing them when the container exits. The agent builds its Engine with ``publish_address="0.0.0.0"`` so
@@ -198,21 +198,6 @@ def effective_ports(ports: list[dict], publish_all: bool, exposed: dict | None) 
                 out.append({"container_port": int(port), "host_port": 0, "host_ip": "127.0.0.1",
                             "protocol": proto})
     return out
-
-
-def docker_ports(bound: list[dict]) -> dict:
-    """Bound ports in Docker's ``NetworkSettings.Ports`` shape (also what the VM host side reads)."""
-    out: dict[str, list] = {}
-    for p in bound:
-        out.setdefault(f'{p["container_port"]}/{p["protocol"]}', []).append(
-            {"HostIp": p["host_ip"], "HostPort": str(p["host_port"])})
-    return out
-
-
-def ports_text(bound: list[dict]) -> str:
-    """``ps``'s PORTS column: ``127.0.0.1:8080->80/tcp, ...``."""
-    return ", ".join(f'{p["host_ip"]}:{p["host_port"]}->{p["container_port"]}/{p["protocol"]}'
-                     for p in bound)
 
 
 # ------------------------------------------------------------------------------------------ small effects
@@ -484,13 +469,10 @@ class Networks:
             delete_link(record["Bridge"])
 
     def inspect(self, name: str) -> dict:
+        from runner.engine import views
         record = self.get(name)
-        containers = {lease["Id"]: {"Name": lease["Name"], "MacAddress": mac_for(ip),
-                                    "IPv4Address": f'{ip}/{ipaddress.IPv4Network(record["Subnet"]).prefixlen}'}
-                      for ip, lease in self.live_leases(name).items()}
-        return {"Name": record["Name"], "Id": record["Id"], "Created": record["Created"], "Driver": "bridge",
-                "IPAM": {"Config": [{"Subnet": record["Subnet"], "Gateway": record["Gateway"]}]},
-                "Options": {"bridge": record["Bridge"]}, "Containers": containers}
+        prefix = ipaddress.IPv4Network(record["Subnet"]).prefixlen
+        return views.network(record, self.live_leases(name), prefix, mac_for)
 
     # -- leases
     def lease(self, record: dict, rec, hostname: str) -> str:
@@ -721,27 +703,6 @@ def forget(engine, cid: str) -> None:
         delete_link(veth_name(cid))
     with contextlib.suppress(OSError):
         Networks(engine).release(cid)
-
-
-def container_settings(rec, spec) -> dict:
-    """``NetworkSettings`` for inspect, in Docker's shape (empty addresses when not running)."""
-    live = rec.extra.get("network") or {}
-    bound = live.get("Ports") or []
-    networks = {spec.network: {"NetworkID": live.get("NetworkID", ""), "IPAddress": live.get("IPAddress", ""),
-                               "IPPrefixLen": live.get("IPPrefixLen", 0), "Gateway": live.get("Gateway", ""),
-                               "MacAddress": live.get("MacAddress", "")}}
-    return {"IPAddress": live.get("IPAddress", ""), "IPPrefixLen": live.get("IPPrefixLen", 0),
-            "Gateway": live.get("Gateway", ""), "MacAddress": live.get("MacAddress", ""),
-            "Bridge": live.get("Bridge", ""), "Ports": docker_ports(bound), "Networks": networks}
-
-
-def port_bindings(spec) -> dict:
-    """``HostConfig.PortBindings``: what was asked for (host port "" = random)."""
-    out: dict[str, list] = {}
-    for p in spec.ports:
-        out.setdefault(f"{p.container_port}/{p.protocol}", []).append(
-            {"HostIp": p.host_ip, "HostPort": str(p.host_port) if p.host_port else ""})
-    return out
 
 
 def resolv_conf_for_container() -> str:

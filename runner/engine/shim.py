@@ -46,7 +46,7 @@ import struct
 import termios
 
 from runner.stdio import Stdio, TermSize
-from runner.engine import logs, network
+from runner.engine import bundle, logs, network
 from runner.engine.state import EXITED, RUNNING, now, proc_start_time
 from runner.errors import ContainerStartError, RunnerError
 
@@ -183,8 +183,9 @@ def _close_fds_except(keep: set[int]) -> None:
                 os.close(fd)
 
 
-def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty: bool,
-               sync: socket.socket) -> int:
+def _isolate(stdio: Stdio | None, sync: socket.socket) -> int:
+    """Make this forked child a shim: default signal dispositions, none of the caller's fds; returns an fd
+    on /dev/null. A detached shim must not hold the caller's pipes or terminal open."""
     # Signal dispositions the caller installed (Ctrl-C forwarding, SIGWINCH) must not run in the shim.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
@@ -195,82 +196,108 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
     devnull = os.open("/dev/null", os.O_RDWR)
     if stdio is None:
         for fd in (0, 1, 2):
-            os.dup2(devnull, fd)  # a detached shim must not hold the caller's pipes or terminal open
-    store = engine.state
-    runtime = engine.runtime
-    bundle = engine.bundle_dir(cid)
-    started = False
-    master = None
-    net = network.NO_NETWORK
-    try:
-        rec = store.load(cid)  # read once: attaching the network does not change the record
-        net = network.attach(engine, rec)  # ports bound, address leased, netns wired
-        engine.prepare_rootfs(rec, net.netns_path, size)  # private mount ns + overlay + config.json
+            os.dup2(devnull, fd)
+    return devnull
+
+
+class _Workload:
+    """The container's process as the shim sees it: pid (None until the runtime started it), the output
+    fds to relay (``sources``), the pty master with ``-t``, and what to pump into its stdin."""
+
+    pid: int | None = None
+    master: int | None = None
+    pump_stdin: tuple[int, int] | None = None
+    sources: dict = {}
+
+    def start(self, runtime, bundle: str, cid: str, stdio: Stdio | None, tty: bool, devnull: int) -> None:
         if tty:
             # runc's console socket: the pty is made inside the container, its master comes back here.
             console, console_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                pid = runtime.start(bundle, cid, (devnull, devnull, devnull), console_socket=console_theirs.fileno())
+                self.pid = runtime.start(bundle, cid, (devnull,) * 3, console_socket=console_theirs.fileno())
             finally:
                 console_theirs.close()
-            started = True
             _, fds, _, _ = socket.recv_fds(console, 16, 1)
             console.close()
             if not fds:
                 raise ContainerStartError("the container did not hand over its terminal")
-            master = fds[0]
-            sources = {master: logs.STDOUT}
-            pump_stdin = (stdio.stdin, master) if stdio is not None and stdio.stdin is not None else None
-        else:
-            out_r, out_w = os.pipe2(os.O_CLOEXEC)
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            cin = stdio.stdin if stdio is not None and stdio.stdin is not None else devnull
-            try:
-                pid = runtime.start(bundle, cid, (cin, out_w, err_w))
-            finally:
-                os.close(out_w)  # only the container holds the write ends now: EOF arrives when it exits
-                os.close(err_w)
-            started = True
-            sources = {out_r: logs.STDOUT, err_r: logs.STDERR}
-            pump_stdin = None
+            self.master = fds[0]
+            self.sources = {self.master: logs.STDOUT}
+            if stdio is not None and stdio.stdin is not None:
+                self.pump_stdin = (stdio.stdin, self.master)
+            return
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        cin = stdio.stdin if stdio is not None and stdio.stdin is not None else devnull
+        try:
+            self.pid = runtime.start(bundle, cid, (cin, out_w, err_w))
+        finally:
+            os.close(out_w)  # only the container holds the write ends now: EOF arrives when it exits
+            os.close(err_w)
+        self.sources = {out_r: logs.STDOUT, err_r: logs.STDERR}
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+def _relay(engine, cid: str, work: _Workload, stdio: Stdio | None, sync: socket.socket) -> str:
+    """Tell the caller the workload runs, then relay its output until it closes; returns an error text if
+    the relay failed (the workload is then killed: nobody would drain its output any more)."""
+    try:
+        _send(sync, {"started": work.pid}, [work.master] if work.master is not None and stdio is not None else [])
+        log = logs.LogWriter(engine.log_path(cid))
+        sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr} if stdio is not None else {}
+        try:
+            logs.relay(work.sources, log, sinks, work.pump_stdin)
+        finally:
+            log.close()
+    except BaseException as exc:
+        work.kill()
+        return f"runner's monitor failed: {type(exc).__name__}: {exc}"
+    return ""
+
+
+def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty: bool,
+               sync: socket.socket) -> int:
+    devnull = _isolate(stdio, sync)
+    store = engine.state
+    container_bundle = engine.bundle(cid)
+    work = _Workload()
+    net = network.NO_NETWORK
+    runtime = None
+    try:
+        rec = store.load(cid)  # read once: attaching the network does not change the record
+        runtime = engine.runtime_for(rec.runtime)
+        net = network.attach(engine, rec)  # ports bound, address leased, netns wired
+        # private mount ns + overlay + config.json
+        bundle.prepare(engine.images_store, container_bundle, rec, engine.empty_dir(), net.netns_path, size)
+        work.start(runtime, container_bundle.dir, cid, stdio, tty, devnull)
         with store.update(cid) as rec:
-            rec.status, rec.pid, rec.pid_start = RUNNING, pid, proc_start_time(pid)
+            rec.status, rec.pid, rec.pid_start = RUNNING, work.pid, proc_start_time(work.pid)
             rec.shim_pid, rec.shim_start = os.getpid(), proc_start_time(os.getpid())
             rec.started_at, rec.exit_code, rec.oom_killed, rec.error = now(), None, False, ""
             rec.finished_at = None
             rec.extra["network"] = net.settings
         net.serve()
     except (RunnerError, OSError) as exc:
-        if started:  # the workload runs, but its bookkeeping failed: it must not live on unwatched
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+        if work.pid is not None:  # the workload runs, but its bookkeeping failed: it must not live on unwatched
+            work.kill()
+            os.waitpid(work.pid, 0)
         if not isinstance(exc, RunnerError):
             exc = ContainerStartError(f"cannot start container: {exc}")
         net.detach()
         _send(sync, {"error": exc.to_dict()})
-        runtime.delete(bundle, cid)
+        if runtime is not None:
+            runtime.delete(container_bundle.dir, cid)
         return 125
-    error = ""
-    try:
-        _send(sync, {"started": pid}, [master] if master is not None and stdio is not None else [])
-        log = logs.LogWriter(engine.log_path(cid))
-        sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr} if stdio is not None else {}
-        try:
-            logs.relay(sources, log, sinks, pump_stdin)
-        finally:
-            log.close()
-    except BaseException as exc:
-        # Nobody would drain its output any more, so the workload would block: end it, and say why.
-        error = f"runner's monitor failed: {type(exc).__name__}: {exc}"
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    _, status = os.waitpid(pid, 0)
+    error = _relay(engine, cid, work, stdio, sync)
+    _, status = os.waitpid(work.pid, 0)
     code = exit_code_of(status)
-    oom = runtime.oom_killed(bundle, cid)
-    runtime.delete(bundle, cid)
+    oom = runtime.oom_killed(container_bundle.dir, cid)
+    runtime.delete(container_bundle.dir, cid)
     net.detach()
-    engine.release_rootfs(cid)
+    container_bundle.release()
     # With --rm the record is removed right after this write, so a crash could only leave a record that
     # is gone anyway: no fsync for it (the write itself stays atomic for concurrent readers).
     with store.update(cid, durable=not rec.spec.get("auto_remove")) as rec:

@@ -10,22 +10,21 @@ Contents: ``bin/busybox``, a symlink in ``bin/`` per applet (``busybox --list``)
 ``#!/usr/bin/env`` scripts, ``/etc/passwd`` and ``/etc/group`` (root, nobody, ``user`` 1000),
 ``/tmp`` (1777), ``/root``, ``/home/user`` and empty mount points ``/dev``, ``/proc``, ``/sys``.
 
-Run ``python3 -m runner.images.default --root DIR`` (or ``scripts/build-default-image``) to build it into a
-store, ``--output FILE`` to write it as a docker/OCI archive. Standard library only.
+``scripts/build-default-image`` (runner.cli.default_image, which owns the output) builds it into a store
+(``--root DIR``) or writes it as a docker/OCI archive (``--output FILE``). Standard library only; this module
+prints nothing.
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import subprocess
-import sys
 import tarfile
 import tempfile
 from typing import BinaryIO
 
-from runner.errors import ImageError, NotFound, RunnerError
+from runner.errors import ImageError, NotFound
 from runner.images.layers import decompressed
 from runner.images.rootfs import DEFAULT_PATH, import_rootfs
 from runner.images.store import Image, Store
@@ -129,33 +128,3 @@ def busybox_from_deb(deb: str, directory: str) -> str:
                 os.utime(path, (info.mtime, info.mtime))
                 return path
     raise ImageError(f"{deb} does not contain bin/busybox", hint="use the busybox-static package")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="build-default-image", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", help="image store directory to build into (default: a temporary one)")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--busybox", default=BUSYBOX, help="static busybox binary (default: %(default)s)")
-    source.add_argument("--deb", help="a busybox-static .deb to take the binary from")
-    parser.add_argument("--output", help="also write the image as a docker-save/OCI archive to this file")
-    args = parser.parse_args(argv)
-    if not args.root and not args.output:
-        parser.error("give --root, --output or both")
-    from runner.images import archive
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            store = Store(args.root or os.path.join(tmp, "store"))
-            busybox = busybox_from_deb(args.deb, tmp) if args.deb else args.busybox
-            image = build_default_image(store, busybox)
-            if args.output:
-                with open(args.output, "wb") as out:
-                    archive.save(store, [DEFAULT_IMAGE], out)
-    except RunnerError as exc:
-        print(f"Error: {exc.message}" + (f"\nHint: {exc.hint}" if exc.hint else ""), file=sys.stderr)
-        return exc.exit_code
-    print(f"{DEFAULT_IMAGE} {image.id}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

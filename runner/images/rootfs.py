@@ -4,7 +4,8 @@ The result is a proper image, indistinguishable from a pulled one: an OCI config
 Go's naming, ``os`` linux, ``rootfs.diff_ids``, history) and an OCI manifest, stored through the same
 content-addressed :class:`~runner.images.store.Store`. The layer is stored uncompressed, so its digest
 is its diff_id and a ``save`` writes exactly the bytes that were imported. ``changes`` takes Docker's
-``--change`` instructions (CMD, ENTRYPOINT, ENV, WORKDIR, USER, EXPOSE, VOLUME, LABEL, STOPSIGNAL).
+``--change`` instructions (CMD, ENTRYPOINT, ENV, WORKDIR, USER, EXPOSE, VOLUME, LABEL, STOPSIGNAL), read and
+applied by runner.images.dockerfile (ENV merges into the default ``PATH``, as Docker's).
 The default image is built through here too, with a fixed ``created`` time so it is reproducible.
 Standard library only.
 """
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import json
 import platform
-import shlex
 import tarfile
 import time
 from typing import BinaryIO, Iterable
 
-from runner.errors import ImageError, UsageError
+from runner.errors import ImageError
+from runner.images import dockerfile
 from runner.images.layers import decompressed
 from runner.images.store import (MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER, MEDIA_OCI_MANIFEST, Image, Store)
 
@@ -55,9 +56,7 @@ def import_rootfs(store: Store, fileobj: BinaryIO, name: str | None, config: dic
     ``config`` is the initial ``config`` section (Cmd, Env, ...); ``changes`` are applied on top;
     ``created`` defaults to now.
     """
-    image_config = {"Env": [DEFAULT_PATH], "Cmd": ["/bin/sh"], **(config or {})}
-    for change in changes:
-        apply_change(image_config, change)
+    image_config = dockerfile.apply_changes({"Env": [DEFAULT_PATH], "Cmd": ["/bin/sh"], **(config or {})}, changes)
     diff_id, size = store.ingest(decompressed(fileobj))
     if not _looks_like_tar(store, diff_id, size):
         store.discard_unreferenced([diff_id])
@@ -87,71 +86,3 @@ def _looks_like_tar(store: Store, digest: str, size: int) -> bool:
     except tarfile.HeaderError:
         return False
     return True
-
-
-def apply_change(config: dict, change: str) -> None:
-    """Apply one Dockerfile-style ``--change`` instruction to an image ``config`` section."""
-    keyword, _, rest = change.strip().partition(" ")
-    keyword, rest = keyword.upper(), rest.strip()
-    if not rest:
-        raise UsageError(f"invalid change {change!r}: {keyword or 'instruction'} needs an argument")
-    if keyword in ("CMD", "ENTRYPOINT"):
-        config["Cmd" if keyword == "CMD" else "Entrypoint"] = _command(rest)
-        if keyword == "ENTRYPOINT":
-            config.pop("Cmd", None)  # as in a Dockerfile: a new entrypoint resets the inherited CMD
-    elif keyword in ("ENV", "LABEL"):
-        pairs = _pairs(change, rest)
-        if keyword == "ENV":
-            env = {e.split("=", 1)[0]: e for e in config.get("Env") or []}
-            env.update({k: f"{k}={v}" for k, v in pairs})
-            config["Env"] = list(env.values())
-        else:
-            config.setdefault("Labels", {}).update(dict(pairs))
-    elif keyword == "WORKDIR":
-        config["WorkingDir"] = rest
-    elif keyword == "USER":
-        config["User"] = rest
-    elif keyword == "STOPSIGNAL":
-        config["StopSignal"] = rest
-    elif keyword == "EXPOSE":
-        for port in rest.split():
-            config.setdefault("ExposedPorts", {})[port if "/" in port else f"{port}/tcp"] = {}
-    elif keyword == "VOLUME":
-        paths = json.loads(rest) if rest.startswith("[") else rest.split()
-        for path in paths:
-            config.setdefault("Volumes", {})[str(path)] = {}
-    else:
-        raise UsageError(f"unsupported change {keyword!r}",
-                         hint="use CMD, ENTRYPOINT, ENV, EXPOSE, LABEL, STOPSIGNAL, USER, VOLUME or WORKDIR")
-
-
-def _command(text: str) -> list[str]:
-    """Exec form (a JSON list) as is; shell form runs under ``/bin/sh -c`` like Docker."""
-    if text.startswith("["):
-        try:
-            value = json.loads(text)
-        except ValueError:
-            value = None
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return value
-    return ["/bin/sh", "-c", text]
-
-
-def _pairs(change: str, rest: str) -> list[tuple[str, str]]:
-    """``K=V K2="v 2"`` or the legacy ``K some value`` form."""
-    try:
-        words = shlex.split(rest)
-    except ValueError as exc:
-        raise UsageError(f"invalid change {change!r}: {exc}") from None
-    if "=" not in words[0]:
-        key, _, value = rest.partition(" ")
-        if not value.strip():
-            raise UsageError(f"invalid change {change!r}: expected KEY=VALUE or KEY VALUE")
-        return [(key, value.strip())]
-    pairs = []
-    for word in words:
-        key, sep, value = word.partition("=")
-        if not sep or not key:
-            raise UsageError(f"invalid change {change!r}: expected KEY=VALUE, got {word!r}")
-        pairs.append((key, value))
-    return pairs

@@ -212,7 +212,7 @@ def test_detached_logs_exec_inspect_ps(backends):
             os.close(e_w)
             return os.read(o_r, 100), os.read(e_r, 100)
         assert logs(native) == logs(remote) == (b"one\n", b"two\n")
-        assert remote.stop(cid, timeout=1) == native.inspect(cid)["Name"]
+        assert "/" + remote.stop(cid, timeout=1) == native.inspect(cid)["Name"]  # Docker's leading slash
         assert remote.wait(cid) == native.wait(cid)
     finally:
         native.rm(cid, force=True)

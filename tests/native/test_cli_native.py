@@ -6,15 +6,13 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import pty
-import select
 import subprocess
 import sys
 import time
 
 import pytest
 
-from tests.helpers import REPO, cli
+from tests.helpers import REPO, cli, run_in_pty
 
 pytestmark = pytest.mark.root
 IMG = "localhost/busybox"
@@ -104,29 +102,9 @@ def test_user_by_name_from_image_passwd(native_root):
 
 
 def test_tty_gives_a_real_terminal_with_the_window_size(native_root):
-    env = dict(os.environ, RUNNER_ROOT=native_root, PYTHONPATH=REPO)
-    pid, fd = pty.fork()
-    if pid == 0:
-        os.execve(sys.executable, [sys.executable, "-m", "runner", "run", "--rm", "-it", IMG, "sh", "-c",
-                                   "tty; stty size"], env)
-    import fcntl
-    import struct
-    import termios
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
-    output = b""
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        r, _, _ = select.select([fd], [], [], 1)
-        if r:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            output += chunk
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    code, output = run_in_pty(["run", "--rm", "-it", IMG, "sh", "-c", "tty; stty size"], native_root,
+                              rows=33, cols=111)
+    assert code == 0
     assert b"/dev/pts/0" in output
     assert b"33 111" in output
 

@@ -1,10 +1,9 @@
-"""Pure pieces of the CLI: env parsing, --change parsing, backend choice, error printing, rendering."""
+"""Pure pieces of the CLI: env parsing, backend choice, error printing, rendering."""
 
 import pytest
 
 from runner.backends.select import choose
 from runner.cli.runopts import build_spec, parse_env
-from runner.cli.images import parse_changes
 from runner.cli.render import duration, human_size
 from runner.errors import CommandNotFound, RunnerError, UsageError
 
@@ -18,16 +17,6 @@ def test_parse_env(tmp_path):
         parse_env(["=x"], [], {})
     with pytest.raises(UsageError):
         parse_env([], [str(tmp_path / "missing")], {})
-
-
-def test_parse_changes():
-    assert parse_changes(['CMD ["echo", "hi"]', "ENV A=1", "WORKDIR /w", "USER nobody", "ENTRYPOINT run me"]) == {
-        "Cmd": ["echo", "hi"], "Env": ["A=1"], "WorkingDir": "/w", "User": "nobody",
-        "Entrypoint": ["/bin/sh", "-c", "run me"]}
-    with pytest.raises(UsageError):
-        parse_changes(["EXPOSE 80"])
-    with pytest.raises(UsageError):
-        parse_changes(["CMD [broken"])
 
 
 def test_build_spec_entrypoint_rules():

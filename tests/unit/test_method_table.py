@@ -15,7 +15,7 @@ from runner.backends.base import Backend
 
 ROOT = Path(__file__).resolve().parents[2]
 # Public Engine methods that are the engine's own plumbing (called by the shim or the store), not Backend calls.
-ENGINE_INTERNAL = {"runtime", "images_store", "bundle_dir", "log_path", "prepare_rootfs", "release_rootfs",
+ENGINE_INTERNAL = {"runtime", "runtime_for", "images_store", "bundle", "bundle_dir", "empty_dir", "log_path",
                    "remove_container_files"}
 
 

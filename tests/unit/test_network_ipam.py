@@ -13,7 +13,8 @@ import pytest
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the engine is Linux-only")
 
-from runner.engine import network  # noqa: E402
+from runner.cli import render  # noqa: E402
+from runner.engine import network, views  # noqa: E402
 from runner.engine.state import StateStore  # noqa: E402
 from runner.errors import Conflict, UsageError  # noqa: E402
 
@@ -110,9 +111,9 @@ def test_effective_ports_adds_exposed_ports_once():
 def test_docker_shapes():
     bound = [{"container_port": 80, "protocol": "tcp", "host_ip": "127.0.0.1", "host_port": 8080},
              {"container_port": 53, "protocol": "udp", "host_ip": "0.0.0.0", "host_port": 5353}]
-    assert network.docker_ports(bound) == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}],
-                                           "53/udp": [{"HostIp": "0.0.0.0", "HostPort": "5353"}]}
-    assert network.ports_text(bound) == "127.0.0.1:8080->80/tcp, 0.0.0.0:5353->53/udp"
+    assert views.port_map(bound) == {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}],
+                                       "53/udp": [{"HostIp": "0.0.0.0", "HostPort": "5353"}]}
+    assert render.ports_text(views.port_list(bound)) == "127.0.0.1:8080->80/tcp, 0.0.0.0:5353->53/udp"
 
 
 def test_join_config_points_the_network_namespace_at_the_wired_one():

@@ -65,3 +65,10 @@ def test_exec_spec():
         ExecSpec([]).validate()
     with pytest.raises(UsageError):
         ExecSpec.from_dict({"command": ["ls"], "bogus": True})
+
+
+def test_runtime_names_are_validated():
+    assert ContainerSpec("img", runtime="runc").validate().runtime == "runc"
+    assert ContainerSpec("img").validate().runtime is None  # the engine's default
+    with pytest.raises(UsageError, match="unknown or invalid runtime name: crun"):
+        ContainerSpec("img", runtime="crun").validate()

@@ -11,7 +11,8 @@ import pytest
 
 from runner.errors import Conflict, ImageError, NotFound, UsageError
 from runner.images import archive
-from runner.images.rootfs import apply_change, import_rootfs
+from runner.images.dockerfile import apply_change
+from runner.images.rootfs import import_rootfs
 from runner.images.store import MEDIA_DOCKER_LAYER_GZIP, Store, validate_digest
 
 

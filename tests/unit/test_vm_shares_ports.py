@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runner.backends import vm as vmb
+from runner.cli import render
 from runner.errors import UsageError
 from runner.vm import shares
 from runner.vm.qemu_cmd import MachineConfig
@@ -102,5 +103,7 @@ def test_ports_are_shown_with_the_host_side_numbers():
     table = {("c1", "tcp", 41000): 35000}
     assert vmb._ports_on_host({"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "41000"}]}, "c1", table) == {
         "80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "35000"}]}
-    assert vmb._ports_text_on_host("127.0.0.1:41000->80/tcp, 127.0.0.1:8080->81/tcp", "c1", table) == \
+    listed = [{"IP": "127.0.0.1", "PrivatePort": 80, "PublicPort": 41000, "Type": "tcp"},
+              {"IP": "127.0.0.1", "PrivatePort": 81, "PublicPort": 8080, "Type": "tcp"}]
+    assert render.ports_text(vmb._port_list_on_host(listed, "c1", table)) == \
         "127.0.0.1:35000->80/tcp, 127.0.0.1:8080->81/tcp"

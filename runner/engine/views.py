@@ -1,0 +1,230 @@
+"""Docker-shaped JSON: the one place that turns runner's records into what the Docker Engine API returns.
+
+Every caller that shows a container, an image or a network to the outside world gets it from here: the CLI
+(``ps``, ``inspect``, ``images``, ``network ls`` — ``runner.cli.render`` formats these for humans), the VM
+backend (which rewrites guest port numbers to host ones in these very shapes) and the Engine API server
+(``runner.api``), which serves them unchanged. So the shapes follow the Engine API 1.44 field for field:
+
+* container list entry (``GET /containers/json``): ``Names`` with the historic leading slash, ``Created`` as
+  Unix seconds, ``Ports`` as a list of ``{"IP", "PrivatePort", "PublicPort", "Type"}``, ``Status`` as the
+  human text (``Up 3 minutes``) computed where the container lives, as dockerd does.
+* container inspect (``GET /containers/{id}/json``): ``Name`` with the slash, times as RFC 3339 strings with
+  nanoseconds, ``NetworkSettings.Ports`` as ``{"80/tcp": [{"HostIp", "HostPort"}]}``.
+* image list/inspect (``GET /images/json``, ``/images/{name}/json``) and network list/inspect.
+
+A published port is stored on the container's record as runner's own small dict (``container_port``,
+``host_port``, ``host_ip``, ``protocol``: see runner.engine.portproxy); only this module maps it to Docker's
+field names. Pure functions of plain data, standard library only (it runs in the guest too).
+"""
+
+from __future__ import annotations
+
+import time
+
+RUNNING = "running"
+EXITED = "exited"
+
+
+# ------------------------------------------------------------------------------------------------ time
+
+def iso_time(ts: float | None) -> str:
+    """RFC 3339 with nanoseconds, UTC, as Docker writes times; Go's zero time for "never"."""
+    if not ts:
+        return "0001-01-01T00:00:00Z"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e9):09d}Z"
+
+
+def human_duration(seconds: float) -> str:
+    """Docker's ``HumanDuration``, coarsened as ``docker ps`` shows it: '3 seconds', '5 minutes', '2 days'."""
+    s = max(0, int(seconds))
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if s >= size:
+            n = s // size
+            return f"{n} {unit}{'s' if n != 1 else ''}"
+    return "Less than a second" if s < 1 else f"{s} second{'s' if s != 1 else ''}"
+
+
+def status_text(state: str, started_at: float | None, finished_at: float | None, exit_code: int | None,
+                now: float | None = None) -> str:
+    """The list entry's ``Status``: ``Up 3 minutes``, ``Exited (0) 5 seconds ago`` or ``Created``."""
+    now = time.time() if now is None else now
+    if state == RUNNING:
+        return f"Up {human_duration(now - (started_at or now))}"
+    if state == EXITED:
+        ago = f" {human_duration(now - finished_at)} ago" if finished_at else ""
+        return f"Exited ({exit_code if exit_code is not None else 0}){ago}"
+    return "Created"
+
+
+# ------------------------------------------------------------------------------------------------ ports
+
+def port_list(bound: list[dict]) -> list[dict]:
+    """Bound ports as a container list entry's ``Ports``: ``[{"IP", "PrivatePort", "PublicPort", "Type"}]``."""
+    return [{"IP": p["host_ip"], "PrivatePort": int(p["container_port"]), "PublicPort": int(p["host_port"]),
+             "Type": p["protocol"]} for p in bound]
+
+
+def port_map(bound: list[dict]) -> dict:
+    """Bound ports as ``NetworkSettings.Ports``: ``{"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}``
+    (what ``docker port`` prints, and what the VM backend turns into host forwards)."""
+    out: dict[str, list] = {}
+    for p in bound:
+        out.setdefault(f'{p["container_port"]}/{p["protocol"]}', []).append(
+            {"HostIp": p["host_ip"], "HostPort": str(p["host_port"])})
+    return out
+
+
+def port_bindings(spec) -> dict:
+    """``HostConfig.PortBindings``: what was asked for (host port "" = a random one)."""
+    out: dict[str, list] = {}
+    for p in spec.ports:
+        out.setdefault(f"{p.container_port}/{p.protocol}", []).append(
+            {"HostIp": p.host_ip, "HostPort": str(p.host_port) if p.host_port else ""})
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ containers
+
+def _live_network(rec) -> dict:
+    """What the shim recorded about the running container's network (empty when it does not run)."""
+    return rec.extra.get("network") or {}
+
+
+def container_summary(rec, now: float | None = None) -> dict:
+    """A ``GET /containers/json`` entry for container record ``rec`` (already reconciled)."""
+    spec = rec.spec
+    cmd = (spec.get("entrypoint") or []) + (spec.get("command") or [])
+    live = _live_network(rec)
+    mode = spec.get("network") or "none"
+    return {"Id": rec.id, "Names": ["/" + rec.name], "Image": rec.image_ref, "ImageID": rec.image_id,
+            "Command": " ".join(cmd), "Created": int(rec.created), "Ports": port_list(live.get("Ports") or []),
+            "Labels": dict(spec.get("labels") or {}), "State": rec.status,
+            "Status": status_text(rec.status, rec.started_at, rec.finished_at, rec.exit_code, now),
+            "HostConfig": {"NetworkMode": mode},
+            "NetworkSettings": {"Networks": {mode: _endpoint(live)}},
+            "Mounts": [_mount(m) for m in spec.get("mounts") or []]}
+
+
+def _mount(m) -> dict:
+    """One bind mount as Docker's ``MountPoint`` (from a Mount or its dict form)."""
+    get = m.get if isinstance(m, dict) else lambda k: getattr(m, k)
+    readonly = bool(get("readonly"))
+    return {"Type": "bind", "Source": get("source"), "Destination": get("target"), "Mode": "ro" if readonly else "",
+            "RW": not readonly, "Propagation": "rprivate"}
+
+
+def _endpoint(live: dict) -> dict:
+    """An ``EndpointSettings``: the address part of one network a container is on."""
+    return {"NetworkID": live.get("NetworkID", ""), "EndpointID": "", "Gateway": live.get("Gateway", ""),
+            "IPAddress": live.get("IPAddress", ""), "IPPrefixLen": live.get("IPPrefixLen", 0),
+            "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0,
+            "MacAddress": live.get("MacAddress", "")}
+
+
+def network_settings(rec, spec) -> dict:
+    """``NetworkSettings`` for inspect, in Docker's shape (empty addresses when not running)."""
+    live = _live_network(rec)
+    endpoint = _endpoint(live)
+    return {"Bridge": live.get("Bridge", ""), "SandboxID": "", "HairpinMode": False,
+            "Ports": port_map(live.get("Ports") or []),
+            **{k: endpoint[k] for k in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "IPv6Gateway",
+                                        "GlobalIPv6Address", "GlobalIPv6PrefixLen", "MacAddress")},
+            "Networks": {spec.network: endpoint}}
+
+
+def container_inspect(rec, spec, config: dict, paths: dict) -> dict:
+    """``GET /containers/{id}/json`` for record ``rec``, its ContainerSpec ``spec`` and the OCI ``config``
+    it last started with ({} before its first start); ``paths``: LogPath, HostsPath, ResolvConfPath,
+    HostnamePath."""
+    process = config.get("process", {})
+    args = process.get("args") or (spec.entrypoint or []) + (spec.command or [])
+    return {
+        "Id": rec.id, "Created": iso_time(rec.created), "Path": (args or [""])[0], "Args": args[1:],
+        "State": {"Status": rec.status, "Running": rec.status == RUNNING, "Paused": False, "Restarting": False,
+                  "OOMKilled": rec.oom_killed, "Dead": False, "Pid": rec.pid or 0,
+                  "ExitCode": rec.exit_code if rec.exit_code is not None else 0, "Error": rec.error,
+                  "StartedAt": iso_time(rec.started_at), "FinishedAt": iso_time(rec.finished_at)},
+        "Image": rec.image_id, "Name": "/" + rec.name, "RestartCount": 0, "Driver": "overlay2",
+        "Platform": "linux", **paths,
+        "HostConfig": _host_config(rec, spec),
+        "Mounts": [_mount(m) for m in spec.mounts],
+        "Config": {"Hostname": rec.extra.get("hostname") or "", "User": spec.user or "",
+                   "Tty": spec.tty, "OpenStdin": spec.interactive, "StdinOnce": False,
+                   "Env": process.get("env", spec.env), "Cmd": spec.command, "Image": rec.image_ref,
+                   "WorkingDir": process.get("cwd", spec.workdir or ""), "Entrypoint": spec.entrypoint,
+                   "Labels": spec.labels},
+        "NetworkSettings": network_settings(rec, spec),
+    }
+
+
+def _host_config(rec, spec) -> dict:
+    return {"Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "") for m in spec.mounts],
+            "NetworkMode": spec.network, "PortBindings": port_bindings(spec),
+            "AutoRemove": spec.auto_remove, "PublishAllPorts": spec.publish_all,
+            "ReadonlyRootfs": spec.read_only, "Runtime": rec.runtime,
+            "Memory": spec.limits.memory or 0, "NanoCpus": int((spec.limits.cpus or 0) * 1e9),
+            "PidsLimit": spec.limits.pids or 0}
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+def _unix_seconds(value: float | str | None) -> int:
+    """An image config's RFC 3339 ``created`` (nanoseconds allowed) as Unix seconds; 0 when unknown."""
+    if value is None or isinstance(value, (int, float)):
+        return int(value or 0)
+    import datetime
+    import re
+    text = re.sub(r"(\.\d{6})\d+", r"\1", str(value)).replace("Z", "+00:00")
+    try:
+        return int(datetime.datetime.fromisoformat(text).timestamp())
+    except ValueError:
+        return 0
+
+
+def _repo_digests(img) -> list[str]:
+    """``name@sha256:...`` for each repository the image is tagged in (its manifest's digest)."""
+    if not img.manifest_digest:
+        return []
+    repos = dict.fromkeys(tag.rsplit(":", 1)[0] if ":" in tag.rsplit("/", 1)[-1] else tag
+                          for tag in img.repo_tags)
+    return [f"{repo}@{img.manifest_digest}" for repo in repos]
+
+
+def image_summary(img) -> dict:
+    """A ``GET /images/json`` entry (``SharedSize``/``Containers`` -1: not computed, as Docker by default)."""
+    return {"Id": img.id, "ParentId": "", "RepoTags": img.repo_tags, "RepoDigests": _repo_digests(img),
+            "Created": _unix_seconds(img.created), "Size": img.size, "SharedSize": -1,
+            "Labels": (img.config.get("config") or {}).get("Labels") or {}, "Containers": -1}
+
+
+def image_inspect(img) -> dict:
+    """``GET /images/{name}/json``."""
+    config = img.config
+    return {"Id": img.id, "RepoTags": img.repo_tags, "RepoDigests": _repo_digests(img), "Parent": "",
+            "Comment": config.get("comment", ""), "Created": img.created or "",
+            "DockerVersion": config.get("docker_version", ""), "Author": config.get("author", ""),
+            "Config": config.get("config", {}), "Architecture": config.get("architecture"),
+            "Variant": config.get("variant", ""), "Os": config.get("os"), "Size": img.size,
+            "GraphDriver": {"Name": "overlay2", "Data": None},
+            "RootFS": {"Type": (config.get("rootfs") or {}).get("type", "layers"),
+                       "Layers": list((config.get("rootfs") or {}).get("diff_ids") or [])},
+            "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"}}
+
+
+# ------------------------------------------------------------------------------------------------ networks
+
+def network(record: dict, leases: dict, prefixlen: int, mac_for) -> dict:
+    """``GET /networks/{id}`` for a bridge network ``record`` (runner.engine.network) with its live
+    ``leases`` (``{ip: {"Id", "Name", ...}}``); ``mac_for(ip)`` gives a container's MAC address."""
+    containers = {lease["Id"]: {"Name": lease["Name"], "EndpointID": "", "MacAddress": mac_for(ip),
+                                "IPv4Address": f"{ip}/{prefixlen}", "IPv6Address": ""}
+                  for ip, lease in leases.items()}
+    return {"Name": record["Name"], "Id": record["Id"], "Created": iso_time(record["Created"]), "Scope": "local",
+            "Driver": "bridge", "EnableIPv6": False,
+            "IPAM": {"Driver": "default", "Options": {},
+                     "Config": [{"Subnet": record["Subnet"], "Gateway": record["Gateway"]}]},
+            "Internal": False, "Attachable": False, "Ingress": False, "ConfigFrom": {"Network": ""},
+            "ConfigOnly": False, "Containers": containers,
+            # Docker's option name, and runner's short one that `network ls` and older scripts read.
+            "Options": {"com.docker.network.bridge.name": record["Bridge"], "bridge": record["Bridge"]},
+            "Labels": {}}
