@@ -146,7 +146,8 @@ class LazyEngine:
 WARM_IMPORTS = ("runner.engine.engine", "runner.engine.shim", "runner.engine.network", "runner.engine.portproxy",
                 "runner.engine.logs", "runner.engine.execution", "runner.engine.runtime.builtin",
                 "runner.engine.runtime.cgroups", "runner.engine.runtime.oci", "runner.images.store",
-                "runner.images.rootfs", "runner.images.reference")
+                "runner.images.rootfs", "runner.images.reference", "runner.engine.views",
+                "runner.engine.bundle")
 
 
 GUEST_PUBLISH = "0.0.0.0"  # the guest's proxies listen where QEMU's host forwards arrive (runner.engine.network)
