@@ -41,6 +41,9 @@ def run(
     volume: List[str] = _OPTS["volume"], read_only: bool = _OPTS["read_only"], network: str = _OPTS["network"],
     tty: bool = _OPTS["tty"], interactive: bool = _OPTS["interactive"], publish: List[str] = _OPTS["publish"],
     publish_all: bool = _OPTS["publish_all"], label: List[str] = _OPTS["label"], pull: str = _OPTS["pull"],
+    cap_add: List[str] = _OPTS["cap_add"], cap_drop: List[str] = _OPTS["cap_drop"],
+    privileged: bool = _OPTS["privileged"], security_opt: List[str] = _OPTS["security_opt"],
+    device: List[str] = _OPTS["device"],
 ):
     """Create and start a container (docker run)."""
     raise typer.Exit(runopts.run(dict(locals())))
@@ -57,6 +60,9 @@ def create(
     volume: List[str] = _OPTS["volume"], read_only: bool = _OPTS["read_only"], network: str = _OPTS["network"],
     tty: bool = _OPTS["tty"], interactive: bool = _OPTS["interactive"], publish: List[str] = _OPTS["publish"],
     publish_all: bool = _OPTS["publish_all"], label: List[str] = _OPTS["label"], pull: str = _OPTS["pull"],
+    cap_add: List[str] = _OPTS["cap_add"], cap_drop: List[str] = _OPTS["cap_drop"],
+    privileged: bool = _OPTS["privileged"], security_opt: List[str] = _OPTS["security_opt"],
+    device: List[str] = _OPTS["device"],
 ):
     """Create a container without starting it (docker create)."""
     print(runopts.create(dict(locals())))

@@ -18,6 +18,7 @@ import time
 
 from runner.backends.base import Stdio, TermSize
 from runner.engine import logs, network, shim
+from runner.engine.runtime import security
 from runner.engine.state import CREATED, RUNNING, ContainerRecord, StateStore, now
 from runner.errors import Conflict, NotFound, PlatformError, UsageError
 from runner.spec import ContainerSpec, ExecSpec
@@ -162,6 +163,7 @@ class Engine:
             hostname=rec.extra["hostname"], etc_files=self._etc_files(rec.id),
             cgroups_path=f"runner/{rec.id}", uid=uid, gid=gid, additional_gids=gids,
             home=oci.home_dir(uid, rootfs))
+        security.apply(config, spec)  # caps, seccomp, devices, privileged: Docker's rules on the default config
         network.join_config(config, netns)
         if spec.tty and size is not None:  # set before the workload runs: its first `stty size` must see it
             config["process"]["consoleSize"] = {"height": size.rows, "width": size.cols}
@@ -212,6 +214,7 @@ class Engine:
             if not os.path.exists(m.source):
                 raise NotFound(f"bind source path does not exist: {m.source}",
                                hint="create the directory first, or fix the -v source path")
+        security.check(cspec)  # a missing --device fails here, before anything exists
         image = self._image(cspec.image)
 
         def make(cid: str, name: str) -> ContainerRecord:
@@ -387,7 +390,7 @@ class Engine:
                            "NetworkMode": spec.network, "PortBindings": network.port_bindings(spec),
                            "PublishAllPorts": spec.publish_all, "AutoRemove": spec.auto_remove,
                            "Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "") for m in spec.mounts],
-                           "Runtime": rec.runtime},
+                           "Runtime": rec.runtime, **security.host_config(spec)},
             "Mounts": [{"Type": "bind", "Source": m.source, "Destination": m.target, "RW": not m.readonly}
                        for m in spec.mounts],
             "NetworkSettings": network.container_settings(rec, spec),
