@@ -252,12 +252,12 @@ def security_problems(spec: "ContainerSpec") -> list[str]:
     for label, items in (("CapAdd", spec.cap_add), ("CapDrop", spec.cap_drop)):
         for item in items or []:
             if normalize_cap(item) != "ALL" and normalize_cap(item) not in CAP_NUMBERS:
-                out.append(f"invalid {label}: unknown capability: {normalize_cap(item)!r}")
+                out.append(f'invalid {label}: unknown capability: "{normalize_cap(item)}"')
     for opt in spec.security_opt or []:
         key, eq, value = security_opt_split(opt)
         if key == "no-new-privileges":
             if eq and value not in ("true", "false"):
-                out.append(f"invalid --security-opt 2: {opt!r}")
+                out.append(f'invalid --security-opt 2: "{opt}"')
         elif key == "seccomp" and eq:
             if value != "unconfined":
                 from runner.engine.runtime.seccomp import parse_profile
@@ -268,7 +268,7 @@ def security_problems(spec: "ContainerSpec") -> list[str]:
         elif key in ("apparmor", "label") and eq:
             pass  # no AppArmor or SELinux here: accepted and without effect, as on a Docker host without them
         else:
-            out.append(f"invalid --security-opt 2: {opt!r}")
+            out.append(f'invalid --security-opt 2: "{opt}"')
     for dev in spec.devices or []:
         try:
             host, ctr, _ = parse_device(dev)

@@ -33,22 +33,35 @@ from runner.spec import normalize_cap, parse_device, security_opt_split
 _SKIP_HOST_DEV = ("console", "ptmx", "tty", "pts", "shm", "mqueue", "core", "fd", "stdin", "stdout", "stderr")
 
 
-def tweak_caps(cap_add: list[str], cap_drop: list[str], privileged: bool, last_cap: int | None = None) -> list[str]:
+def own_bounding() -> int:
+    """This process's bounding set: "all capabilities" can only mean the ones we still have (a host may lack
+    some, e.g. CAP_SYS_RESOURCE here; capset of a capability outside it fails)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapBnd:"):
+                    return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return (1 << 64) - 1
+
+
+def tweak_caps(cap_add: list[str], cap_drop: list[str], privileged: bool, last_cap: int | None = None,
+               bounding: int | None = None) -> list[str]:
     """The container's capability set by Docker's rules (see the module docstring)."""
-    last = capsmod.last_cap() if last_cap is None else last_cap
-    every = capsmod.CAPS[:last + 1]
-    if privileged:
-        return list(every)
     adds = [normalize_cap(c) for c in cap_add or []]
     drops = [normalize_cap(c) for c in cap_drop or []]
-    if not adds and not drops:
-        return list(capsmod.DOCKER_DEFAULT_CAPS)
-    if "ALL" in adds:
-        return [c for c in every if c not in drops]
-    if "ALL" in drops:
-        return [c for c in adds if c != "ALL"]
-    out = [c for c in capsmod.DOCKER_DEFAULT_CAPS if c not in drops]
-    return out + [c for c in adds if c not in out]
+    if not privileged and "ALL" not in adds:
+        if not adds and not drops:
+            return list(capsmod.DOCKER_DEFAULT_CAPS)
+        if "ALL" in drops:
+            return [c for c in adds if c != "ALL"]
+        out = [c for c in capsmod.DOCKER_DEFAULT_CAPS if c not in drops]
+        return out + [c for c in adds if c not in out]
+    last = capsmod.last_cap() if last_cap is None else last_cap
+    bnd = own_bounding() if bounding is None else bounding
+    every = [c for i, c in enumerate(capsmod.CAPS[:last + 1]) if bnd >> i & 1]
+    return every if privileged else [c for c in every if c not in drops]
 
 
 def options(spec) -> tuple[bool, str | None]:
@@ -68,7 +81,7 @@ def host_device(path: str, ctr_path: str | None = None) -> dict:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise ContainerStartError(f"error gathering device information while adding custom device {path!r}: "
+        raise ContainerStartError(f"error gathering device information while adding custom device \"{path}\": "
                                   f"{(exc.strerror or str(exc)).lower()}",
                                   hint="give a device node that exists on the machine running the containers") from None
     if stat.S_ISCHR(st.st_mode):
@@ -76,7 +89,7 @@ def host_device(path: str, ctr_path: str | None = None) -> dict:
     elif stat.S_ISBLK(st.st_mode):
         typ = "b"
     else:
-        raise ContainerStartError(f"error gathering device information while adding custom device {path!r}: "
+        raise ContainerStartError(f"error gathering device information while adding custom device \"{path}\": "
                                   "not a device node", hint="--device takes a character or block device")
     return {"path": ctr_path or path, "type": typ, "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
             "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
