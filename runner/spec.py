@@ -283,13 +283,14 @@ def security_problems(spec: "ContainerSpec") -> list[str]:
 class ExecSpec(Record):
     """A process to start in a running container (``runner exec``)."""
 
-    _fields = ("command", "env", "workdir", "user", "tty", "interactive")
+    _fields = ("command", "env", "workdir", "user", "tty", "interactive", "privileged")
 
     def __init__(self, command: list[str], env: list[str] = _NEW, workdir: str | None = None,
-                 user: str | None = None, tty: bool = False, interactive: bool = False):
+                 user: str | None = None, tty: bool = False, interactive: bool = False, privileged: bool = False):
         self.command = command
         self.env = [] if env is _NEW else env
         self.workdir, self.user, self.tty, self.interactive = workdir, user, tty, interactive
+        self.privileged = privileged  # docker exec --privileged: every capability (the container's seccomp stays)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -185,3 +185,17 @@ def test_inspect_shows_the_security_options(rn):
                                     "CgroupPermissions": "rw"}]
     finally:
         rn("rm", "-f", cid)
+
+
+def test_exec_gets_the_containers_filter_and_exec_privileged_all_caps(rn):
+    p = rn("run", "-d", "--network", "none", IMG, "sleep", "60")
+    assert p.returncode == 0, p.stderr.decode()
+    cid = text(p).strip()
+    try:
+        plain = dict(line.split(":\t", 1) for line in text(rn("exec", cid, "cat", "/proc/self/status")).splitlines()
+                     if ":\t" in line)
+        assert plain["Seccomp"] == "2" and plain["CapEff"] == "00000000a80425fb"
+        p = rn("exec", "--privileged", cid, "grep", "CapEff", "/proc/self/status")
+        assert int(text(p).split()[1], 16) & (1 << 21), p.stderr.decode()  # CAP_SYS_ADMIN
+    finally:
+        rn("rm", "-f", cid)

@@ -64,6 +64,12 @@ def tweak_caps(cap_add: list[str], cap_drop: list[str], privileged: bool, last_c
     return every if privileged else [c for c in every if c not in drops]
 
 
+def set_caps(process: dict, caps: list[str]) -> None:
+    """An OCI process's capabilities as Docker sets them: bounding = effective = permitted = ``caps``."""
+    process["capabilities"] = {"bounding": list(caps), "effective": list(caps), "permitted": list(caps),
+                               "inheritable": [], "ambient": []}
+
+
 def options(spec) -> tuple[bool, str | None]:
     """(no_new_privileges, seccomp) from ``--security-opt``: seccomp is None (default), "unconfined" or JSON."""
     nnp, seccomp = True, None
@@ -134,8 +140,7 @@ def apply(config: dict, spec, arch: str | None = None) -> dict:
     from runner.engine.runtime import seccomp as seccompmod
     caps = tweak_caps(spec.cap_add, spec.cap_drop, spec.privileged)
     process = config["process"]
-    process["capabilities"] = {"bounding": list(caps), "effective": list(caps), "permitted": list(caps),
-                               "inheritable": [], "ambient": []}
+    set_caps(process, caps)
     nnp, profile_text = options(spec)
     process["noNewPrivileges"] = nnp
     lin = config["linux"]
