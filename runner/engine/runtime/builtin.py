@@ -721,8 +721,8 @@ class _StartPlan(_Child):
             extra = []
             for d in self.linux.get("devices") or []:
                 path = d.get("path", "")
-                if path.startswith("/dev/") and "/" not in path[5:]:
-                    extra.append(d)
+                if path.startswith("/dev/") and ".." not in path.split("/"):
+                    extra.append(d)  # nested ones too (--device /dev/net/tun): their directories are made
             names = {d["path"][5:] for d in extra}
             for name, major, minor in DEFAULT_DEVICES:
                 if name not in names:
@@ -731,8 +731,15 @@ class _StartPlan(_Child):
                 kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}.get(d.get("type"))
                 if kind is None:
                     raise _ChildError("start", f"unknown device type {d.get('type')!r} for {d.get('path')}")
-                self._mknod(dev_fd, d["path"][5:], kind | (int(d.get("fileMode", 0o666)) & 0o7777),
-                            int(d.get("major", 0)), int(d.get("minor", 0)), int(d.get("uid", 0)), int(d.get("gid", 0)))
+                parent, _, name = d["path"][5:].rpartition("/")
+                # The parent directory inside the container's /dev, made without following symlinks out of it.
+                dir_fd = open_in_root(dev_fd, parent, os.O_PATH | os.O_DIRECTORY, create="dir") if parent else dev_fd
+                try:
+                    self._mknod(dir_fd, name, kind | (int(d.get("fileMode", 0o666)) & 0o7777), int(d.get("major", 0)),
+                                int(d.get("minor", 0)), int(d.get("uid", 0)), int(d.get("gid", 0)))
+                finally:
+                    if dir_fd != dev_fd:
+                        os.close(dir_fd)
             for name, target in DEV_SYMLINKS:
                 if name == "core" and not os.path.exists("/proc/kcore"):
                     continue  # like runc: no dangling /dev/core on kernels without /proc/kcore
