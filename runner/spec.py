@@ -136,7 +136,7 @@ class ContainerSpec(Record):
 
     _fields = ("image", "command", "entrypoint", "env", "workdir", "user", "name", "hostname", "tty",
                "interactive", "mounts", "ports", "publish_all", "network", "limits", "read_only", "auto_remove",
-               "labels", "runtime")
+               "labels", "runtime", "cap_add", "cap_drop", "privileged", "security_opt", "devices")
 
     def __init__(self, image: str, command: list[str] | None = None, entrypoint: list[str] | None = None,
                  env: list[str] = _NEW, workdir: str | None = None, user: str | None = None,
@@ -144,7 +144,8 @@ class ContainerSpec(Record):
                  mounts: list[Mount] = _NEW, ports: list[PortMapping] = _NEW,
                  publish_all: bool = False, network: str = "none", limits: Limits = _NEW,
                  read_only: bool = False, auto_remove: bool = False, labels: dict[str, str] = _NEW,
-                 runtime: str | None = None):
+                 runtime: str | None = None, cap_add: list[str] = _NEW, cap_drop: list[str] = _NEW,
+                 privileged: bool = False, security_opt: list[str] = _NEW, devices: list[str] = _NEW):
         self.image, self.command, self.entrypoint = image, command, entrypoint
         self.env = [] if env is _NEW else env
         self.workdir, self.user, self.name, self.hostname = workdir, user, name, hostname
@@ -156,6 +157,13 @@ class ContainerSpec(Record):
         self.read_only, self.auto_remove = read_only, auto_remove
         self.labels = {} if labels is _NEW else labels
         self.runtime = runtime  # None: the engine's default (builtin)
+        # Security, as Docker's HostConfig: names as given; security_opt "seccomp=" carries the profile's JSON
+        # text (the CLI reads the file, as docker's does, so a profile on the host reaches the VM's engine).
+        self.cap_add = [] if cap_add is _NEW else cap_add
+        self.cap_drop = [] if cap_drop is _NEW else cap_drop
+        self.privileged = privileged
+        self.security_opt = [] if security_opt is _NEW else security_opt
+        self.devices = [] if devices is _NEW else devices
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -210,21 +218,83 @@ class ContainerSpec(Record):
         problems.extend(self.limits.problems())
         if self.runtime is not None and self.runtime not in RUNTIMES:
             problems.append(f"unknown or invalid runtime name: {self.runtime}: use {' or '.join(RUNTIMES)}")
+        problems.extend(security_problems(self))
         if problems:
             raise UsageError("; ".join(problems))
         return self
 
 
+def parse_device(text: str) -> tuple[str, str, str]:
+    """``/dev/x[:/dev/y][:rwm]`` -> (host path, container path, cgroup permissions), Docker's rules."""
+    parts = str(text).split(":")
+    perms = "rwm"
+    if len(parts) > 1 and parts[-1] and set(parts[-1]) <= set("rwm") and not parts[-1].startswith("/"):
+        perms = parts.pop()
+    if len(parts) == 1:
+        parts.append(parts[0])
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise UsageError(f"invalid device specification: {text}", hint="use --device /dev/x[:/dev/y][:rwm]")
+    return parts[0], parts[1], perms
+
+
+def normalize_cap(name: str) -> str:
+    """``sys_admin``, ``CAP_SYS_ADMIN`` -> ``CAP_SYS_ADMIN``; ``all`` -> ``ALL``."""
+    up = str(name).strip().upper()
+    return up if up == "ALL" or up.startswith("CAP_") else "CAP_" + up
+
+
+def security_opt_split(opt: str) -> tuple[str, str, str]:
+    """``key=value`` (or Docker's older ``key:value``) -> (key, separator, value)."""
+    key, eq, value = str(opt).partition("=")
+    return (key, eq, value) if eq else str(opt).partition(":")
+
+
+def security_problems(spec: "ContainerSpec") -> list[str]:
+    """What is wrong with the capability, security-opt and device options (Docker's wording)."""
+    from runner.engine.runtime.caps import CAP_NUMBERS  # a pure table; imported only when options are given
+    out = []
+    for label, items in (("CapAdd", spec.cap_add), ("CapDrop", spec.cap_drop)):
+        for item in items or []:
+            if normalize_cap(item) != "ALL" and normalize_cap(item) not in CAP_NUMBERS:
+                out.append(f'invalid {label}: unknown capability: "{normalize_cap(item)}"')
+    for opt in spec.security_opt or []:
+        key, eq, value = security_opt_split(opt)
+        if key == "no-new-privileges":
+            if eq and value not in ("true", "false"):
+                out.append(f'invalid --security-opt 2: "{opt}"')
+        elif key == "seccomp" and eq:
+            if value != "unconfined":
+                from runner.engine.runtime.seccomp import parse_profile
+                try:
+                    parse_profile(value)
+                except UsageError as exc:
+                    out.append(exc.message)
+        elif key in ("apparmor", "label") and eq:
+            pass  # no AppArmor or SELinux here: accepted and without effect, as on a Docker host without them
+        else:
+            out.append(f'invalid --security-opt 2: "{opt}"')
+    for dev in spec.devices or []:
+        try:
+            host, ctr, _ = parse_device(dev)
+        except UsageError as exc:
+            out.append(exc.message)
+            continue
+        if not host.startswith("/") or not ctr.startswith("/") or ".." in ctr.split("/"):
+            out.append(f"invalid device specification: {dev}: paths must be absolute")
+    return out
+
+
 class ExecSpec(Record):
     """A process to start in a running container (``runner exec``)."""
 
-    _fields = ("command", "env", "workdir", "user", "tty", "interactive")
+    _fields = ("command", "env", "workdir", "user", "tty", "interactive", "privileged")
 
     def __init__(self, command: list[str], env: list[str] = _NEW, workdir: str | None = None,
-                 user: str | None = None, tty: bool = False, interactive: bool = False):
+                 user: str | None = None, tty: bool = False, interactive: bool = False, privileged: bool = False):
         self.command = command
         self.env = [] if env is _NEW else env
         self.workdir, self.user, self.tty, self.interactive = workdir, user, tty, interactive
+        self.privileged = privileged  # docker exec --privileged: every capability (the container's seccomp stays)
 
     def to_dict(self) -> dict:
         return asdict(self)

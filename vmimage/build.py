@@ -41,9 +41,10 @@ SUITE = "bookworm"
 # Only what the guest needs: full python3 (the agent uses json, shutil, asyncio, ctypes), dropbear
 # (an SSH server that is fast under TCG; -bin has dropbearconvert for OpenSSH keys), networking tools for
 # container networks, e2fsprogs to format the data disk, kmod so the kernel can autoload modules, and
-# util-linux's mount (not Essential) so the host can mount 9p shares over SSH.
+# util-linux's mount (not Essential) so the host can mount 9p shares over SSH, libseccomp2 for the containers'
+# seccomp filters (the engine compiles them with it through ctypes).
 PACKAGES = ("python3", "dropbear-bin", "iproute2", "iptables", "busybox-static", "e2fsprogs",
-            "ca-certificates", "kmod", "mount")
+            "ca-certificates", "kmod", "mount", "libseccomp2")
 PATH_EXCLUDES = ("/usr/share/man/*", "/usr/share/doc/*", "/usr/share/locale/*", "/usr/share/info/*",
                  "/usr/share/lintian/*", "/usr/share/bash-completion/*")
 

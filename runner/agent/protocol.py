@@ -226,7 +226,7 @@ class Decoder:
 
 def is_shipped(relpath: str) -> bool:
     """Whether a file (``/``-separated, relative to the directory holding ``runner/``) goes into the guest."""
-    if "__pycache__" in relpath.split("/") or not relpath.endswith(".py"):
+    if "__pycache__" in relpath.split("/") or not relpath.endswith((".py", ".json")):  # json: engine data
         return False
     return relpath in SHIPPED_FILES or relpath.startswith(SHIPPED_TREES)
 

@@ -87,10 +87,12 @@ def exec_(
     env: List[str] = typer.Option([], "-e", "--env", help="set an environment variable"),
     workdir: Optional[str] = typer.Option(None, "-w", "--workdir", help="working directory"),
     user: Optional[str] = typer.Option(None, "-u", "--user", help="user as name|uid[:group|gid]"),
+    privileged: bool = typer.Option(False, "--privileged", help="give the command every capability"),
 ):
     """Run a command in a running container (docker exec)."""
     from runner.spec import ExecSpec
-    spec = ExecSpec(list(command), runopts.parse_env(env, []), workdir, user, tty, interactive).validate().to_dict()
+    spec = ExecSpec(list(command), runopts.parse_env(env, []), workdir, user, tty, interactive,
+                    privileged).validate().to_dict()
     backend = _backend()
     raise typer.Exit(attach(lambda stdio, size: backend.exec(container, spec, stdio, size), tty, interactive))
 

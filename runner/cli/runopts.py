@@ -51,6 +51,13 @@ CREATE_OPTIONS = (
     Opt("label", ("-l", "--label"), MULTI, "set a label KEY=VALUE"),
     Opt("pull", ("--pull",), VALUE, "pull the image: missing, always or never", default="missing"),
     Opt("runtime", ("--runtime",), VALUE, "OCI runtime: builtin (default) or runc"),
+    Opt("cap_add", ("--cap-add",), MULTI, "add a Linux capability (CAP_ optional; ALL for every one)"),
+    Opt("cap_drop", ("--cap-drop",), MULTI, "drop a Linux capability (CAP_ optional; ALL for every one)"),
+    Opt("privileged", ("--privileged",), FLAG,
+        "all capabilities, no seccomp, all devices, writable /sys: no isolation from the machine's kernel"),
+    Opt("security_opt", ("--security-opt",), MULTI,
+        "seccomp=unconfined|<profile.json>, no-new-privileges[=true|false]"),
+    Opt("device", ("--device",), MULTI, "add a host device: /dev/x[:/dev/y][:rwm]"),
 )
 RUN_ONLY = (Opt("detach", ("-d", "--detach"), FLAG, "run in the background and print the id"),)
 RUN_OPTIONS = RUN_ONLY + CREATE_OPTIONS
@@ -78,9 +85,28 @@ def parse_env(items: list[str], files: list[str], environ: dict | None = None) -
     return out
 
 
+def read_security_opts(items: list[str]) -> list[str]:
+    """``seccomp=<file>`` becomes ``seccomp=<the file's JSON>``, as docker's CLI does: the engine (maybe in the
+    VM) never sees a path of this machine."""
+    out = []
+    for item in items:
+        key, eq, value = item.partition("=")
+        if key == "seccomp" and eq and value and value != "unconfined":
+            try:
+                with open(value, encoding="utf-8") as f:
+                    value = f.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UsageError(f"opening seccomp profile ({value}) failed: {getattr(exc, 'strerror', None) or exc}",
+                                 hint="give a readable JSON profile, or seccomp=unconfined") from None
+            item = "seccomp=" + value
+        out.append(item)
+    return out
+
+
 def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, name, hostname, entrypoint,
                memory, cpus, pids_limit, volume, read_only, network, tty, interactive, rm, publish=(),
-               publish_all=False, label=(), runtime=None, **_ignored) -> dict:
+               publish_all=False, label=(), runtime=None, cap_add=(), cap_drop=(), privileged=False,
+               security_opt=(), device=(), **_ignored) -> dict:
     """The validated ContainerSpec (as a dict) for these option values."""
     from runner.spec import ContainerSpec, Limits, Mount, PortMapping, parse_size
     labels = {}
@@ -95,7 +121,9 @@ def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, 
         ports=[PortMapping.parse(p) for p in publish], publish_all=publish_all, network=network,
         limits=Limits(memory=parse_size(memory, "memory size") if memory else None, cpus=cpus,
                       pids=pids_limit if pids_limit is None or pids_limit > 0 else None),  # docker: <= 0 is unlimited
-        read_only=read_only, auto_remove=rm, labels=labels, runtime=runtime)
+        read_only=read_only, auto_remove=rm, labels=labels, runtime=runtime, cap_add=list(cap_add),
+        cap_drop=list(cap_drop), privileged=privileged, security_opt=read_security_opts(list(security_opt)),
+        devices=list(device))
     return spec.validate().to_dict()
 
 

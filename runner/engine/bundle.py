@@ -119,7 +119,7 @@ def prepare(store: Store, bundle: Bundle, rec: ContainerRecord, empty_dir: str, 
     terminal's (a TermSize) for ``-t``; ``empty_dir`` the lower layer of an image without layers.
     """
     from runner.engine import network
-    from runner.engine.runtime import linux, oci
+    from runner.engine.runtime import linux, oci, security
     linux.unshare(linux.CLONE_NEWNS)
     linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
     image = store.resolve(rec.image_id)
@@ -135,6 +135,7 @@ def prepare(store: Store, bundle: Bundle, rec: ContainerRecord, empty_dir: str, 
         hostname=rec.extra["hostname"], etc_files=bundle.etc_files(),
         cgroups_path=f"runner/{rec.id}", uid=uid, gid=gid, additional_gids=gids,
         home=oci.home_dir(uid, rootfs))
+    security.apply(config, spec)  # caps, seccomp, devices, privileged: Docker's rules on the default config
     network.join_config(config, netns)
     if spec.tty and size is not None:  # set before the workload runs: its first `stty size` must see it
         config["process"]["consoleSize"] = {"height": size.rows, "width": size.cols}

@@ -18,6 +18,7 @@ import time
 from runner.stdio import Stdio, TermSize
 from runner.engine import DEFAULT_ROOT, logs, network, shim
 from runner.engine.bundle import Bundle
+from runner.engine.runtime import security
 from runner.engine.state import CREATED, RUNNING, ContainerRecord, StateStore, now
 from runner.errors import Conflict, NotFound, PlatformError, UsageError
 from runner.spec import ContainerSpec, ExecSpec
@@ -147,6 +148,7 @@ class Engine:
                 raise NotFound(f"bind source path does not exist: {m.source}",
                                hint="create the directory first, or fix the -v source path")
         runtime = self.runtime_for(cspec.runtime)  # an unknown runtime or a missing runc fails here
+        security.check(cspec)  # a missing --device fails here, before anything exists
         image = self._image(cspec.image)
 
         def make(cid: str, name: str) -> ContainerRecord:

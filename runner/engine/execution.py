@@ -51,6 +51,9 @@ def start_exec(engine, rec: ContainerRecord, spec: ExecSpec, stdio: Stdio, size:
         u = config["process"]["user"]
         uid, gid, gids = u["uid"], u["gid"], u.get("additionalGids", [])
     process = oci.exec_process(spec, config, uid, gid, gids)
+    if spec.privileged:
+        from runner.engine.runtime import security
+        security.set_caps(process, security.tweak_caps([], [], True))
     if spec.tty and size is not None:
         process["consoleSize"] = {"height": size.rows, "width": size.cols}
     devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)

@@ -163,7 +163,19 @@ def _host_config(rec, spec) -> dict:
             "AutoRemove": spec.auto_remove, "PublishAllPorts": spec.publish_all,
             "ReadonlyRootfs": spec.read_only, "Runtime": rec.runtime,
             "Memory": spec.limits.memory or 0, "NanoCpus": int((spec.limits.cpus or 0) * 1e9),
-            "PidsLimit": spec.limits.pids or 0}
+            "PidsLimit": spec.limits.pids or 0, **security_host_config(spec)}
+
+
+def security_host_config(spec) -> dict:
+    """The security part of ``inspect``'s HostConfig, shaped as Docker's (null when not given)."""
+    from runner.spec import parse_device
+    devices = []
+    for text in spec.devices or []:
+        host, ctr, perms = parse_device(text)
+        devices.append({"PathOnHost": host, "PathInContainer": ctr, "CgroupPermissions": perms})
+    return {"CapAdd": list(spec.cap_add) or None, "CapDrop": list(spec.cap_drop) or None,
+            "Privileged": bool(spec.privileged), "SecurityOpt": list(spec.security_opt) or None,
+            "Devices": devices}
 
 
 # ------------------------------------------------------------------------------------------------ images

@@ -66,6 +66,7 @@ import termios
 
 from runner.engine.runtime import caps as capsmod
 from runner.engine.runtime import cgroups, linux
+from runner.engine.runtime import seccomp as seccompmod
 from runner.engine.runtime.oci import DEFAULT_PATH, open_in_root
 from runner.errors import CommandNotExecutable, CommandNotFound, ContainerStartError
 
@@ -182,6 +183,7 @@ class BuiltinRuntime:
         pid_ns = next((ns for ns in namespaces if ns.get("type") == "pid"), None)
         try:
             plan = _StartPlan(config, rootfs, cg, stdio, console_socket)
+            plan.seccomp = seccompmod.prepare((config.get("linux") or {}).get("seccomp"))
             pid = _fork(pid_ns, plan)
         except BaseException:
             cg.delete()
@@ -215,6 +217,7 @@ class BuiltinRuntime:
             raise
         try:
             plan = _ExecPlan(process, cg, fds, stdio, console_socket)
+            plan.seccomp = seccompmod.prepare((config.get("linux") or {}).get("seccomp"))  # the container's
             pid = _fork({"fd": fds["pid"]} if "pid" in fds else None, plan)
         finally:
             for fd in fds.values():
@@ -356,6 +359,7 @@ class _Child:
         # With a console socket the terminal is made inside the container (setup_console), not passed in.
         self.console_socket = console_socket if process.get("terminal") else None
         self.step = "starting"
+        self.seccomp = None  # a seccompmod.Prepared: compiled in the parent, installed by the child
         self.last_cap = capsmod.last_cap()  # read now: after pivot_root /proc/sys is read-only and masked
         self.errpipe_r, self.errpipe_w = os.pipe2(os.O_CLOEXEC)
 
@@ -463,6 +467,12 @@ class _Child:
                         pass
         user = p.get("user") or {}
         c = p.get("capabilities") or {}
+        if self.seccomp is not None and not p.get("noNewPrivileges"):
+            # Without no_new_privs only CAP_SYS_ADMIN may load a filter: load it while we still have it (runc
+            # does the same); the filter must then allow the few calls left before execve.
+            self.step = "loading the seccomp filter"
+            self.seccomp.install()
+            self.seccomp = None
         self.step = "dropping capabilities"
         capsmod.drop_bounding(capsmod.mask(c.get("bounding")), self.last_cap)
         self.step = "switching user"
@@ -494,6 +504,10 @@ class _Child:
             k, _, v = item.partition("=")
             env[k] = v
         path = _lookup(args[0], env.get("PATH", DEFAULT_PATH))
+        if self.seccomp is not None:
+            # Last, after no_new_privs and the PATH lookup: the filter binds the workload, not our setup.
+            self.step = "loading the seccomp filter"
+            self.seccomp.install()
         try:
             os.execve(path, args, env)
         except OSError as exc:
@@ -707,8 +721,8 @@ class _StartPlan(_Child):
             extra = []
             for d in self.linux.get("devices") or []:
                 path = d.get("path", "")
-                if path.startswith("/dev/") and "/" not in path[5:]:
-                    extra.append(d)
+                if path.startswith("/dev/") and ".." not in path.split("/"):
+                    extra.append(d)  # nested ones too (--device /dev/net/tun): their directories are made
             names = {d["path"][5:] for d in extra}
             for name, major, minor in DEFAULT_DEVICES:
                 if name not in names:
@@ -717,8 +731,15 @@ class _StartPlan(_Child):
                 kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}.get(d.get("type"))
                 if kind is None:
                     raise _ChildError("start", f"unknown device type {d.get('type')!r} for {d.get('path')}")
-                self._mknod(dev_fd, d["path"][5:], kind | (int(d.get("fileMode", 0o666)) & 0o7777),
-                            int(d.get("major", 0)), int(d.get("minor", 0)), int(d.get("uid", 0)), int(d.get("gid", 0)))
+                parent, _, name = d["path"][5:].rpartition("/")
+                # The parent directory inside the container's /dev, made without following symlinks out of it.
+                dir_fd = open_in_root(dev_fd, parent, os.O_PATH | os.O_DIRECTORY, create="dir") if parent else dev_fd
+                try:
+                    self._mknod(dir_fd, name, kind | (int(d.get("fileMode", 0o666)) & 0o7777), int(d.get("major", 0)),
+                                int(d.get("minor", 0)), int(d.get("uid", 0)), int(d.get("gid", 0)))
+                finally:
+                    if dir_fd != dev_fd:
+                        os.close(dir_fd)
             for name, target in DEV_SYMLINKS:
                 if name == "core" and not os.path.exists("/proc/kcore"):
                     continue  # like runc: no dangling /dev/core on kernels without /proc/kcore

@@ -17,8 +17,8 @@ the global threadgroup rwsem and can wait for an RCU grace period (measured 0.1-
 hierarchies that enforce nothing (cpuacct, freezer, blkio...) are left alone. Not cpuset either: a fresh v1
 cpuset cgroup has empty cpus/mems and refuses tasks until they are copied in.
 
-Device access on v2 would need an eBPF program (BPF_PROG_TYPE_CGROUP_DEVICE); that is not done yet, so on v2
-the container relies on having only the nodes we create plus the missing CAP_SYS_ADMIN/mount rights.
+Device access on v2 is an eBPF program (BPF_PROG_TYPE_CGROUP_DEVICE) attached to the leaf: see
+runner.engine.runtime.devices.
 
 Limits: memory.max + memory.swap.max=0 (v2) / memory.limit_in_bytes + memory.memsw.limit_in_bytes (v1, when the
 kernel accounts swap), so swap can not dodge the limit; cpu.max / cfs_quota_us+cfs_period_us; pids.max.
@@ -341,6 +341,9 @@ class Cgroup:
         except OSError as exc:
             self.delete()
             raise ContainerStartError(f"cannot set up cgroup {self.path}: {exc.strerror or exc}") from None
+        except ContainerStartError:
+            self.delete()  # the device filter could not be attached
+            raise
 
     def _mkdir_leaf(self, d: str) -> None:
         try:
@@ -384,6 +387,9 @@ class Cgroup:
                     if c != "cpu":  # cpu can be refused (real-time tasks); only fatal when a cpu limit is asked
                         raise
         self._mkdir_leaf(leaf)
+        if resources.get("devices"):
+            from runner.engine.runtime import devices
+            devices.apply(leaf, resources["devices"])  # before anything can join the cgroup
         for name, value in v2_files(resources):
             path = os.path.join(leaf, name)
             try:
