@@ -19,6 +19,7 @@ import time
 from runner.backends.base import Stdio, TermSize
 from runner.engine import logs, network, shim
 from runner.engine.state import CREATED, RUNNING, ContainerRecord, StateStore, now
+from runner.diskfull import needs_space
 from runner.errors import Conflict, NotFound, PlatformError, UsageError
 from runner.spec import ContainerSpec, ExecSpec
 
@@ -204,6 +205,7 @@ class Engine:
             os.chmod(os.path.join(etc, name), 0o644)
 
     # ------------------------------------------------------------------ containers
+    @needs_space("creating a container")
     def create(self, spec: dict) -> str:
         self._require_root()
         cspec = ContainerSpec.from_dict(spec).validate()
@@ -231,6 +233,7 @@ class Engine:
             raise
         return rec.id
 
+    @needs_space("starting container {ref}")
     def start(self, ref: str, stdio: Stdio | None, size: TermSize | None = None):
         self._require_root()
         rec = self._record(ref)
@@ -259,6 +262,7 @@ class Engine:
             self._remove(cid)  # nothing half-created is left behind
             raise
 
+    @needs_space("starting a process in container {ref}")
     def exec(self, ref: str, exec_spec: dict, stdio: Stdio, size: TermSize | None = None):
         from runner.engine import execution
         rec = self._record(ref)
@@ -319,6 +323,7 @@ class Engine:
             raise NotFound(f"container {ref} was removed before its exit code was read") from None
         return rec.exit_code if rec.exit_code is not None else 0
 
+    @needs_space("removing container {ref}")
     def rm(self, ref: str, force: bool = False) -> str:
         rec = self._record(ref)
         if rec.status == RUNNING:
@@ -417,6 +422,7 @@ class Engine:
         """The published ports of a running container, ``{"80/tcp": [{"HostIp", "HostPort"}]}``."""
         return network.docker_ports((self._record(ref).extra.get("network") or {}).get("Ports") or [])
 
+    @needs_space("creating network {name}")
     def network_create(self, name: str, subnet: str | None = None) -> dict:
         self._require_root()
         return network.Networks(self).create(name, subnet)
@@ -448,6 +454,7 @@ class Engine:
                         "Layers": [layer.digest for layer in img.layers]})
         return summary
 
+    @needs_space("pulling {ref}")
     def pull(self, ref: str, platform: str | None = None, credentials: dict | None = None,
              progress=None, endpoints: dict | None = None) -> dict:
         """``endpoints``: where registry connections really go (the VM backend maps the host's loopback
@@ -461,22 +468,27 @@ class Engine:
         from runner.images.push import push
         return push(self.images_store, ref, credentials=credentials, progress=progress, endpoints=endpoints)
 
+    @needs_space("tagging {source}")
     def tag(self, source: str, target: str) -> None:
         self.images_store.tag(source, target)
 
+    @needs_space("removing image {ref}")
     def rmi(self, ref: str, force: bool = False) -> list[str]:
         return self.images_store.remove(ref, force=force)
 
+    @needs_space("loading images")
     def load(self, stream: IO[bytes]) -> list[str]:
         from runner.images import archive
         return archive.load(self.images_store, stream)
 
+    @needs_space("saving images")
     def save(self, refs: list[str], stream: IO[bytes]) -> None:
         from runner.images import archive
         for ref in refs:
             self._image(ref)  # the default image is made on demand, as for run
         archive.save(self.images_store, refs, stream)
 
+    @needs_space("importing an image")
     def import_image(self, stream: IO[bytes], name: str, changes: dict | None = None) -> str:
         from runner.images.rootfs import import_rootfs
         return import_rootfs(self.images_store, stream, name, changes).id

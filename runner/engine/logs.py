@@ -29,11 +29,29 @@ STDOUT, STDERR = 1, 2
 
 
 class LogWriter:
+    """Appends frames to a container's log; output that finds the disk full is dropped, not fatal.
+
+    Why drop: the shim must keep draining the workload's pipes (or the workload blocks) and keep watching
+    it for its exit code; Docker's json-file driver likewise loses lines it cannot write. ``dropped`` counts
+    the bytes lost; a frame is written whole or not at all (a torn frame would end every reader there).
+    """
+
     def __init__(self, path: str):
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.dropped = 0
 
     def write(self, stream: int, data: bytes) -> None:
-        os.write(self.fd, _HEADER.pack(stream, time.time(), len(data)) + data)
+        frame = _HEADER.pack(stream, time.time(), len(data)) + data
+        try:
+            n = os.write(self.fd, frame)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            n = 0
+        if n != len(frame):  # short or failed write: cut the partial frame off again
+            self.dropped += len(data)
+            if n:  # the only writer appends, so the partial frame is the file's last n bytes
+                os.ftruncate(self.fd, os.fstat(self.fd).st_size - n)
 
     def close(self) -> None:
         os.close(self.fd)

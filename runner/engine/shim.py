@@ -46,6 +46,7 @@ import struct
 import termios
 
 from runner.backends.base import Stdio, TermSize
+from runner.diskfull import disk_full_error, is_full
 from runner.engine import logs, network
 from runner.engine.state import EXITED, RUNNING, now, proc_start_time
 from runner.errors import ContainerStartError, RunnerError
@@ -183,6 +184,16 @@ def _close_fds_except(keep: set[int]) -> None:
                 os.close(fd)
 
 
+def _detach(net) -> None:
+    """Release the container's network; on a full disk its lease stays in the file, but names this dead
+    shim, so the next lease on that network reclaims it (runner.engine.network: stale leases)."""
+    try:
+        net.detach()
+    except OSError as exc:
+        if not is_full(exc):
+            raise
+
+
 def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty: bool,
                sync: socket.socket) -> int:
     # Signal dispositions the caller installed (Ctrl-C forwarding, SIGWINCH) must not run in the shim.
@@ -245,9 +256,12 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-        if not isinstance(exc, RunnerError):
+        if is_full(exc):
+            exc = disk_full_error(exc.filename if isinstance(exc.filename, str) else engine.root,
+                                  f"starting container {cid[:12]}")
+        elif not isinstance(exc, RunnerError):
             exc = ContainerStartError(f"cannot start container: {exc}")
-        net.detach()
+        _detach(net)
         _send(sync, {"error": exc.to_dict()})
         runtime.delete(bundle, cid)
         return 125
@@ -269,15 +283,21 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
     code = exit_code_of(status)
     oom = runtime.oom_killed(bundle, cid)
     runtime.delete(bundle, cid)
-    net.detach()
+    _detach(net)
     engine.release_rootfs(cid)
     # With --rm the record is removed right after this write, so a crash could only leave a record that
     # is gone anyway: no fsync for it (the write itself stays atomic for concurrent readers).
-    with store.update(cid, durable=not rec.spec.get("auto_remove")) as rec:
-        rec.status, rec.exit_code, rec.oom_killed, rec.finished_at = EXITED, code, oom, now()
-        rec.error = error
-        rec.extra.pop("network", None)
-        auto_remove = bool(rec.spec.get("auto_remove"))
+    auto_remove = bool(rec.spec.get("auto_remove"))
+    try:
+        with store.update(cid, durable=not auto_remove) as rec:
+            rec.status, rec.exit_code, rec.oom_killed, rec.finished_at = EXITED, code, oom, now()
+            rec.error = error
+            rec.extra.pop("network", None)
+    except OSError as exc:
+        # A full disk (the workload may have filled it) even past the record's spare file: the exit code
+        # still reaches an attached caller, and a --rm container is still removed.
+        if not is_full(exc):
+            raise
     if auto_remove:
         engine.remove_container_files(cid, background=True)
     _send(sync, {"exited": code})

@@ -327,7 +327,11 @@ class Store:
             path = self._find_layer_dir(diff_id)
             if path is not None:
                 import tempfile
-                gone = tempfile.mkdtemp(prefix="rm-", dir=self._tmp)
+                try:
+                    gone = tempfile.mkdtemp(prefix="rm-", dir=self._tmp)
+                except OSError:  # a full disk has no block for a new directory: delete in place
+                    _rmtree(path)
+                    continue
                 os.rename(path, os.path.join(gone, "x"))  # vanish atomically, then delete at leisure
                 _rmtree(gone)
 
@@ -484,8 +488,14 @@ def _read_text(path: str) -> str | None:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old or the new content, never a mix, even after a crash."""
-    write_atomic(path, data, 0o644, durable=True, sync_dir=True)
+    """Write ``data`` to ``path`` so a reader sees the old or the new content, never a mix, even after a crash.
+
+    On a full disk the index is written through its spare file (runner.diskfull), so ``rmi`` and ``system
+    prune`` can still untag images and so free their blobs.
+    """
+    from runner.diskfull import write_or_reserve
+    write_or_reserve(path, data, lambda: write_atomic(path, data, 0o644, durable=True, sync_dir=True),
+                     spare_size=64 << 10, mode=0o644)
 
 
 def _fsync_dir(path: str) -> None:
