@@ -430,6 +430,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _m("network_ls"),
     _m("network_inspect", Param("name", (str,))),
     _m("network_rm", Param("name", (str,))),
+    _m("system_df"),
+    _m("system_prune", Param("all", (bool,), False)),
     _m("info"),
 )}
 

@@ -493,6 +493,16 @@ class Engine:
         from runner.images.rootfs import import_rootfs
         return import_rootfs(self.images_store, stream, name, changes).id
 
+    # ------------------------------------------------------------------ disk space (runner.engine.space)
+    def system_df(self) -> dict:
+        from runner.engine import space
+        return space.df(self)
+
+    @needs_space("pruning")
+    def system_prune(self, all: bool = False) -> dict:
+        from runner.engine import space
+        return space.prune(self, all_images=all)
+
     def info(self) -> dict:
         from runner import __version__
         from runner.engine.runtime import cgroups

@@ -167,3 +167,22 @@ def test_load_into_a_full_disk_fails_clearly_and_leaves_no_partial(small_root, t
         os.unlink(filler)
     proc = run(root, "load", "-i", archive)
     assert proc.returncode == 0, proc.stderr.decode()
+
+
+def test_system_prune_works_on_a_full_disk_and_gives_the_space_back(small_root):
+    mnt, root = small_root
+    proc = run(root, "run", "--network", "none", IMG, "sh", "-c", "dd if=/dev/zero of=/fill bs=1M count=64")
+    assert proc.returncode == 1 and b"No space left" in proc.stderr  # dd's own failure, its own exit code
+    filler = fill(mnt)
+    try:
+        assert free(mnt) == 0
+        proc = run(root, "system", "prune", "-a", "-f")
+        assert proc.returncode == 0, proc.stderr.decode()
+        out = proc.stdout.decode()
+        assert "Deleted Containers:" in out and "Deleted Images:" in out and "Total reclaimed space:" in out
+        assert container_dirs(root) == [] and run(root, "images", "-q").stdout.decode().strip() == ""
+        assert free(mnt) > (8 << 20)
+        df = run(root, "system", "df", "--format", "json")
+        assert df.returncode == 0 and json.loads(df.stdout)["Disk"]["Mount"] == mnt
+    finally:
+        os.unlink(filler)
