@@ -41,6 +41,7 @@ def run(
     volume: List[str] = _OPTS["volume"], read_only: bool = _OPTS["read_only"], network: str = _OPTS["network"],
     tty: bool = _OPTS["tty"], interactive: bool = _OPTS["interactive"], publish: List[str] = _OPTS["publish"],
     publish_all: bool = _OPTS["publish_all"], label: List[str] = _OPTS["label"], pull: str = _OPTS["pull"],
+    log_opt: List[str] = _OPTS["log_opt"],
 ):
     """Create and start a container (docker run)."""
     raise typer.Exit(runopts.run(dict(locals())))
@@ -57,6 +58,7 @@ def create(
     volume: List[str] = _OPTS["volume"], read_only: bool = _OPTS["read_only"], network: str = _OPTS["network"],
     tty: bool = _OPTS["tty"], interactive: bool = _OPTS["interactive"], publish: List[str] = _OPTS["publish"],
     publish_all: bool = _OPTS["publish_all"], label: List[str] = _OPTS["label"], pull: str = _OPTS["pull"],
+    log_opt: List[str] = _OPTS["log_opt"],
 ):
     """Create a container without starting it (docker create)."""
     print(runopts.create(dict(locals())))

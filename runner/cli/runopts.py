@@ -49,6 +49,7 @@ CREATE_OPTIONS = (
         "(Docker binds all addresses)"),
     Opt("publish_all", ("-P", "--publish-all"), FLAG, "publish all exposed ports to random ports on 127.0.0.1"),
     Opt("label", ("-l", "--label"), MULTI, "set a label KEY=VALUE"),
+    Opt("log_opt", ("--log-opt",), MULTI, "log rotation: max-size=20m, max-file=5 (the defaults; max-size=-1: none)"),
     Opt("pull", ("--pull",), VALUE, "pull the image: missing, always or never", default="missing"),
 )
 RUN_ONLY = (Opt("detach", ("-d", "--detach"), FLAG, "run in the background and print the id"),)
@@ -79,13 +80,19 @@ def parse_env(items: list[str], files: list[str], environ: dict | None = None) -
 
 def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, name, hostname, entrypoint,
                memory, cpus, pids_limit, volume, read_only, network, tty, interactive, rm, publish=(),
-               publish_all=False, label=(), **_ignored) -> dict:
+               publish_all=False, label=(), log_opt=(), **_ignored) -> dict:
     """The validated ContainerSpec (as a dict) for these option values."""
     from runner.spec import ContainerSpec, Limits, Mount, PortMapping, parse_size
     labels = {}
     for item in label:
         k, _, v = item.partition("=")
         labels[k] = v
+    log_opts = {}
+    for item in log_opt:
+        k, eq, v = item.partition("=")
+        if not eq or not k:
+            raise UsageError(f"invalid log opt {item!r}", hint="use --log-opt KEY=VALUE, e.g. max-size=10m")
+        log_opts[k] = v
     spec = ContainerSpec(
         image=image, command=list(command or []) or None,
         entrypoint=None if entrypoint is None else ([entrypoint] if entrypoint else []),
@@ -94,7 +101,7 @@ def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, 
         ports=[PortMapping.parse(p) for p in publish], publish_all=publish_all, network=network,
         limits=Limits(memory=parse_size(memory, "memory size") if memory else None, cpus=cpus,
                       pids=pids_limit if pids_limit is None or pids_limit > 0 else None),  # docker: <= 0 is unlimited
-        read_only=read_only, auto_remove=rm, labels=labels)
+        read_only=read_only, auto_remove=rm, labels=labels, log_opts=log_opts)
     return spec.validate().to_dict()
 
 

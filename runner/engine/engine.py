@@ -392,7 +392,8 @@ class Engine:
                            "NetworkMode": spec.network, "PortBindings": network.port_bindings(spec),
                            "PublishAllPorts": spec.publish_all, "AutoRemove": spec.auto_remove,
                            "Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "") for m in spec.mounts],
-                           "Runtime": rec.runtime},
+                           "Runtime": rec.runtime,
+                           "LogConfig": {"Type": "json-file", "Config": dict(spec.log_opts)}},
             "Mounts": [{"Type": "bind", "Source": m.source, "Destination": m.target, "RW": not m.readonly}
                        for m in spec.mounts],
             "NetworkSettings": network.container_settings(rec, spec),
@@ -409,10 +410,15 @@ class Engine:
             return False
 
         path = self.log_path(cid)
+        sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr}
+        if tail is not None and tail >= 0 and not follow:  # one pass: the log may rotate meanwhile
+            import collections
+            for stream, _, data in collections.deque(logs.read_frames(path), maxlen=tail):
+                logs.write_all(sinks.get(stream, stdio.stdout), data)
+            return
         skip = 0
         if tail is not None and tail >= 0:  # like Docker's --tail, counted in output chunks as written
             skip = max(0, sum(1 for _ in logs.read_frames(path)) - tail)
-        sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr}
         for i, (stream, _, data) in enumerate(logs.read_frames(path, running if follow else None)):
             if i >= skip:
                 logs.write_all(sinks.get(stream, stdio.stdout), data)

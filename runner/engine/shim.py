@@ -268,7 +268,9 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
     error = ""
     try:
         _send(sync, {"started": pid}, [master] if master is not None and stdio is not None else [])
-        log = logs.LogWriter(engine.log_path(cid))
+        from runner.spec import log_limits
+        max_size, max_file = log_limits(rec.spec.get("log_opts"))
+        log = logs.LogWriter(engine.log_path(cid), max_size, max_file)
         sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr} if stdio is not None else {}
         try:
             logs.relay(sources, log, sinks, pump_stdin)
