@@ -98,8 +98,8 @@ _AUTH_CONTEXT = b"runner-agent-auth-v1\0"
 
 # What the host ships into the guest, relative to the directory holding the ``runner`` package: the
 # stdlib-only part of runner. The protocol version is the hash of exactly these files.
-SHIPPED_FILES = ("runner/__init__.py", "runner/errors.py", "runner/fsutil.py", "runner/records.py", "runner/spec.py",
-                 "runner/backends/__init__.py", "runner/backends/base.py")
+SHIPPED_FILES = ("runner/__init__.py", "runner/errors.py", "runner/diskfull.py", "runner/fsutil.py", "runner/records.py",
+                 "runner/spec.py", "runner/backends/__init__.py", "runner/backends/base.py")
 SHIPPED_TREES = ("runner/engine/", "runner/images/", "runner/agent/")
 
 
