@@ -31,3 +31,14 @@ def out(proc: subprocess.CompletedProcess) -> str:
 
 def err(proc: subprocess.CompletedProcess) -> str:
     return proc.stderr.decode()
+
+
+def wait_for(cond, timeout: float = 30.0, step: float = 0.02) -> bool:
+    """Poll ``cond`` until it holds or ``timeout`` seconds pass; its last value (no fixed sleeps in tests)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return bool(cond())

@@ -9,11 +9,10 @@ import json
 import os
 import re
 import subprocess
-import time
 
 import pytest
 
-from tests.helpers import cli
+from tests.helpers import cli, wait_for
 
 pytestmark = pytest.mark.root
 IMG = "localhost/busybox"
@@ -69,15 +68,6 @@ def free(mnt: str) -> int:
 
 def container_dirs(root: str) -> list[str]:
     return [e for e in os.listdir(os.path.join(root, "containers")) if not e.startswith(".")]
-
-
-def wait_for(cond, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 def assert_full_error(proc, mnt: str, what: str) -> None:

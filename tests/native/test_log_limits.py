@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.helpers import REPO, cli
+from tests.helpers import REPO, cli, wait_for
 
 pytestmark = pytest.mark.root
 IMG = "localhost/busybox"
@@ -30,15 +30,6 @@ def total_size(root: str, cid: str) -> int:
         except FileNotFoundError:  # renamed by a rotation meanwhile (it is counted under its new name or gone)
             pass
     return total
-
-
-def wait_for(cond, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 def test_endless_output_stays_under_the_log_limit_and_logs_read_across_rotation(native_root):

@@ -19,7 +19,7 @@ import pytest
 
 from regtest_images import build_image
 from runner.images.push import push
-from tests.helpers import REPO, cli
+from tests.helpers import REPO, cli, wait_for
 
 pytestmark = pytest.mark.registry
 
@@ -115,15 +115,6 @@ def big_image(registry, store):
 
 def partial_of(root: str, digest: str) -> str:
     return os.path.join(root, "images", "tmp", "partial-" + digest.split(":", 1)[1])
-
-
-def wait_for(cond, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def start_pull(root: str, ref: str) -> subprocess.Popen:
