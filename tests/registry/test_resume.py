@@ -189,3 +189,21 @@ def test_a_stale_partial_is_removed_by_the_next_pull(proxy, big_image, tmp_path,
         f.write(b"y")
     assert cli(["pull", "-q", f"{proxy.host}/resume/img:1"], root=root).returncode == 0
     assert not os.path.exists(stale) and os.path.exists(fresh)
+
+
+@pytest.mark.root
+def test_a_pull_into_a_full_disk_fails_in_one_line_and_leaves_no_partial(proxy, big_image, tmp_path):
+    mnt = str(tmp_path / "fs")
+    os.mkdir(mnt)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt], check=True)
+    try:
+        root = os.path.join(mnt, "root")
+        proc = cli(["pull", "-q", f"{proxy.host}/resume/img:1"], root=root)
+        assert proc.returncode == 125
+        lines = proc.stderr.decode().splitlines()
+        assert lines[0].startswith(f"Error: no space left on {mnt} (tmpfs, ") and "while pulling" in lines[0], lines
+        assert lines[1].startswith("Hint:") and len(lines) == 2
+        assert os.listdir(os.path.join(root, "images", "tmp")) == []
+        assert cli(["images", "-q"], root=root).stdout == b""
+    finally:
+        subprocess.run(["umount", "-l", mnt], check=False)
