@@ -17,6 +17,7 @@ Tree::
      │    ├─ CommandNotExecutable (126)
      │    └─ CommandNotFound      (127)
      ├─ PlatformError       this host lacks what is needed (not Linux, not root, no cgroups, no QEMU)
+     ├─ DiskFullError       a filesystem runner writes to is full (ENOSPC/EDQUOT; see runner.diskfull)
      └─ VMError             the VM could not be started or reached
 """
 
@@ -94,10 +95,14 @@ class PlatformError(RunnerError):
     """The host lacks something runner needs (Linux, root, cgroups, QEMU, ...)."""
 
 
+class DiskFullError(RunnerError):
+    """A filesystem runner writes to (its state root, the VM's data disk) has no space or quota left."""
+
+
 class VMError(RunnerError):
     """The VM could not be started, stopped or reached."""
 
 
 _BY_NAME = {cls.__name__: cls for cls in (
     RunnerError, UsageError, NotFound, ImageNotFound, Conflict, ImageError, RegistryError, ContainerStartError,
-    CommandNotExecutable, CommandNotFound, PlatformError, VMError)}
+    CommandNotExecutable, CommandNotFound, PlatformError, DiskFullError, VMError)}

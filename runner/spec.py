@@ -35,6 +35,32 @@ def parse_size(text: str, what: str = "size") -> int:
     return value
 
 
+# Log rotation when --log-opt does not say (Docker's "local" driver keeps 5 files of 20 MB; its json-file driver
+# keeps one unbounded file, which is how a chatty container fills a disk).
+DEFAULT_LOG_MAX_SIZE = 20 * 1000 * 1000
+DEFAULT_LOG_MAX_FILE = 5
+LOG_OPTS = ("max-size", "max-file")
+
+
+def log_limits(opts: dict[str, str] | None) -> tuple[int | None, int]:
+    """(max bytes per log file or None for unlimited, number of files) from ``--log-opt`` values.
+
+    As Docker's json-file: ``max-size`` is a size (``10m``; ``-1`` = unlimited), ``max-file`` a count >= 1
+    that only counts with a max-size; unknown keys are refused (UsageError).
+    """
+    opts = opts or {}
+    unknown = sorted(set(opts) - set(LOG_OPTS))
+    if unknown:
+        raise UsageError(f"unknown log opt {unknown[0]!r}", hint="supported: --log-opt max-size=20m, max-file=5")
+    size_text = opts.get("max-size")
+    max_size = DEFAULT_LOG_MAX_SIZE if size_text is None else \
+        None if str(size_text) == "-1" else parse_size(size_text, "log max-size")
+    file_text = str(opts.get("max-file", DEFAULT_LOG_MAX_FILE))
+    if not file_text.isdigit() or int(file_text) < 1:
+        raise UsageError(f"invalid log max-file {file_text!r}: must be a number of at least 1")
+    return max_size, int(file_text)
+
+
 class Mount(Record):
     """A bind mount of a host path into the container (``-v SRC:DST[:ro]``)."""
 
@@ -136,7 +162,7 @@ class ContainerSpec(Record):
 
     _fields = ("image", "command", "entrypoint", "env", "workdir", "user", "name", "hostname", "tty",
                "interactive", "mounts", "ports", "publish_all", "network", "limits", "read_only", "auto_remove",
-               "labels", "runtime", "cap_add", "cap_drop", "privileged", "security_opt", "devices")
+               "labels", "runtime", "cap_add", "cap_drop", "privileged", "security_opt", "devices", "log_opts")
 
     def __init__(self, image: str, command: list[str] | None = None, entrypoint: list[str] | None = None,
                  env: list[str] = _NEW, workdir: str | None = None, user: str | None = None,
@@ -145,7 +171,8 @@ class ContainerSpec(Record):
                  publish_all: bool = False, network: str = "none", limits: Limits = _NEW,
                  read_only: bool = False, auto_remove: bool = False, labels: dict[str, str] = _NEW,
                  runtime: str | None = None, cap_add: list[str] = _NEW, cap_drop: list[str] = _NEW,
-                 privileged: bool = False, security_opt: list[str] = _NEW, devices: list[str] = _NEW):
+                 privileged: bool = False, security_opt: list[str] = _NEW, devices: list[str] = _NEW,
+                 log_opts: dict[str, str] = _NEW):
         self.image, self.command, self.entrypoint = image, command, entrypoint
         self.env = [] if env is _NEW else env
         self.workdir, self.user, self.name, self.hostname = workdir, user, name, hostname
@@ -164,6 +191,7 @@ class ContainerSpec(Record):
         self.privileged = privileged
         self.security_opt = [] if security_opt is _NEW else security_opt
         self.devices = [] if devices is _NEW else devices
+        self.log_opts = {} if log_opts is _NEW else log_opts
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -219,6 +247,10 @@ class ContainerSpec(Record):
         if self.runtime is not None and self.runtime not in RUNTIMES:
             problems.append(f"unknown or invalid runtime name: {self.runtime}: use {' or '.join(RUNTIMES)}")
         problems.extend(security_problems(self))
+        try:
+            log_limits(self.log_opts)
+        except UsageError as exc:
+            problems.append(exc.message)
         if problems:
             raise UsageError("; ".join(problems))
         return self

@@ -63,3 +63,12 @@ def run_in_pty(args: list[str], root: str, rows: int = 33, cols: int = 111, time
     _, status = os.waitpid(pid, 0)
     os.close(fd)
     return os.waitstatus_to_exitcode(status), output
+def wait_for(cond, timeout: float = 30.0, step: float = 0.02) -> bool:
+    """Poll ``cond`` until it holds or ``timeout`` seconds pass; its last value (no fixed sleeps in tests)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return bool(cond())

@@ -100,8 +100,8 @@ _AUTH_CONTEXT = b"runner-agent-auth-v1\0"
 
 # What the host ships into the guest, relative to the directory holding the ``runner`` package: the
 # stdlib-only part of runner. The protocol version is the hash of exactly these files.
-SHIPPED_FILES = ("runner/__init__.py", "runner/errors.py", "runner/procs.py", "runner/records.py", "runner/spec.py",
-                 "runner/stdio.py")
+SHIPPED_FILES = ("runner/__init__.py", "runner/diskfull.py", "runner/errors.py", "runner/procs.py", "runner/records.py",
+                 "runner/spec.py", "runner/stdio.py")
 SHIPPED_TREES = ("runner/engine/", "runner/images/", "runner/agent/")
 
 
@@ -464,6 +464,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _m("network_ls", list),
     _m("network_inspect", dict, Param("name", (str,))),
     _m("network_rm", str, Param("name", (str,))),
+    _m("system_df", dict),
+    _m("system_prune", dict, Param("all", (bool,), False)),
     _m("info", dict),
 )}
 

@@ -435,6 +435,12 @@ class Call:
         except RunnerError as exc:
             self.conn.send(P.encode_json(P.ERROR, self.id, exc.to_dict()))
         except Exception as exc:  # a bug: logged in full here, reported in one line to the user
+            from runner.diskfull import disk_full_error, is_full
+            if is_full(exc):  # the guest's data disk is full: the same one line as natively
+                where = exc.filename if isinstance(exc.filename, str) else "/"
+                err = disk_full_error(where, f"serving {self.req.method.name}")
+                self.conn.send(P.encode_json(P.ERROR, self.id, err.to_dict()))
+                return
             log.error("call %s failed:\n%s", self.req.method.name, traceback.format_exc())
             err = RunnerError(f"the runner agent failed in {self.req.method.name}: {type(exc).__name__}: {exc}",
                               hint=f"the traceback is in {RUN_DIR}/agent.log in the VM (`runner vm ssh`)")

@@ -50,6 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as exc:  # an internal failure: still one line, the traceback only with --debug
+        from runner.diskfull import disk_full_error, is_full
+        if is_full(exc):  # a write path without its own wording (e.g. a file the CLI writes): still clear
+            if debug:
+                import traceback
+                traceback.print_exc()
+            where = exc.filename if isinstance(exc.filename, str) else os.getcwd()
+            words = [a for a in args if not a.startswith("-")][:1]
+            error = disk_full_error(where, f"running 'runner {words[0]}'" if words else "running runner")
+            from runner.cli.context import print_error
+            print_error(error)
+            return error.exit_code
         if debug:
             import traceback
             traceback.print_exc()

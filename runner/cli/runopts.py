@@ -49,6 +49,7 @@ CREATE_OPTIONS = (
         "(Docker binds all addresses)"),
     Opt("publish_all", ("-P", "--publish-all"), FLAG, "publish all exposed ports to random ports on 127.0.0.1"),
     Opt("label", ("-l", "--label"), MULTI, "set a label KEY=VALUE"),
+    Opt("log_opt", ("--log-opt",), MULTI, "log rotation: max-size=20m, max-file=5 (the defaults; max-size=-1: none)"),
     Opt("pull", ("--pull",), VALUE, "pull the image: missing, always or never", default="missing"),
     Opt("runtime", ("--runtime",), VALUE, "OCI runtime: builtin (default) or runc"),
     Opt("cap_add", ("--cap-add",), MULTI, "add a Linux capability (CAP_ optional; ALL for every one)"),
@@ -106,13 +107,19 @@ def read_security_opts(items: list[str]) -> list[str]:
 def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, name, hostname, entrypoint,
                memory, cpus, pids_limit, volume, read_only, network, tty, interactive, rm, publish=(),
                publish_all=False, label=(), runtime=None, cap_add=(), cap_drop=(), privileged=False,
-               security_opt=(), device=(), **_ignored) -> dict:
+               security_opt=(), device=(), log_opt=(), **_ignored) -> dict:
     """The validated ContainerSpec (as a dict) for these option values."""
     from runner.spec import ContainerSpec, Limits, Mount, PortMapping, parse_size
     labels = {}
     for item in label:
         k, _, v = item.partition("=")
         labels[k] = v
+    log_opts = {}
+    for item in log_opt:
+        k, eq, v = item.partition("=")
+        if not eq or not k:
+            raise UsageError(f"invalid log opt {item!r}", hint="use --log-opt KEY=VALUE, e.g. max-size=10m")
+        log_opts[k] = v
     spec = ContainerSpec(
         image=image, command=list(command or []) or None,
         entrypoint=None if entrypoint is None else ([entrypoint] if entrypoint else []),
@@ -123,7 +130,7 @@ def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, 
                       pids=pids_limit if pids_limit is None or pids_limit > 0 else None),  # docker: <= 0 is unlimited
         read_only=read_only, auto_remove=rm, labels=labels, runtime=runtime, cap_add=list(cap_add),
         cap_drop=list(cap_drop), privileged=privileged, security_opt=read_security_opts(list(security_opt)),
-        devices=list(device))
+        devices=list(device), log_opts=log_opts)
     return spec.validate().to_dict()
 
 

@@ -1,4 +1,4 @@
-"""System commands: info and version."""
+"""System commands: info, version, and `system df` / `system prune` (disk space, as docker's)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,67 @@ def version():
     print(f"runner {__version__}")
 
 
+system_app = typer.Typer(help="Manage runner: disk usage, pruning, info", no_args_is_help=True)
+
+_DF_ROWS = ("Images", "Containers", "Partial downloads")
+
+
+def df(fmt: str = typer.Option(None, "--format", help="json for machine-readable output")):
+    """Show the disk space used by images, containers and partial downloads, and the filesystem's."""
+    from runner.cli.context import STATE
+    data = STATE.backend.system_df()
+    if fmt == "json":
+        render.print_json(data)
+        return
+    rows = []
+    for kind in _DF_ROWS:
+        row = data.get(kind) or {}
+        size, reclaim = row.get("Size", 0), row.get("Reclaimable", 0)
+        percent = f" ({100 * reclaim // size}%)" if size else ""
+        rows.append([kind, str(row.get("Total", 0)), str(row.get("Active", 0)), render.human_size(size),
+                     render.human_size(reclaim) + percent])
+    render.table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], rows)
+    disk = data.get("Disk")
+    if disk:
+        print(f"\nDisk: {disk['Root']} on {disk['Mount']} ({disk['Type']}): {render.human_size(disk['Used'])} "
+              f"used of {render.human_size(disk['Size'])}, {render.human_size(disk['Free'])} free")
+
+
+_PRUNE_WARNING = """WARNING! This will remove:
+  - all stopped containers
+  - all networks not used by at least one container
+  - all {images}
+  - all partial downloads
+"""
+
+
+def prune(all: bool = typer.Option(False, "-a", "--all", help="remove all unused images, not just dangling ones"),
+          force: bool = typer.Option(False, "-f", "--force", help="do not prompt for confirmation")):
+    """Remove stopped containers, unused networks, dangling images and partial downloads."""
+    import sys
+    from runner.cli.context import STATE
+    if not force:
+        sys.stdout.write(_PRUNE_WARNING.format(images="images without at least one container associated to them"
+                                               if all else "dangling images"))
+        sys.stdout.write("\nAre you sure you want to continue? [y/N] ")
+        sys.stdout.flush()
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            return
+    result = STATE.backend.system_prune(all=all)
+    for title, key in (("Deleted Containers", "ContainersDeleted"), ("Deleted Networks", "NetworksDeleted")):
+        if result.get(key):
+            print(f"{title}:\n" + "\n".join(result[key]) + "\n")
+    if result.get("ImagesDeleted"):
+        lines = [line.replace("Untagged:", "untagged:").replace("Deleted:", "deleted:")
+                 for line in result["ImagesDeleted"]]
+        print("Deleted Images:\n" + "\n".join(lines) + "\n")
+    print(f"Total reclaimed space: {render.human_size(result.get('SpaceReclaimed', 0))}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("info")(info)
     app.command("version")(version)
+    system_app.command("df")(df)
+    system_app.command("prune")(prune)
+    system_app.command("info")(info)
+    app.add_typer(system_app, name="system")

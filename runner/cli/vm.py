@@ -79,6 +79,8 @@ def status(
     from runner.cli import render
 
     st = _machine(name).status()
+    if st.get("state") == "running":
+        st["data_disk"] = _data_disk(name)
     if as_json:
         render.print_json(st)
         return
@@ -89,6 +91,22 @@ def status(
         if isinstance(value, list):
             value = ", ".join(value) or "none"
         print(f"{key.ljust(width)}  {'-' if value is None else value}")
+
+
+def _data_disk(name: Optional[str]) -> str | None:
+    """The guest data disk's use as the engine in the guest sees it (``system df``'s Disk), or None.
+
+    To grow a full disk: ``runner vm rm`` then ``runner vm start --disk-size 40G`` (its images and containers
+    go with it; ``runner save`` what you want to keep first)."""
+    from runner.cli import render
+    from runner.errors import RunnerError
+    try:
+        from runner.backends.vm import VMBackend
+        disk = VMBackend(name or "default").system_df()["Disk"]
+    except (RunnerError, OSError, KeyError):
+        return None
+    return (f"{render.human_size(disk['Used'])} used of {render.human_size(disk['Size'])}, "
+            f"{render.human_size(disk['Free'])} free ({disk['Mount']}, {disk['Type']})")
 
 
 @vm_app.command(context_settings={"allow_interspersed_args": False})

@@ -20,6 +20,7 @@ from runner.engine import DEFAULT_ROOT, logs, network, shim
 from runner.engine.bundle import Bundle
 from runner.engine.runtime import security
 from runner.engine.state import CREATED, RUNNING, ContainerRecord, StateStore, now
+from runner.diskfull import needs_space
 from runner.errors import Conflict, NotFound, PlatformError, UsageError
 from runner.spec import ContainerSpec, ExecSpec
 
@@ -139,6 +140,7 @@ class Engine:
         return os.path.join(self.root, "empty")
 
     # ------------------------------------------------------------------ containers
+    @needs_space("creating a container")
     def create(self, spec: dict) -> str:
         self._require_root()
         cspec = ContainerSpec.from_dict(spec).validate()
@@ -167,6 +169,7 @@ class Engine:
             raise
         return rec.id
 
+    @needs_space("starting container {ref}")
     def start(self, ref: str, stdio: Stdio | None, size: TermSize | None = None):
         self._require_root()
         rec = self._record(ref)
@@ -195,6 +198,7 @@ class Engine:
             self._remove(cid, spec.get("runtime"))  # nothing half-created is left behind
             raise
 
+    @needs_space("starting a process in container {ref}")
     def exec(self, ref: str, exec_spec: dict, stdio: Stdio, size: TermSize | None = None):
         from runner.engine import execution
         rec = self._record(ref)
@@ -255,6 +259,7 @@ class Engine:
             raise NotFound(f"container {ref} was removed before its exit code was read") from None
         return rec.exit_code if rec.exit_code is not None else 0
 
+    @needs_space("removing container {ref}")
     def rm(self, ref: str, force: bool = False) -> str:
         rec = self._record(ref)
         if rec.status == RUNNING:
@@ -312,10 +317,15 @@ class Engine:
             return False
 
         path = self.log_path(cid)
+        sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr}
+        if tail is not None and tail >= 0 and not follow:  # one pass: the log may rotate meanwhile
+            import collections
+            for stream, _, data in collections.deque(logs.read_frames(path), maxlen=tail):
+                logs.write_all(sinks.get(stream, stdio.stdout), data)
+            return
         skip = 0
         if tail is not None and tail >= 0:  # like Docker's --tail, counted in output chunks as written
             skip = max(0, sum(1 for _ in logs.read_frames(path)) - tail)
-        sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr}
         for i, (stream, _, data) in enumerate(logs.read_frames(path, running if follow else None)):
             if i >= skip:
                 logs.write_all(sinks.get(stream, stdio.stdout), data)
@@ -326,6 +336,7 @@ class Engine:
         from runner.engine import views
         return views.port_map((self._record(ref).extra.get("network") or {}).get("Ports") or [])
 
+    @needs_space("creating network {name}")
     def network_create(self, name: str, subnet: str | None = None) -> dict:
         self._require_root()
         return network.Networks(self).create(name, subnet)
@@ -350,6 +361,7 @@ class Engine:
         from runner.engine import views
         return views.image_inspect(self._image(ref))
 
+    @needs_space("pulling {ref}")
     def pull(self, ref: str, platform: str | None = None, credentials: dict | None = None,
              progress=None, endpoints: dict | None = None) -> dict:
         """``endpoints``: where registry connections really go (the VM backend maps the host's loopback
@@ -364,26 +376,41 @@ class Engine:
         from runner.images.push import push
         return push(self.images_store, ref, credentials=credentials, progress=progress, endpoints=endpoints)
 
+    @needs_space("tagging {source}")
     def tag(self, source: str, target: str) -> None:
         self.images_store.tag(source, target)
 
+    @needs_space("removing image {ref}")
     def rmi(self, ref: str, force: bool = False) -> list[str]:
         return self.images_store.remove(ref, force=force)
 
+    @needs_space("loading images")
     def load(self, stream: IO[bytes]) -> list[str]:
         from runner.images import archive
         return archive.load(self.images_store, stream)
 
+    @needs_space("saving images")
     def save(self, refs: list[str], stream: IO[bytes]) -> None:
         from runner.images import archive
         for ref in refs:
             self._image(ref)  # the default image is made on demand, as for run
         archive.save(self.images_store, refs, stream)
 
+    @needs_space("importing an image")
     def import_image(self, stream: IO[bytes], name: str, changes: list[str] | None = None) -> str:
         """``changes``: Dockerfile instructions (``--change``), applied by runner.images.dockerfile."""
         from runner.images.rootfs import import_rootfs
         return import_rootfs(self.images_store, stream, name, changes=changes or ()).id
+
+    # ------------------------------------------------------------------ disk space (runner.engine.space)
+    def system_df(self) -> dict:
+        from runner.engine import space
+        return space.df(self)
+
+    @needs_space("pruning")
+    def system_prune(self, all: bool = False) -> dict:
+        from runner.engine import space
+        return space.prune(self, all_images=all)
 
     def info(self) -> dict:
         from runner import __version__

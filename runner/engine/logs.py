@@ -10,10 +10,13 @@ arbitrary bytes, so each chunk is stored as a small binary frame::
 
 stream 1 is stdout, 2 is stderr (a terminal's output is stream 1). Frames are appended with one ``write``
 each by the container's shim, the only writer; readers tolerate a torn last frame (a shim killed mid-write).
+The log rotates as Docker's json-file driver does (``--log-opt max-size=20m,max-file=5`` are the defaults,
+see runner.spec.log_limits): ``container.log``, ``container.log.1`` (older), ... ``container.log.4`` (oldest).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import selectors
@@ -32,43 +35,145 @@ STDOUT, STDERR = 1, 2
 
 
 class LogWriter:
-    def __init__(self, path: str):
+    """Appends frames to a container's log, rotating it as Docker's json-file driver does, and drops output
+    that finds the disk full instead of failing.
+
+    Rotation: a file never grows past ``max_size`` bytes (None: unbounded); when the next frame would not fit,
+    ``container.log`` becomes ``container.log.1`` (``.1`` becomes ``.2``, ...; the oldest beyond
+    ``max_file - 1`` is dropped) and a new file begins; with ``max_file`` 1 the one file starts over. A chunk
+    bigger than a whole file is split into frames that fit. Why drop on a full disk: the shim must keep
+    draining the workload's pipes (or the workload blocks) and keep watching it for its exit code; Docker's
+    driver likewise loses lines it cannot write. ``dropped`` counts the bytes lost; a frame is written whole
+    or not at all (a torn frame would end every reader there).
+    """
+
+    def __init__(self, path: str, max_size: int | None = None, max_file: int = 1):
+        self.path, self.max_size, self.max_file = path, max_size, max_file
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        self.size = os.fstat(self.fd).st_size
+        self.dropped = 0
 
     def write(self, stream: int, data: bytes) -> None:
-        os.write(self.fd, _HEADER.pack(stream, time.time(), len(data)) + data)
+        while data:
+            piece = data
+            if self.max_size is not None:
+                if self.size and self.size + _HEADER.size + len(data) > self.max_size:
+                    self._rotate()
+                piece = data[:max(1, self.max_size - _HEADER.size)]
+            self._append(stream, piece)
+            data = data[len(piece):]
+
+    def _append(self, stream: int, data: bytes) -> None:
+        frame = _HEADER.pack(stream, time.time(), len(data)) + data
+        try:
+            n = os.write(self.fd, frame)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            n = 0
+        self.size += n
+        if n != len(frame):  # short or failed write: cut the partial frame off again
+            self.dropped += len(data)
+            if n:  # the only writer appends, so the partial frame is the file's last n bytes
+                self.size -= n
+                os.ftruncate(self.fd, self.size)
+
+    def _rotate(self) -> None:
+        if self.max_file <= 1:
+            os.ftruncate(self.fd, 0)  # O_APPEND: the next frame goes to offset 0; readers notice the shrink
+            self.size = 0
+            return
+        for i in range(self.max_file - 1, 0, -1):  # renames need no space: rotation works on a full disk
+            try:
+                os.rename(self.path if i == 1 else f"{self.path}.{i - 1}", f"{self.path}.{i}")
+            except FileNotFoundError:
+                pass
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        os.close(self.fd)
+        self.fd, self.size = fd, 0
 
     def close(self) -> None:
         os.close(self.fd)
 
 
+def _rotated(path: str) -> list[str]:
+    """The rotated files of ``path``, oldest first (``path.N`` ... ``path.1``; a gap mid-rotation is fine)."""
+    directory, base = os.path.split(path)
+    numbers = []
+    for name in os.listdir(directory or "."):
+        suffix = name[len(base) + 1:]
+        if name.startswith(base + ".") and suffix.isdigit():
+            numbers.append(int(suffix))
+    return [f"{path}.{n}" for n in sorted(numbers, reverse=True)]
+
+
+def _open_newer(path: str, ino: int) -> list:
+    """After the file ``ino`` was rotated away: the files written after it, oldest first, opened."""
+    names = _rotated(path)
+    for k, name in enumerate(names):
+        with contextlib.suppress(OSError):
+            if os.stat(name).st_ino == ino:
+                names = names[k + 1:]
+                break
+    files = []
+    for name in names + [path]:  # (ours gone entirely: every file left is newer than it)
+        with contextlib.suppress(FileNotFoundError):
+            files.append(open(name, "rb"))
+    return files
+
+
 def read_frames(path: str, follow: Callable[[], bool] | None = None,
                 poll: float = 0.05) -> Iterator[tuple[int, float, bytes]]:
-    """Yield (stream, time, data) frames; with ``follow``, keep waiting for more while it returns True."""
+    """Yield (stream, time, data) frames of the log and its rotated files, oldest first; with ``follow``,
+    keep waiting for more while it returns True, across rotations."""
+    files = []
+    for name in _rotated(path) + [path]:  # all opened at once: a rotation meanwhile renames, never changes them
+        with contextlib.suppress(FileNotFoundError):
+            files.append(open(name, "rb"))
     try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return
-    with f:
-        buf = b""
-        while True:
-            chunk = f.read(65536)
-            if chunk:
-                buf += chunk
-                while len(buf) >= _HEADER.size:
-                    stream, ts, length = _HEADER.unpack_from(buf)
-                    if len(buf) < _HEADER.size + length:
-                        break
-                    yield stream, ts, buf[_HEADER.size:_HEADER.size + length]
-                    buf = buf[_HEADER.size + length:]
-                continue
-            if follow is None or not follow():
-                # One last read: output written between the check and now must not be lost.
-                if follow is not None and (rest := f.read()):
-                    buf += rest
+        while files:
+            f = files[0]
+            buf = b""
+            while True:
+                chunk = f.read(65536)
+                if chunk:
+                    buf += chunk
+                    while len(buf) >= _HEADER.size:
+                        stream, ts, length = _HEADER.unpack_from(buf)
+                        if len(buf) < _HEADER.size + length:
+                            break
+                        yield stream, ts, buf[_HEADER.size:_HEADER.size + length]
+                        buf = buf[_HEADER.size + length:]
                     continue
-                return
-            time.sleep(poll)
+                if len(files) > 1:
+                    break  # a rotated file is complete: on to the next
+                if follow is None:
+                    return  # not following: the files as they were when opened
+                ino = os.fstat(f.fileno()).st_ino
+                try:
+                    current = os.stat(path)
+                except FileNotFoundError:
+                    current = None
+                if current is not None and current.st_ino != ino:  # rotated away: drain it, then the newer ones
+                    files.extend(_open_newer(path, ino))
+                    if len(files) > 1:
+                        continue
+                if current is not None and current.st_ino == ino and current.st_size < f.tell():
+                    f.seek(0)  # started over (max-file 1)
+                    buf = b""
+                    continue
+                if follow is None or not follow():
+                    # One last read: output written between the check and now must not be lost.
+                    if follow is not None and (rest := f.read()):
+                        buf += rest
+                        follow = None
+                        continue
+                    return
+                time.sleep(poll)
+            files.pop(0).close()
+    finally:
+        for f in files:
+            f.close()
 
 
 def _copy_until_eof(src: int, dst: int) -> None:

@@ -45,6 +45,7 @@ import socket
 import struct
 import termios
 
+from runner.diskfull import disk_full_error, is_full
 from runner.stdio import Stdio, TermSize
 from runner.engine import bundle, logs, network
 from runner.engine.state import EXITED, RUNNING, now, proc_start_time
@@ -183,6 +184,16 @@ def _close_fds_except(keep: set[int]) -> None:
                 os.close(fd)
 
 
+def _detach(net) -> None:
+    """Release the container's network; on a full disk its lease stays in the file, but names this dead
+    shim, so the next lease on that network reclaims it (runner.engine.network: stale leases)."""
+    try:
+        net.detach()
+    except OSError as exc:
+        if not is_full(exc):
+            raise
+
+
 def _isolate(stdio: Stdio | None, sync: socket.socket) -> int:
     """Make this forked child a shim: default signal dispositions, none of the caller's fds; returns an fd
     on /dev/null. A detached shim must not hold the caller's pipes or terminal open."""
@@ -241,12 +252,14 @@ class _Workload:
             os.kill(self.pid, signal.SIGKILL)
 
 
-def _relay(engine, cid: str, work: _Workload, stdio: Stdio | None, sync: socket.socket) -> str:
+def _relay(engine, cid: str, work: _Workload, stdio: Stdio | None, sync: socket.socket, log_opts) -> str:
     """Tell the caller the workload runs, then relay its output until it closes; returns an error text if
     the relay failed (the workload is then killed: nobody would drain its output any more)."""
     try:
         _send(sync, {"started": work.pid}, [work.master] if work.master is not None and stdio is not None else [])
-        log = logs.LogWriter(engine.log_path(cid))
+        from runner.spec import log_limits
+        max_size, max_file = log_limits(log_opts)
+        log = logs.LogWriter(engine.log_path(cid), max_size, max_file)
         sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr} if stdio is not None else {}
         try:
             logs.relay(work.sources, log, sinks, work.pump_stdin)
@@ -284,27 +297,36 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         if work.pid is not None:  # the workload runs, but its bookkeeping failed: it must not live on unwatched
             work.kill()
             os.waitpid(work.pid, 0)
-        if not isinstance(exc, RunnerError):
+        if is_full(exc):
+            exc = disk_full_error(exc.filename if isinstance(exc.filename, str) else engine.root,
+                                  f"starting container {cid[:12]}")
+        elif not isinstance(exc, RunnerError):
             exc = ContainerStartError(f"cannot start container: {exc}")
-        net.detach()
+        _detach(net)
         _send(sync, {"error": exc.to_dict()})
         if runtime is not None:
             runtime.delete(container_bundle.dir, cid)
         return 125
-    error = _relay(engine, cid, work, stdio, sync)
+    error = _relay(engine, cid, work, stdio, sync, rec.spec.get("log_opts"))
     _, status = os.waitpid(work.pid, 0)
     code = exit_code_of(status)
     oom = runtime.oom_killed(container_bundle.dir, cid)
     runtime.delete(container_bundle.dir, cid)
-    net.detach()
+    _detach(net)
     container_bundle.release()
     # With --rm the record is removed right after this write, so a crash could only leave a record that
     # is gone anyway: no fsync for it (the write itself stays atomic for concurrent readers).
-    with store.update(cid, durable=not rec.spec.get("auto_remove")) as rec:
-        rec.status, rec.exit_code, rec.oom_killed, rec.finished_at = EXITED, code, oom, now()
-        rec.error = error
-        rec.extra.pop("network", None)
-        auto_remove = bool(rec.spec.get("auto_remove"))
+    auto_remove = bool(rec.spec.get("auto_remove"))
+    try:
+        with store.update(cid, durable=not auto_remove) as rec:
+            rec.status, rec.exit_code, rec.oom_killed, rec.finished_at = EXITED, code, oom, now()
+            rec.error = error
+            rec.extra.pop("network", None)
+    except OSError as exc:
+        # A full disk (the workload may have filled it) even past the record's spare file: the exit code
+        # still reaches an attached caller, and a --rm container is still removed.
+        if not is_full(exc):
+            raise
     if auto_remove:
         engine.remove_container_files(cid, background=True)
     _send(sync, {"exited": code})

@@ -81,6 +81,17 @@ class ContainerRecord(Record):
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+def _mark_dead(rec: ContainerRecord) -> bool:
+    """Record that a RUNNING container whose shim and PID 1 are both gone has exited; True if it changed."""
+    if rec.status != RUNNING or alive(rec.shim_pid, rec.shim_start) or alive(rec.pid, rec.pid_start):
+        return False
+    rec.status = EXITED
+    rec.exit_code = 255 if rec.exit_code is None else rec.exit_code
+    rec.finished_at = rec.finished_at or now()
+    rec.error = rec.error or "the container's monitor process died; exit status unknown"
+    return True
+
+
 class StateStore:
     """All container records under ``<root>/containers``."""
 
@@ -113,7 +124,12 @@ class StateStore:
             raise NotFound(f"no such container: {cid[:12]}") from None
 
     def save(self, rec: ContainerRecord, durable: bool = True) -> None:
-        write_json_atomic(os.path.join(self.dir(rec.id), "state.json"), rec.to_dict(), durable=durable)
+        """Write the record; on a full disk through its spare file (runner.diskfull), so that the exit of a
+        container that filled the disk is still recorded."""
+        from runner.diskfull import write_or_reserve
+        path, data = os.path.join(self.dir(rec.id), "state.json"), rec.to_dict()
+        write_or_reserve(path, json.dumps(data, sort_keys=True).encode(),
+                         lambda: write_json_atomic(path, data, durable=durable))
 
     def create(self, name: str | None, make_record) -> ContainerRecord:
         """Allocate an id and a unique name, then save the record ``make_record(id, name)`` returns."""
@@ -127,8 +143,12 @@ class StateStore:
                 name = random_name()
             cid = os.urandom(32).hex()  # what secrets.token_hex(32) does, without importing secrets
             os.makedirs(self.dir(cid), mode=0o700)
-            rec = make_record(cid, name)
-            self.save(rec)
+            try:
+                rec = make_record(cid, name)
+                self.save(rec)
+            except BaseException:  # e.g. a full disk: no empty container directory is left behind
+                self.remove_dir(cid)
+                raise
             return rec
 
     def _name_of(self, cid: str) -> str | None:
@@ -163,21 +183,27 @@ class StateStore:
             self.save(rec, durable)
 
     def reconcile(self, rec: ContainerRecord) -> ContainerRecord:
-        """Make a running record honest: if neither shim nor PID 1 lives, the container has exited."""
+        """Make a running record honest: if neither shim nor PID 1 lives, the container has exited.
+
+        The corrected record is returned even when it cannot be saved (a full disk): ``ps`` and ``inspect``
+        must work without writing, since they are how a user finds what to remove.
+        """
         if rec.status != RUNNING or alive(rec.shim_pid, rec.shim_start):
             return rec
         if alive(rec.pid, rec.pid_start):
             return rec  # the shim died but the workload runs on; it is still running
-        with self.lock(rec.id):
-            fresh = self.load(rec.id)
-            if fresh.status == RUNNING and not alive(fresh.shim_pid, fresh.shim_start) \
-                    and not alive(fresh.pid, fresh.pid_start):
-                fresh.status = EXITED
-                fresh.exit_code = 255 if fresh.exit_code is None else fresh.exit_code
-                fresh.finished_at = fresh.finished_at or now()
-                fresh.error = fresh.error or "the container's monitor process died; exit status unknown"
-                self.save(fresh)
-            return fresh
+        from runner.diskfull import is_full
+        try:
+            with self.lock(rec.id):
+                fresh = self.load(rec.id)
+                if _mark_dead(fresh):
+                    self.save(fresh)
+                return fresh
+        except OSError as exc:  # the lock file or the record could not be written: show it unsaved
+            if not is_full(exc):
+                raise
+            _mark_dead(rec)
+            return rec
 
     def remove_dir(self, cid: str) -> None:
         import shutil  # here: shutil imports zlib, bz2 and lzma, ~5 ms the start path does not need

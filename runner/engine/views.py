@@ -163,7 +163,8 @@ def _host_config(rec, spec) -> dict:
             "AutoRemove": spec.auto_remove, "PublishAllPorts": spec.publish_all,
             "ReadonlyRootfs": spec.read_only, "Runtime": rec.runtime,
             "Memory": spec.limits.memory or 0, "NanoCpus": int((spec.limits.cpus or 0) * 1e9),
-            "PidsLimit": spec.limits.pids or 0, **security_host_config(spec)}
+            "PidsLimit": spec.limits.pids or 0,
+            "LogConfig": {"Type": "json-file", "Config": dict(spec.log_opts)}, **security_host_config(spec)}
 
 
 def security_host_config(spec) -> dict:

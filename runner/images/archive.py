@@ -22,6 +22,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -124,6 +125,8 @@ def _read_members(members: _Members, fileobj: BinaryIO) -> None:
                 raise ImageError(f"unexpected archive member {member.name!r}: not a file, directory or link")
         stream.drain()
     except (tarfile.TarError, EOFError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise  # the store's disk is full, the archive may be fine (runner.diskfull says so)
         raise ImageError(f"image archive is not a valid tar: {exc}") from None
 
 

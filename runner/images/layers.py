@@ -251,6 +251,7 @@ class _Extractor:
             finally:
                 os.close(pfd)
         except OSError as exc:
+            _full_is_not_bad_data(exc)
             raise ImageError(f"cannot unpack layer entry {member.name!r}: {exc.strerror or exc}") from None
 
     def _create(self, pfd: int, parts: tuple[str, ...], member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
@@ -353,6 +354,7 @@ class _Extractor:
             finally:
                 os.close(pfd)
         except OSError as exc:
+            _full_is_not_bad_data(exc)
             raise ImageError(f"cannot apply whiteout {entry!r}: {exc.strerror or exc}") from None
 
     def _opaque(self, dir_parts: tuple[str, ...], entry: str) -> None:
@@ -388,8 +390,15 @@ class _Extractor:
             except FileNotFoundError:
                 continue
             except OSError as exc:
+                _full_is_not_bad_data(exc)
                 raise ImageError(f"cannot set mode of layer directory {'/'.join(parts) or '/'!r}: "
                                  f"{exc.strerror or exc}") from None
+
+
+def _full_is_not_bad_data(exc: OSError) -> None:
+    """Re-raise a full disk as it is (runner.diskfull words it): the layer is not at fault."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise exc
 
 
 class _opened:

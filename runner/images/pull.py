@@ -8,9 +8,10 @@ Order of work, and why:
    sizes must be integers, layer types must be ones we can unpack (zstd is refused clearly).
 3. Fetch the config first (small, and with an explicit ``--platform`` it must describe that platform),
    then the layers in parallel. Each blob streams through a reader that enforces the descriptor's
-   size and into ``store.ingest``, which hashes while writing and renames only a verified blob into
-   place, so an interrupted, oversized, truncated or tampered download never leaves a blob behind.
-   A dropped connection is retried once; blobs already in the store are skipped.
+   size and into ``store.ingest_resumable``, which writes the blob's partial file, hashes the whole of it
+   and renames only a verified blob into place, so an interrupted, oversized, truncated or tampered
+   download never leaves a blob behind. A dropped connection is retried once; a retry, and the next pull
+   after a kill, resume the partial with HTTP Range; blobs already in the store are skipped.
 4. Only then record the manifest (and any index, by their exact bytes) and the name.
 
 Progress is reported as small JSON-able dicts (see :func:`pull`), because the engine may run in the VM
@@ -70,10 +71,11 @@ class _BlobReader:
     a dropped connection (``_Interrupted``, retried once). The digest itself is checked by the store.
     """
 
-    def __init__(self, reply, digest: str, size: int, emit: Callable[[dict], None], cancel: threading.Event):
+    def __init__(self, reply, digest: str, size: int, emit: Callable[[dict], None], cancel: threading.Event,
+                 start: int = 0):
         self._reply, self._digest, self._size = reply, digest, size
         self._emit, self._cancel = emit, cancel
-        self.count = 0
+        self.count = start  # a resumed download: the bytes before ``start`` are in the partial file
         self._last = 0.0
 
     def read(self, n: int = -1) -> bytes:
@@ -83,7 +85,9 @@ class _BlobReader:
         # Read one byte past the declared size so an oversized blob is noticed, never stored.
         want = remaining + 1 if n is None or n < 0 else min(n, remaining + 1)
         try:
-            data = self._reply.read(max(want, 1))
+            # read1: what has arrived, not a whole megabyte, so the partial file holds every byte received
+            # when the pull is killed (the next pull resumes from there)
+            data = getattr(self._reply, "read1", self._reply.read)(max(want, 1))
         except (OSError, http.client.HTTPException) as exc:  # reset, timeout, TLS failure mid-body
             raise _Interrupted(str(exc) or type(exc).__name__) from None
         self.count += len(data)
@@ -153,6 +157,7 @@ def pull(store, ref, *, platform=None, credentials: Mapping[str, Mapping[str, st
     reference = ref if isinstance(ref, Reference) else Reference.parse(str(ref))
     wanted, explicit = _resolve_platform(platform)
     emit = progress or (lambda event: None)
+    store.sweep_tmp()  # partial downloads nobody resumed for a day go (they must not grow without bound)
     client = RegistryClient(reference.registry, credentials=(credentials or {}).get(reference.registry),
                             insecure=reference.registry in set(insecure), endpoints=endpoints)
     repo = reference.repository
@@ -236,14 +241,28 @@ def _fetch_blob(client: RegistryClient, store, repo: str, desc: dict, emit: Prog
     if store.has_blob(digest):
         say({"status": "Already exists"})
         return False
+    replies = []
+
+    def fetch(offset: int):
+        reply = client.open_blob(repo, digest, offset)
+        replies.append(reply)
+        start = offset if reply.status == 206 and _range_start(reply) == offset else 0
+        say({"status": "Downloading", "current": start, "total": size})
+        return _BlobReader(reply, digest, size, say, cancel, start), start
+
     for attempt in (1, 2):
         if cancel.is_set():
             raise _Cancelled()
         try:
-            with client.open_blob(repo, digest) as reply:
-                reader = _BlobReader(reply, digest, size, say, cancel)
-                say({"status": "Downloading", "current": 0, "total": size})
-                store.ingest(reader, expected_digest=digest, expected_size=size)
+            try:  # through the blob's partial file: a retry, or the next pull after a kill, resumes it
+                new = store.ingest_resumable(digest, size, fetch)
+            finally:
+                for reply in replies:
+                    reply.close()
+                replies.clear()
+            if not new:
+                say({"status": "Already exists"})
+                return False
             break
         except _Interrupted as exc:
             if attempt == 2:
@@ -253,6 +272,14 @@ def _fetch_blob(client: RegistryClient, store, repo: str, desc: dict, emit: Prog
     say({"status": "Download complete"})
     say({"status": "Pull complete"})
     return True
+
+
+def _range_start(reply) -> int | None:
+    """The first byte a 206 reply carries (``Content-Range: bytes START-END/TOTAL``), or None."""
+    value = reply.headers.get("Content-Range") or ""
+    unit, _, rest = value.partition(" ")
+    start = rest.partition("-")[0]
+    return int(start) if unit == "bytes" and start.isdigit() else None
 
 
 def load_sources(store) -> dict:

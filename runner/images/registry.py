@@ -377,14 +377,20 @@ class RegistryClient:
             raise ImageError(f"image {display} has unsupported manifest type {media_type!r}")
         return Manifest(data, media_type, digest)
 
-    def open_blob(self, repository: str, digest: str):
-        """Start downloading a blob; the caller streams and verifies the returned response."""
+    def open_blob(self, repository: str, digest: str, offset: int = 0):
+        """Start downloading a blob (from byte ``offset`` if the registry honours Range: then the reply's
+        status is 206); the caller streams and verifies the returned response."""
         validate_digest(digest)
-        reply = self.request("GET", f"/v2/{repository}/blobs/{digest}", scopes=(pull_scope(repository),))
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        reply = self.request("GET", f"/v2/{repository}/blobs/{digest}", scopes=(pull_scope(repository),),
+                             headers=headers)
+        if reply.status == 416 and offset:  # the range is refused: the whole blob then
+            reply.close()
+            return self.open_blob(repository, digest)
         if reply.status == 404:
             reply.close()
             raise NotFound(f"blob {digest} not found in {self.registry}/{repository}")
-        if reply.status != 200:
+        if reply.status not in ((200, 206) if offset else (200,)):
             raise self._fail(reply, f"blob {digest}")
         return reply
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import json
 import os
@@ -62,6 +63,9 @@ MAX_METADATA = 8 << 20  # manifests and configs are small; refuse to parse anyth
 _CHUNK = 1 << 20
 _SHORT_LEN = 12
 _ID_PREFIX_RE = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
+PARTIAL_PREFIX = "partial-"
+PARTIAL_MAX_AGE = 24 * 3600  # a partial download nobody resumed within a day is removed by the next pull
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 _NOT_FOUND_HINT = "pull it with 'runner pull NAME' or load it with 'runner load -i FILE'"
 
 
@@ -182,6 +186,114 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+    # -- resumable downloads (partials) ---------------------------------------------------------------
+    # A download goes to ``tmp/partial-<hex>``, named by the blob's digest and flock'ed by its one writer, so
+    # a pull killed half-way leaves bytes the next pull of the same blob continues from (HTTP Range), as
+    # containerd's ingest does. The digest is still checked over the whole file before the rename. Partials
+    # nobody holds are removed by ``system prune`` and, older than a day, by the next pull (sweep_tmp).
+
+    def partial_path(self, digest: str) -> str:
+        return os.path.join(self._tmp, PARTIAL_PREFIX + validate_digest(digest)[len("sha256:"):])
+
+    def ingest_resumable(self, digest: str, size: int, fetch: Callable[[int], tuple[BinaryIO, int]]) -> bool:
+        """Download blob ``digest`` of ``size`` bytes through its partial file; True when it is new.
+
+        ``fetch(offset)`` opens the source at ``offset`` and returns (stream, offset it really starts at:
+        0 when the server ignored the range). A full disk or bad content removes the partial; any other
+        failure (a dropped connection, a kill) keeps it for the next attempt.
+        """
+        while True:
+            path = self.partial_path(digest)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # a concurrent pull of the same blob waits here
+                if _same_file(fd, path):  # not removed by the writer we waited for
+                    if self.has_blob(digest):
+                        os.unlink(path)
+                        return False
+                    return self._resume(fd, path, digest, size, fetch)
+            finally:
+                os.close(fd)
+
+    def _resume(self, fd: int, path: str, digest: str, size: int, fetch) -> bool:
+        import hashlib
+        try:
+            have = os.fstat(fd).st_size
+            hasher = hashlib.sha256()
+            if have > size:
+                os.ftruncate(fd, 0)
+                have = 0
+            done = 0
+            while done < have and (prefix := os.pread(fd, min(_CHUNK, have - done), done)):
+                hasher.update(prefix)  # the bytes a killed pull left: hashed again, not downloaded again
+                done += len(prefix)
+            if done < size:
+                stream, start = fetch(done)
+                if start != done:  # the source starts over: so do we
+                    os.ftruncate(fd, 0)
+                    hasher, done = hashlib.sha256(), 0
+                while chunk := stream.read(_CHUNK):
+                    if done + len(chunk) > size:
+                        raise ImageError(f"blob {digest} is larger than the expected {size} bytes")
+                    _pwrite_all(fd, chunk, done)
+                    hasher.update(chunk)
+                    done += len(chunk)
+            if done != size:
+                raise ImageError(f"blob {digest} has {done} bytes, expected {size}")
+            if "sha256:" + hasher.hexdigest() != digest and have:
+                os.ftruncate(fd, 0)  # the kept bytes were not this blob's: download it whole, once
+                return self._resume(fd, path, digest, size, fetch)
+            if "sha256:" + hasher.hexdigest() != digest:
+                raise ImageError(f"blob content does not match its digest: expected {digest}, "
+                                 f"got sha256:{hasher.hexdigest()}")
+            os.fsync(fd)
+            os.fchmod(fd, 0o644)
+            os.rename(path, self.blob_path(digest))
+            _fsync_dir(self._blobs)
+            return True
+        except BaseException as exc:
+            if isinstance(exc, ImageError) or (isinstance(exc, OSError) and exc.errno in _FULL):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            raise
+
+    def sweep_tmp(self, max_age: float = PARTIAL_MAX_AGE) -> int:
+        """Remove temp entries older than ``max_age`` seconds (partials: only if no pull holds them); bytes freed.
+
+        ``max_age=0`` (``system prune``) removes every partial nobody is writing; other temp entries (an
+        unpack or a load in progress) only when older than an hour, since they carry no lock.
+        """
+        freed = 0
+        now = time.time()
+        for name in _listdir(self._tmp):
+            path = os.path.join(self._tmp, name)
+            partial = name.startswith(PARTIAL_PREFIX)
+            with contextlib.suppress(OSError):
+                st = os.lstat(path)
+                if now - st.st_mtime < (max_age if partial else max(max_age, 3600)):
+                    continue
+                if partial:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a pull is writing it
+                        if _same_file(fd, path):
+                            os.unlink(path)
+                            freed += st.st_blocks * 512
+                    finally:
+                        os.close(fd)
+                elif stat.S_ISDIR(st.st_mode):
+                    freed += _disk_usage(path)
+                    _rmtree(path)
+                else:
+                    os.unlink(path)
+                    freed += st.st_blocks * 512
+        return freed
+
+    def tmp_usage(self) -> tuple[int, int]:
+        """(number of partial downloads and other temp entries, their bytes on disk)."""
+        names = _listdir(self._tmp)
+        return len(names), sum(_disk_usage(os.path.join(self._tmp, n)) for n in names)
 
     def put_bytes(self, data: bytes) -> str:
         """Store ``data`` as a blob; return its digest."""
@@ -322,7 +434,11 @@ class Store:
             path = self._find_layer_dir(diff_id)
             if path is not None:
                 import tempfile
-                gone = tempfile.mkdtemp(prefix="rm-", dir=self._tmp)
+                try:
+                    gone = tempfile.mkdtemp(prefix="rm-", dir=self._tmp)
+                except OSError:  # a full disk has no block for a new directory: delete in place
+                    _rmtree(path)
+                    continue
                 os.rename(path, os.path.join(gone, "x"))  # vanish atomically, then delete at leisure
                 _rmtree(gone)
 
@@ -367,6 +483,11 @@ class Store:
         return Image(id=config_digest, names=names, manifest_digest=digest, media_type=media_type, config=config,
                      layers=image_layers, size=sum(layer.size for layer in image_layers),
                      created=config.get("created"), annotations=dict(manifest.get("annotations") or {}))
+
+    def image_files(self, image: Image) -> list[str]:
+        """The files and directories the image takes: its blobs and its unpacked layers (``system df``)."""
+        paths = [self.blob_path(d) for d in [image.manifest_digest, image.id] + [l.digest for l in image.layers]]
+        return paths + [p for p in (self._find_layer_dir(l.diff_id) for l in image.layers) if p is not None]
 
     # -- unpacked layers -------------------------------------------------------------------------
     def layer_dirs(self, image: Image) -> list[str]:
@@ -479,8 +600,60 @@ def _read_text(path: str) -> str | None:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader sees the old or the new content, never a mix, even after a crash."""
-    write_atomic(path, data, 0o644, durable=True, sync_dir=True)
+    """Write ``data`` to ``path`` so a reader sees the old or the new content, never a mix, even after a crash.
+
+    On a full disk the index is written through its spare file (runner.diskfull), so ``rmi`` and ``system
+    prune`` can still untag images and so free their blobs.
+    """
+    from runner.diskfull import write_or_reserve
+    write_or_reserve(path, data, lambda: write_atomic(path, data, 0o644, durable=True, sync_dir=True),
+                     spare_size=64 << 10, mode=0o644)
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not removed or replaced meanwhile)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
+
+
+def _disk_usage(path: str) -> int:
+    """Bytes ``path`` takes on disk (allocated blocks; hard links counted once)."""
+    seen, total = set(), 0
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISDIR(st.st_mode):
+        return st.st_blocks * 512
+    total += st.st_blocks * 512
+    for top, dirs, files in os.walk(path):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(top, name))
+                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                    if (st.st_dev, st.st_ino) in seen:
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
 
 
 def _fsync_dir(path: str) -> None:

@@ -1,0 +1,100 @@
+"""Disk space: ``system df`` (what runner's files take, what could go) and ``system prune`` (let it go).
+
+Why here and not in the CLI: the engine may run in the VM, where the files are on the guest's data disk, so
+both are engine operations that reach the host as plain JSON (the CLI only formats them). Prune must work on
+a full disk, since it is how a user gets space back: it only deletes, and the writes it makes (the image
+index, container records) have spare files (runner.diskfull). Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from runner.diskfull import free_bytes, mount_of
+from runner.engine.state import RUNNING
+from runner.errors import Conflict, NotFound, RunnerError
+
+
+def _usage(path: str) -> int:
+    from runner.images.store import _disk_usage
+    return _disk_usage(path)
+
+
+def _row(total: int, active: int, size: int, reclaimable: int) -> dict:
+    return {"Total": total, "Active": active, "Size": size, "Reclaimable": reclaimable}
+
+
+def df(engine) -> dict:
+    """Docker's ``system df`` rows in bytes (Images, Containers, Partial downloads), plus the filesystem."""
+    records = []
+    for cid in engine.state.ids():
+        with contextlib.suppress(NotFound, ValueError):
+            records.append(engine.state.reconcile(engine.state.load(cid)))
+    sizes = {rec.id: _usage(engine.state.dir(rec.id)) for rec in records}
+    running = [rec for rec in records if rec.status == RUNNING]
+    used_ids = {rec.image_id for rec in records}
+    store = engine.images_store
+    images = store.list()
+    files = {img.id: store.image_files(img) for img in images}
+    every = {p for paths in files.values() for p in paths}
+    kept = {p for img in images if img.id in used_ids for p in files[img.id]}
+    size_of = {p: _usage(p) for p in every}
+    partials, partial_size = store.tmp_usage()
+    point, fstype = mount_of(engine.root)
+    st = os.statvfs(engine.root)
+    return {
+        "Images": _row(len(images), sum(1 for img in images if img.id in used_ids), sum(size_of.values()),
+                       sum(size_of[p] for p in every - kept)),
+        "Containers": _row(len(records), len(running), sum(sizes.values()),
+                           sum(sizes[rec.id] for rec in records if rec.status != RUNNING)),
+        "Partial downloads": _row(partials, 0, partial_size, partial_size),
+        "Disk": {"Root": engine.root, "Mount": point, "Type": fstype, "Size": st.f_blocks * st.f_frsize,
+                 "Used": (st.f_blocks - st.f_bfree) * st.f_frsize, "Free": free_bytes(engine.root) or 0},
+    }
+
+
+def prune(engine, all_images: bool = False) -> dict:
+    """Remove stopped containers, unused networks, dangling (``all_images``: unused) images and partial
+    downloads, as ``docker system prune [-a]`` does; what went and the space won back."""
+    before = _free(engine.root)
+    containers = []
+    for cid in engine.state.ids():
+        with contextlib.suppress(NotFound, Conflict, ValueError):
+            rec = engine.state.reconcile(engine.state.load(cid))
+            if rec.status != RUNNING:
+                engine._remove(rec.id)
+                containers.append(rec.id)
+    networks = []
+    if os.geteuid() == 0:
+        from runner.engine import network
+        for name in network.Networks(engine).names():
+            if name != network.DEFAULT_NETWORK:
+                with contextlib.suppress(RunnerError, OSError):
+                    engine.network_rm(name)
+                    networks.append(name)
+    images = []
+    store = engine.images_store
+    for img in store.list():
+        if all_images or not img.names:
+            with contextlib.suppress(Conflict, NotFound):
+                if not engine._image_in_use(img.id):
+                    images += store.remove(img.id, force=True)
+    store.sweep_tmp(0)
+    import shutil
+    for name in _listdir(engine.state.trash):  # --rm leftovers whose background deletion was killed
+        shutil.rmtree(os.path.join(engine.state.trash, name), ignore_errors=True)
+    return {"ContainersDeleted": containers, "NetworksDeleted": networks, "ImagesDeleted": images,
+            "SpaceReclaimed": max(0, _free(engine.root) - before)}
+
+
+def _free(path: str) -> int:
+    st = os.statvfs(path)
+    return st.f_bfree * st.f_frsize
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,178 @@
+"""A full disk (issue 19): runner's state root on a small tmpfs of its own, filled by a container, by a load
+and by a file. Each time the error is one line naming the filesystem, nothing half-made remains, and `ps`,
+`inspect`, `images`, `rm -f`, `rmi` and `system prune` work and give the space back."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from tests.helpers import cli, wait_for
+
+pytestmark = pytest.mark.root
+IMG = "localhost/busybox"
+FULL = re.compile(r"^Error: no space left on (\S+) \(tmpfs, \S+ free\) while (.+)$")
+
+
+def run(root, *args, **kw):
+    return cli(list(args), root=root, **kw)
+
+
+@pytest.fixture
+def small_root(tmp_path):
+    """A 16 MB tmpfs as RUNNER_ROOT's filesystem, with the default image in it; unmounted whatever happens."""
+    mnt = str(tmp_path / "fs")
+    os.mkdir(mnt)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", mnt], check=True)
+    root = os.path.join(mnt, "root")
+    try:
+        warm = run(root, "run", "--rm", "--network", "none", IMG, "true")
+        assert warm.returncode == 0, warm.stderr.decode()
+        yield mnt, root
+    finally:
+        ids = run(root, "ps", "-aq", "--no-trunc").stdout.decode().split()
+        for cid in ids:
+            run(root, "rm", "-f", cid)
+        run(root, "network", "rm", "bridge")
+        subprocess.run(["umount", "-l", mnt], check=False)
+
+
+def fill(mnt: str, name: str = "filler") -> str:
+    """Fill the filesystem with one file (the last bytes too); return its path."""
+    path = os.path.join(mnt, name)
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(bytes(1 << 20))
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    with open(path, "ab", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"x" * 512)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return path
+
+
+def free(mnt: str) -> int:
+    st = os.statvfs(mnt)
+    return st.f_bavail * st.f_frsize
+
+
+def container_dirs(root: str) -> list[str]:
+    return [e for e in os.listdir(os.path.join(root, "containers")) if not e.startswith(".")]
+
+
+def assert_full_error(proc, mnt: str, what: str) -> None:
+    assert proc.returncode == 125, proc.stderr.decode()
+    lines = proc.stderr.decode().splitlines()
+    assert FULL.match(lines[0]), lines
+    assert FULL.match(lines[0]).group(1) == mnt and what in lines[0], lines
+    assert lines[1].startswith("Hint:") and "runner system prune" in lines[1], lines
+    assert "Traceback" not in proc.stderr.decode() and len(lines) == 2
+
+
+def test_rm_container_that_fills_the_disk_keeps_its_own_error_and_is_removed(small_root):
+    mnt, root = small_root
+    before = free(mnt)
+    proc = run(root, "run", "--rm", "--network", "none", IMG,
+               "sh", "-c", "dd if=/dev/zero of=/fill bs=1M count=64; exit 3")
+    # The workload met ENOSPC itself, said so on its stderr and chose its exit code; runner said nothing.
+    assert proc.returncode == 3, proc.stderr.decode()
+    assert b"No space left on device" in proc.stderr and b"Error:" not in proc.stderr
+    assert container_dirs(root) == []
+    assert wait_for(lambda: free(mnt) >= before - (256 << 10)), (free(mnt), before)
+
+
+def test_full_disk_keeps_ps_rm_rmi_working_and_leaves_nothing_half_made(small_root):
+    mnt, root = small_root
+    cid = run(root, "run", "-d", "--network", "none", IMG, "sh", "-c",
+              "dd if=/dev/zero of=/fill bs=1M count=64; sleep 1000").stdout.decode().strip()
+    assert wait_for(lambda: free(mnt) < (64 << 10)), free(mnt)
+    filler = fill(mnt)
+    try:
+        for what, args in (("creating a container", ["run", "-d", "--network", "none", IMG, "true"]),
+                           ("creating a container", ["create", "--network", "none", IMG, "true"])):
+            assert_full_error(run(root, *args), mnt, what)
+            assert container_dirs(root) == [cid]  # no empty container directory left behind
+        for args in (["ps", "-a"], ["inspect", cid], ["images"], ["logs", cid], ["info"]):
+            proc = run(root, *args)
+            assert proc.returncode == 0, (args, proc.stderr.decode())
+        assert cid[:12] in run(root, "ps").stdout.decode()
+        assert json.loads(run(root, "inspect", cid).stdout)[0]["State"]["Running"] is True
+        proc = run(root, "rm", "-f", cid)
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert container_dirs(root) == []
+        proc = run(root, "rmi", IMG)
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert run(root, "images", "-q").stdout.decode().strip() == ""
+        assert os.listdir(os.path.join(root, "images", "blobs", "sha256")) == []
+    finally:
+        os.unlink(filler)
+
+
+def test_dead_container_is_shown_exited_though_the_record_cannot_be_saved(small_root):
+    mnt, root = small_root
+    cid = run(root, "run", "-d", "--network", "none", IMG, "sleep", "1000").stdout.decode().strip()
+    with open(os.path.join(root, "containers", cid, "state.json")) as f:
+        rec = json.load(f)
+    filler = fill(mnt)
+    try:
+        for name in os.listdir(os.path.join(root, "containers", cid)):
+            if name.endswith(".reserve"):  # no spare left either: the record truly cannot be written
+                os.unlink(os.path.join(root, "containers", cid, name))
+        os.unlink(fill(mnt, "filler2"))  # what the spare gave back is taken too (and given back at the end)
+        fill(mnt, "filler2")
+        os.kill(rec["shim_pid"], 9)
+        os.kill(rec["pid"], 9)
+        assert wait_for(lambda: "Exited (255)" in run(root, "ps", "-a").stdout.decode())
+        with open(os.path.join(root, "containers", cid, "state.json")) as f:
+            assert json.load(f)["status"] == "running"  # shown, not saved
+    finally:
+        os.unlink(filler)
+        os.unlink(os.path.join(mnt, "filler2"))
+    assert run(root, "rm", cid).returncode == 0
+
+
+def test_load_into_a_full_disk_fails_clearly_and_leaves_no_partial(small_root, tmp_path):
+    mnt, root = small_root
+    archive = str(tmp_path / "img.tar")
+    assert run(root, "save", "-o", archive, IMG).returncode == 0
+    assert run(root, "rmi", IMG).returncode == 0
+    filler = fill(mnt)
+    try:
+        os.truncate(filler, os.path.getsize(filler) - (1 << 20))  # 1 MB free: less than the image
+        proc = run(root, "load", "-i", archive)
+        assert_full_error(proc, mnt, "loading images")
+        assert os.listdir(os.path.join(root, "images", "tmp")) == []
+        assert run(root, "images", "-q").stdout.decode().strip() == ""
+    finally:
+        os.unlink(filler)
+    proc = run(root, "load", "-i", archive)
+    assert proc.returncode == 0, proc.stderr.decode()
+
+
+def test_system_prune_works_on_a_full_disk_and_gives_the_space_back(small_root):
+    mnt, root = small_root
+    proc = run(root, "run", "--network", "none", IMG, "sh", "-c", "dd if=/dev/zero of=/fill bs=1M count=64")
+    assert proc.returncode == 1 and b"No space left" in proc.stderr  # dd's own failure, its own exit code
+    filler = fill(mnt)
+    try:
+        assert free(mnt) == 0
+        proc = run(root, "system", "prune", "-a", "-f")
+        assert proc.returncode == 0, proc.stderr.decode()
+        out = proc.stdout.decode()
+        assert "Deleted Containers:" in out and "Deleted Images:" in out and "Total reclaimed space:" in out
+        assert container_dirs(root) == [] and run(root, "images", "-q").stdout.decode().strip() == ""
+        assert free(mnt) > (8 << 20)
+        df = run(root, "system", "df", "--format", "json")
+        assert df.returncode == 0 and json.loads(df.stdout)["Disk"]["Mount"] == mnt
+    finally:
+        os.unlink(filler)
