@@ -31,3 +31,17 @@ def out(proc: subprocess.CompletedProcess) -> str:
 
 def err(proc: subprocess.CompletedProcess) -> str:
     return proc.stderr.decode()
+
+
+def wait_for(condition, timeout: float = 30.0, what: str = "the condition", interval: float = 0.05):
+    """Poll ``condition()`` until it returns something truthy (returned) or ``timeout`` seconds pass
+    (AssertionError naming ``what``): tests synchronise on what they wait for, never on a fixed sleep."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
