@@ -94,10 +94,15 @@ class PlatformError(RunnerError):
     """The host lacks something runner needs (Linux, root, cgroups, QEMU, ...)."""
 
 
+class NeedsRoot(PlatformError):
+    """The native backend needs root and this process is not root: the CLI re-executes itself through
+    ``sudo`` when there is one (runner.cli.main), else reports this."""
+
+
 class VMError(RunnerError):
     """The VM could not be started, stopped or reached."""
 
 
 _BY_NAME = {cls.__name__: cls for cls in (
     RunnerError, UsageError, NotFound, ImageNotFound, Conflict, ImageError, RegistryError, ContainerStartError,
-    CommandNotExecutable, CommandNotFound, PlatformError, VMError)}
+    CommandNotExecutable, CommandNotFound, PlatformError, NeedsRoot, VMError)}
