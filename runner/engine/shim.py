@@ -47,7 +47,7 @@ import termios
 
 from runner.backends.base import Stdio, TermSize
 from runner.engine import logs, network
-from runner.engine.state import EXITED, RUNNING, now, proc_start_time
+from runner.engine.state import EXITED, RUNNING, boot_id, now, proc_start_time
 from runner.errors import ContainerStartError, RunnerError
 
 
@@ -239,6 +239,7 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             rec.started_at, rec.exit_code, rec.oom_killed, rec.error = now(), None, False, ""
             rec.finished_at = None
             rec.extra["network"] = net.settings
+            rec.extra["boot_id"] = boot_id()
         net.serve()
     except (RunnerError, OSError) as exc:
         if started:  # the workload runs, but its bookkeeping failed: it must not live on unwatched

@@ -69,6 +69,16 @@ def proc_start_time(pid: int) -> int | None:
     return int(rest[19]) if len(rest) > 19 else None
 
 
+def boot_id() -> str | None:
+    """This boot's random id: a running record from another boot outlived its machine (a killed VM, a
+    host reboot), which reconcile reports as such, as Docker reports exit 255 when its daemon died."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def alive(pid: int | None, start_time: int | None) -> bool:
     return bool(pid) and start_time is not None and proc_start_time(pid) == start_time
 
@@ -195,7 +205,10 @@ class StateStore:
                 fresh.status = EXITED
                 fresh.exit_code = 255 if fresh.exit_code is None else fresh.exit_code
                 fresh.finished_at = fresh.finished_at or now()
-                fresh.error = fresh.error or "the container's monitor process died; exit status unknown"
+                fresh.error = fresh.error or (
+                    "the machine stopped while the container was running; exit status unknown"
+                    if fresh.extra.get("boot_id") not in (None, boot_id())
+                    else "the container's monitor process died; exit status unknown")
                 self.save(fresh)
             return fresh
 
