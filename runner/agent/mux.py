@@ -178,8 +178,6 @@ def _relay(conn: socket.socket, transport: Any, port: int) -> None:
 def serve(machine_name: str) -> int:
     import fcntl
 
-    from runner.agent import ship
-    from runner.vm import layout
     from runner.vm.machine import Machine
 
     machine = Machine(machine_name)
@@ -190,6 +188,8 @@ def serve(machine_name: str) -> int:
     try:
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        if _replace_stale_holder(machine, lock_fd):
+            return _serve_locked(machine, sock_path)
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError):
@@ -197,7 +197,62 @@ def serve(machine_name: str) -> int:
                 print("ready (already running)", flush=True)
                 return 0
             time.sleep(0.05)
-        raise VMError("another connection cache holds the lock but does not answer")
+        raise VMError("another connection cache of this boot holds the lock but does not answer",
+                      hint=f"see {machine.paths.dir / 'agent-mux.log'}")
+    return _serve_locked(machine, sock_path)
+
+
+HOLDER = "agent-mux.holder"  # who holds agent-mux.lock: pid, process identity, the boot it serves
+
+
+def _write_holder(machine) -> None:
+    from runner.vm import layout
+    from runner.vm.machine import _process_identity
+    record = machine._live_record() or {}
+    layout.write_private(machine.paths.dir / HOLDER, json.dumps(
+        {"pid": os.getpid(), "identity": _process_identity(os.getpid()), "boot": record.get("identity")}))
+
+
+def _replace_stale_holder(machine, lock_fd: int) -> bool:
+    """Take the lock from a mux that can never answer for this boot (it was started for a QEMU that is dead
+    now, e.g. SIGKILLed) by killing it; False when the holder is a live mux of the current boot (wait for it).
+
+    The holder is named by pid plus process start time (runner.vm.machine's identity) and its command line,
+    so a recycled pid is never signalled."""
+    import fcntl
+
+    from runner.vm.machine import _process_identity
+    try:
+        holder = json.loads((machine.paths.dir / HOLDER).read_text())
+        pid = int(holder["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False  # unknown holder (an older runner): only its socket can tell
+    record = machine._live_record()
+    holder_alive = _process_identity(pid) == holder.get("identity") and "runner.agent.mux" in _cmdline(pid)
+    if holder_alive and record is not None and holder.get("boot") == record.get("identity"):
+        return False
+    if holder_alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10  # the kernel releases a killed process's flock as it exits
+    while True:
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise VMError("a stale connection cache holds the lock and could not be stopped",
+                              hint=f"see {machine.paths.dir / 'agent-mux.log'}") from None
+            time.sleep(0.02)
+
+
+def _serve_locked(machine, sock_path: Path) -> int:
+    """The mux proper, once this process holds the machine's mux lock."""
+    from runner.agent import ship
+    from runner.vm import layout
+
+    _write_holder(machine)
+    machine_name = machine.name
     deadline = time.monotonic() + START_TIMEOUT
     polls = 0
     while not machine.guest_ready():  # spawned early by a booting machine's start: wait for the guest
@@ -206,6 +261,7 @@ def serve(machine_name: str) -> int:
             raise VMError(f"machine {machine_name!r} did not become ready")
         time.sleep(0.02)
     client = machine.ssh()
+    _write_holder(machine)  # the boot it really serves (a new boot may have replaced the one it was started for)
     ship.ensure_agent(client, machine.agent_port)  # what every caller connects to: our agent version, serving
     transport = client.get_transport()
     # One TCP connection carries every call's frames: Nagle's delay would cost up to 40 ms per small frame.

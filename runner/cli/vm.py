@@ -79,6 +79,7 @@ def status(
     from runner.cli import render
 
     st = _machine(name).status()
+    _warn_if_tcg(st)
     if as_json:
         render.print_json(st)
         return
@@ -89,6 +90,13 @@ def status(
         if isinstance(value, list):
             value = ", ".join(value) or "none"
         print(f"{key.ljust(width)}  {'-' if value is None else value}")
+
+
+def _warn_if_tcg(status: dict) -> None:
+    """The TCG warning on stderr for a machine running under emulation (stdout stays parseable)."""
+    if status.get("accel") == "tcg":
+        from runner.vm.accel import tcg_warning
+        sys.stderr.write(tcg_warning(status.get("accel_reason") or "software emulation") + "\n")
 
 
 @vm_app.command(context_settings={"allow_interspersed_args": False})

@@ -233,7 +233,9 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             started = True
             sources = {out_r: logs.STDOUT, err_r: logs.STDERR}
             pump_stdin = None
-        with store.update(cid) as rec:
+        # The rename of state.json survives a crash only once its directory is synced too: without it a
+        # machine killed within the journal's commit interval (5 s) came back with the Created record.
+        with store.update(cid, sync_dir=True) as rec:
             rec.status, rec.pid, rec.pid_start = RUNNING, pid, proc_start_time(pid)
             rec.shim_pid, rec.shim_start = os.getpid(), proc_start_time(os.getpid())
             rec.started_at, rec.exit_code, rec.oom_killed, rec.error = now(), None, False, ""

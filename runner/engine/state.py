@@ -41,7 +41,8 @@ def now() -> float:
     return time.time()
 
 
-def write_json_atomic(path: str, data: dict, mode: int = 0o600, durable: bool = True) -> None:
+def write_json_atomic(path: str, data: dict, mode: int = 0o600, durable: bool = True,
+                      sync_dir: bool = False) -> None:
     """Write JSON so that readers see either the old or the new content, even across a crash.
 
     The rename makes the switch atomic for readers. The fsync before it is what survives a crash: without
@@ -49,7 +50,7 @@ def write_json_atomic(path: str, data: dict, mode: int = 0o600, durable: bool = 
     files whose content is worthless after a crash anyway (rewritten at every start, or about to be removed);
     readers still never see half a file.
     """
-    write_atomic(path, json.dumps(data, sort_keys=True).encode(), mode, durable)
+    write_atomic(path, json.dumps(data, sort_keys=True).encode(), mode, durable, sync_dir)
 
 
 def proc_start_time(pid: int) -> int | None:
@@ -142,8 +143,9 @@ class StateStore:
         except FileNotFoundError:
             raise NotFound(f"no such container: {cid[:12]}") from None
 
-    def save(self, rec: ContainerRecord, durable: bool = True) -> None:
-        write_json_atomic(os.path.join(self.dir(rec.id), "state.json"), rec.to_dict(), durable=durable)
+    def save(self, rec: ContainerRecord, durable: bool = True, sync_dir: bool = False) -> None:
+        write_json_atomic(os.path.join(self.dir(rec.id), "state.json"), rec.to_dict(), durable=durable,
+                          sync_dir=sync_dir)
 
     def create(self, name: str | None, make_record) -> ContainerRecord:
         """Allocate an id and a unique name, then save the record ``make_record(id, name)`` returns."""
@@ -185,12 +187,12 @@ class StateStore:
         raise NotFound(f"no such container: {ref}")
 
     @contextlib.contextmanager
-    def update(self, cid: str, durable: bool = True):
+    def update(self, cid: str, durable: bool = True, sync_dir: bool = False):
         """Yield the record under the container's lock; it is saved when the block ends without error."""
         with self.lock(cid):
             rec = self.load(cid)
             yield rec
-            self.save(rec, durable)
+            self.save(rec, durable, sync_dir)
 
     def reconcile(self, rec: ContainerRecord) -> ContainerRecord:
         """Make a running record honest: if neither shim nor PID 1 lives, the container has exited."""
@@ -209,6 +211,7 @@ class StateStore:
                     "the machine stopped while the container was running; exit status unknown"
                     if fresh.extra.get("boot_id") not in (None, boot_id())
                     else "the container's monitor process died; exit status unknown")
+                fresh.extra.pop("network", None)  # as the shim does at exit: an exited container publishes nothing
                 self.save(fresh)
             return fresh
 

@@ -83,3 +83,65 @@ def test_mux_start_failure_is_the_error_the_mux_reported(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"], stdout=subprocess.PIPE)
     with pytest.raises(VMError, match="did not start"):
         mux.wait_started(proc, "x", tmp_path)
+
+
+class _FakeMachine:
+    """What the mux's lock logic reads of a machine: its directory and the live boot's record."""
+
+    def __init__(self, directory, boot):
+        import types
+        self.paths = types.SimpleNamespace(dir=directory)
+        self._boot = boot
+
+    def _live_record(self):
+        return {"identity": self._boot} if self._boot else None
+
+
+def _holder(tmp_path):
+    """A process that holds the machine's mux lock, as a mux would (its argv names runner.agent.mux)."""
+    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "agent-mux.lock"), "runner.agent.mux"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "locked\n"
+    return proc
+
+
+@pytest.mark.skipif(not sys.platform.startswith(("linux", "darwin")), reason="POSIX flock and process identity")
+@pytest.mark.parametrize("holder_boot,replaced", [("boot-1", True), ("boot-2", False)])
+def test_a_mux_lock_held_for_a_dead_boot_is_taken_over_at_once(tmp_path, holder_boot, replaced):
+    import fcntl
+    import os
+
+    from runner.vm.machine import _process_identity
+    proc = _holder(tmp_path)
+    try:
+        (tmp_path / mux.HOLDER).write_text(json.dumps(
+            {"pid": proc.pid, "identity": _process_identity(proc.pid), "boot": holder_boot}))
+        fd = os.open(tmp_path / "agent-mux.lock", os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        # The machine now runs boot-2: a holder of boot-1 can never answer for it and is replaced, not
+        # waited on; a live holder of boot-2 is a mux starting for this boot and is left alone.
+        assert mux._replace_stale_holder(_FakeMachine(tmp_path, "boot-2"), fd) is replaced
+        assert (proc.wait(10) == -9) if replaced else proc.poll() is None
+        os.close(fd)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_mux_holder_that_is_not_ours_is_never_signalled(tmp_path):
+    """A pid from the holder file that now names another process (recycled): never killed."""
+    import os
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        (tmp_path / mux.HOLDER).write_text(json.dumps({"pid": proc.pid, "identity": "linux:1", "boot": "old"}))
+        (tmp_path / "agent-mux.lock").write_text("")
+        fd = os.open(tmp_path / "agent-mux.lock", os.O_RDWR)
+        assert mux._replace_stale_holder(_FakeMachine(tmp_path, "new"), fd) is True  # the lock was free
+        assert proc.poll() is None
+        os.close(fd)
+    finally:
+        proc.kill()
+        proc.wait()
