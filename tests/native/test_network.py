@@ -31,7 +31,7 @@ from runner.engine.engine import Engine
 from runner.errors import ContainerStartError
 from runner.images.rootfs import import_rootfs
 from runner.images.store import Store
-from tests.helpers import cli, err, out
+from tests.helpers import cli, err, out, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
 
@@ -340,9 +340,7 @@ def test_killed_shim_and_container_leave_a_lease_that_is_reclaimed(root):
         rec = json.load(f)
     for pid in (rec["shim_pid"], rec["pid"]):  # both processes were started by this test's CLI call
         os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while inspect(root, "victim")["State"]["Running"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: not inspect(root, "victim")["State"]["Running"], 10, "the killed container to stop running")
     # Its lease is stale now: the next container gets the same (lowest free) address back.
     proc = run(root, "run", "--rm", IMAGE, "ip", "-o", "-4", "addr", "show", "eth0")
     assert f" {ip}/" in out(proc)

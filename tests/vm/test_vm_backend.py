@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import pytest
 
 from runner.backends.base import Stdio
 from runner.errors import CommandNotFound, NotFound
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.vm
 
@@ -81,10 +81,7 @@ def test_hello_and_exit_codes(vm):
 def test_detached_logs_and_exec(vm):
     cid = vm.run({"image": "localhost/busybox", "command": ["sh", "-c", "echo up; sleep 60"]}, None)
     try:
-        deadline = time.monotonic() + 60
-        while not vm.inspect(cid)["State"]["Running"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_for(lambda: vm.inspect(cid)["State"]["Running"], 60, "the container to run", interval=0.2)
         out_r, out_w = os.pipe()
         handle = vm.exec(cid, {"command": ["sh", "-c", "echo inside; exit 3"]}, Stdio(None, out_w, out_w))
         assert handle.wait() == 3
@@ -138,7 +135,7 @@ def test_qemu_sigkilled_mid_run_recovers_with_images_and_no_stale_forwards(vm):
 
     from runner.engine.state import proc_start_time
     from runner.vm.machine import Machine
-    from tests.helpers import cli, wait_for
+    from tests.helpers import cli
 
     env = {"RUNNER_VM_STATE_DIR": os.environ["RUNNER_VM_STATE_DIR"]}
     cid = vm.run({"image": "localhost/busybox", "command": ["sleep", "300"], "network": "bridge",
