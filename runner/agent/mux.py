@@ -12,7 +12,9 @@ between the CLI and the agent, so the socket grants nothing a caller could not a
 
 Lifetime: it exits when its SSH transport dies (the VM stopped or crashed: so ``runner vm stop`` ends it
 within a second, and a new boot gets a new mux), after ``IDLE_TIMEOUT`` without any connection, or on
-SIGTERM (:func:`stop`). It removes its socket and pid file on the way out.
+SIGTERM (:func:`stop`). It removes its socket and pid file on the way out. A mux that cannot serve the
+current boot (started for a QEMU since killed) or that serves but does not answer a probe (hung) is killed
+and replaced by the next starter (:func:`_contend`): recovery never waits on it.
 
 Hosts without Unix sockets (Windows) skip it: there each CLI call opens its own SSH connection.
 """
@@ -176,74 +178,93 @@ def _relay(conn: socket.socket, transport: Any, port: int) -> None:
 
 
 def serve(machine_name: str) -> int:
-    import fcntl
-
     from runner.vm.machine import Machine
 
     machine = Machine(machine_name)
     sock_path = socket_path(machine.paths.dir)
     # One mux per machine: the lock is held for the mux's whole life. A second starter (two CLI calls racing
-    # after a boot) waits for the first one's socket instead of replacing it.
+    # after a boot) uses the first one once it answers; a holder that never can answer is replaced.
     lock_fd = os.open(machine.paths.dir / "agent-mux.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        if _replace_stale_holder(machine, lock_fd):
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        verdict = _contend(machine, lock_fd)
+        if verdict == "taken":
             return _serve_locked(machine, sock_path)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                connect(machine.paths.dir, timeout=1).close()
-                print("ready (already running)", flush=True)
-                return 0
-            time.sleep(0.05)
-        raise VMError("another connection cache of this boot holds the lock but does not answer",
-                      hint=f"see {machine.paths.dir / 'agent-mux.log'}")
-    return _serve_locked(machine, sock_path)
+        if verdict == "answers":
+            print("ready (already running)", flush=True)
+            return 0
+        if time.monotonic() > deadline:  # "starting": a mux of this boot waits for the guest, as we would
+            raise VMError("another connection cache of this boot did not finish starting",
+                          hint=f"see {machine.paths.dir / 'agent-mux.log'}")
+        time.sleep(0.05)
 
 
-HOLDER = "agent-mux.holder"  # who holds agent-mux.lock: pid, process identity, the boot it serves
+HOLDER = "agent-mux.holder"  # who holds agent-mux.lock: pid, process identity, boot, whether it serves
+PROBE_TIMEOUT = 10.0  # the agent's CHALLENGE through a serving mux: one SSH channel open, ~0.3 s under TCG
 
 
-def _write_holder(machine) -> None:
+def _write_holder(machine, serving: bool = False) -> None:
     from runner.vm import layout
     from runner.vm.machine import _process_identity
     record = machine._live_record() or {}
     layout.write_private(machine.paths.dir / HOLDER, json.dumps(
-        {"pid": os.getpid(), "identity": _process_identity(os.getpid()), "boot": record.get("identity")}))
+        {"pid": os.getpid(), "identity": _process_identity(os.getpid()), "boot": record.get("identity"),
+         "serving": serving}))
 
 
-def _replace_stale_holder(machine, lock_fd: int) -> bool:
-    """Take the lock from a mux that can never answer for this boot (it was started for a QEMU that is dead
-    now, e.g. SIGKILLed) by killing it; False when the holder is a live mux of the current boot (wait for it).
+def _answers(machine_dir: Path, timeout: float) -> bool:
+    """Whether a mux serves on the socket: the agent speaks first (its CHALLENGE), so a byte must arrive.
+    A bare connect proves nothing: the kernel queues it even for a stopped process."""
+    try:
+        with connect(machine_dir, timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return bool(sock.recv(1))
+    except OSError:
+        return False
 
-    The holder is named by pid plus process start time (runner.vm.machine's identity) and its command line,
-    so a recycled pid is never signalled."""
+
+def _take(lock_fd: int) -> bool:
     import fcntl
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
+
+def _contend(machine, lock_fd: int) -> str:
+    """"taken": this process holds the lock now; "answers": a live mux serves this boot; "starting": a mux
+    of this boot is still starting (wait for it).
+
+    Any other holder can never answer and is replaced at once, not waited on: one started for a QEMU that
+    is dead now (SIGKILLed), or one that serves but does not answer the probe (hung). The holder is named
+    by pid plus process start time (runner.vm.machine's identity) and its command line, so a recycled pid
+    is never signalled."""
     from runner.vm.machine import _process_identity
+    if _take(lock_fd):
+        return "taken"
     try:
         holder = json.loads((machine.paths.dir / HOLDER).read_text())
         pid = int(holder["pid"])
     except (OSError, ValueError, KeyError, TypeError):
-        return False  # unknown holder (an older runner): only its socket can tell
+        holder, pid = {}, 0  # not written yet (it is just starting), or an older runner's mux
+    ours = bool(pid) and _process_identity(pid) == holder.get("identity") and "runner.agent.mux" in _cmdline(pid)
     record = machine._live_record()
-    holder_alive = _process_identity(pid) == holder.get("identity") and "runner.agent.mux" in _cmdline(pid)
-    if holder_alive and record is not None and holder.get("boot") == record.get("identity"):
-        return False
-    if holder_alive:
+    if not pid or (ours and record is not None and holder.get("boot") == record.get("identity")):
+        if _answers(machine.paths.dir, PROBE_TIMEOUT if holder.get("serving") else 1.0):
+            return "answers"
+        if not holder.get("serving"):
+            return "starting"
+    if ours:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10  # the kernel releases a killed process's flock as it exits
-    while True:
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise VMError("a stale connection cache holds the lock and could not be stopped",
-                              hint=f"see {machine.paths.dir / 'agent-mux.log'}") from None
-            time.sleep(0.02)
+    while not _take(lock_fd):
+        if time.monotonic() > deadline:
+            raise VMError("a stale connection cache holds the lock and could not be stopped",
+                          hint=f"see {machine.paths.dir / 'agent-mux.log'}")
+        time.sleep(0.02)
+    return "taken"
 
 
 def _serve_locked(machine, sock_path: Path) -> int:
@@ -276,6 +297,7 @@ def _serve_locked(machine, sock_path: Path) -> int:
     finally:
         os.umask(old)
     listener.listen(64)
+    _write_holder(machine, serving=True)
     listener.settimeout(1.0)
     layout.write_private(pid_path(machine.paths.dir), str(os.getpid()))
 

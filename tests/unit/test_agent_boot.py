@@ -4,6 +4,7 @@ only on first use, and the connection cache reports why it could not start as th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -97,38 +98,50 @@ class _FakeMachine:
         return {"identity": self._boot} if self._boot else None
 
 
-def _holder(tmp_path):
-    """A process that holds the machine's mux lock, as a mux would (its argv names runner.agent.mux)."""
-    code = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
-            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(600)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "agent-mux.lock"), "runner.agent.mux"],
+def _holder(tmp_path, listen: str = ""):
+    """A process that holds the machine's mux lock, as a mux would (its argv names runner.agent.mux).
+    ``listen``: "" no socket, "answers" it sends a byte to each connection, "hung" it never accepts."""
+    code = ("import fcntl, os, socket, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "if sys.argv[3]:\n"
+            "    s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[2]); s.listen(8)\n"
+            "print('locked', flush=True)\n"
+            "while sys.argv[3] == 'answers':\n"
+            "    c, _ = s.accept(); c.sendall(b'x'); c.close()\n"
+            "time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "agent-mux.lock"),
+                             str(mux.socket_path(tmp_path)), listen, "runner.agent.mux"],
                             stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "locked\n"
     return proc
 
 
 @pytest.mark.skipif(not sys.platform.startswith(("linux", "darwin")), reason="POSIX flock and process identity")
-@pytest.mark.parametrize("holder_boot,replaced", [("boot-1", True), ("boot-2", False)])
-def test_a_mux_lock_held_for_a_dead_boot_is_taken_over_at_once(tmp_path, holder_boot, replaced):
-    import fcntl
+@pytest.mark.parametrize("holder_boot,listen,serving,verdict", [
+    ("boot-1", "", False, "taken"),  # started for a QEMU that is dead now: replaced at once
+    ("boot-2", "", False, "starting"),  # a mux of this boot waiting for the guest: waited for
+    ("boot-2", "answers", True, "answers"),  # a mux of this boot that serves: used
+    ("boot-2", "hung", True, "taken"),  # serves but never answers (stopped, wedged): replaced
+])
+def test_the_mux_lock_holder_is_used_waited_for_or_replaced(tmp_path, monkeypatch, holder_boot, listen,
+                                                            serving, verdict):
     import os
 
     from runner.vm.machine import _process_identity
-    proc = _holder(tmp_path)
+    monkeypatch.setattr(mux, "PROBE_TIMEOUT", 1.0)
+    proc = _holder(tmp_path, listen)
     try:
         (tmp_path / mux.HOLDER).write_text(json.dumps(
-            {"pid": proc.pid, "identity": _process_identity(proc.pid), "boot": holder_boot}))
+            {"pid": proc.pid, "identity": _process_identity(proc.pid), "boot": holder_boot, "serving": serving}))
         fd = os.open(tmp_path / "agent-mux.lock", os.O_RDWR)
-        with pytest.raises(BlockingIOError):
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        # The machine now runs boot-2: a holder of boot-1 can never answer for it and is replaced, not
-        # waited on; a live holder of boot-2 is a mux starting for this boot and is left alone.
-        assert mux._replace_stale_holder(_FakeMachine(tmp_path, "boot-2"), fd) is replaced
-        assert (proc.wait(10) == -9) if replaced else proc.poll() is None
+        assert mux._contend(_FakeMachine(tmp_path, "boot-2"), fd) == verdict  # the machine runs boot-2
+        assert (proc.wait(10) == -9) if verdict == "taken" else proc.poll() is None
         os.close(fd)
     finally:
         proc.kill()
         proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(mux.socket_path(tmp_path))
 
 
 def test_a_mux_holder_that_is_not_ours_is_never_signalled(tmp_path):
@@ -139,7 +152,7 @@ def test_a_mux_holder_that_is_not_ours_is_never_signalled(tmp_path):
         (tmp_path / mux.HOLDER).write_text(json.dumps({"pid": proc.pid, "identity": "linux:1", "boot": "old"}))
         (tmp_path / "agent-mux.lock").write_text("")
         fd = os.open(tmp_path / "agent-mux.lock", os.O_RDWR)
-        assert mux._replace_stale_holder(_FakeMachine(tmp_path, "new"), fd) is True  # the lock was free
+        assert mux._contend(_FakeMachine(tmp_path, "new"), fd) == "taken"  # the lock was free
         assert proc.poll() is None
         os.close(fd)
     finally:

@@ -7,6 +7,7 @@ Uses its own machine state dir, so it never touches the user's machines; guest i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -124,6 +125,39 @@ def test_the_tcg_warning_is_said_by_start_info_and_status_not_by_every_command(v
     for args in (["vm", "status", "--name", MACHINE], ["--machine", MACHINE, "info"]):
         p = cli(args, backend="vm", env=env)
         assert p.returncode == 0 and (warning in p.stderr.decode()) == tcg, (args, p.stderr)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+def test_a_killed_or_hung_connection_cache_is_replaced_not_waited_on(vm, how):
+    """The mux (runner.agent.mux) dies or hangs: the next CLI call replaces it and works, within the probe
+    deadline (a hung one still holds its lock and accepts connections, but never answers)."""
+    import signal
+    import time
+
+    from runner.agent import mux
+    from runner.engine.state import proc_start_time
+    from runner.vm.machine import Machine
+    from tests.helpers import cli
+
+    vm.images()
+    vm.close()
+    env = {"RUNNER_VM_STATE_DIR": os.environ["RUNNER_VM_STATE_DIR"]}
+    pid_file = mux.pid_path(Machine(MACHINE).paths.dir)
+    old = int(pid_file.read_text())
+    os.kill(old, getattr(signal, how))
+    try:
+        began = time.monotonic()
+        p = cli(["--machine", MACHINE, "run", "--rm", "localhost/busybox", "echo", "through a new cache"],
+                backend="vm", env=env, timeout=120)
+        took = time.monotonic() - began
+        assert (p.returncode, p.stdout) == (0, b"through a new cache\n"), p.stderr
+        assert took < mux.PROBE_TIMEOUT * 2 + 20, took  # replaced after one probe, never START_TIMEOUT
+        new = int(pid_file.read_text())
+        assert new != old and proc_start_time(new) is not None
+        wait_for(lambda: proc_start_time(old) is None, 10, "the old cache to be gone")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old, signal.SIGKILL)
 
 
 def test_qemu_sigkilled_mid_run_recovers_with_images_and_no_stale_forwards(vm):
