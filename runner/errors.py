@@ -99,10 +99,15 @@ class DiskFullError(RunnerError):
     """A filesystem runner writes to (its state root, the VM's data disk) has no space or quota left."""
 
 
+class NeedsRoot(PlatformError):
+    """The native backend needs root and this process is not root: the CLI re-executes itself through
+    ``sudo`` when there is one (runner.cli.main), else reports this."""
+
+
 class VMError(RunnerError):
     """The VM could not be started, stopped or reached."""
 
 
 _BY_NAME = {cls.__name__: cls for cls in (
     RunnerError, UsageError, NotFound, ImageNotFound, Conflict, ImageError, RegistryError, ContainerStartError,
-    CommandNotExecutable, CommandNotFound, PlatformError, DiskFullError, VMError)}
+    CommandNotExecutable, CommandNotFound, PlatformError, NeedsRoot, DiskFullError, VMError)}

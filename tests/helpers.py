@@ -63,12 +63,17 @@ def run_in_pty(args: list[str], root: str, rows: int = 33, cols: int = 111, time
     _, status = os.waitpid(pid, 0)
     os.close(fd)
     return os.waitstatus_to_exitcode(status), output
-def wait_for(cond, timeout: float = 30.0, step: float = 0.02) -> bool:
-    """Poll ``cond`` until it holds or ``timeout`` seconds pass; its last value (no fixed sleeps in tests)."""
+
+
+def wait_for(condition, timeout: float = 30.0, what: str = "the condition", interval: float = 0.05):
+    """Poll ``condition()`` until it returns something truthy (returned) or ``timeout`` seconds pass
+    (AssertionError naming ``what``): tests synchronise on what they wait for, never on a fixed sleep."""
     import time
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return bool(cond())
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)

@@ -6,10 +6,11 @@ construct the engine lazily (so ``runner --help`` imports no Linux-only code) an
 
 from __future__ import annotations
 
+import os
 import sys
 
 from runner.backends.base import Features
-from runner.errors import PlatformError
+from runner.errors import NeedsRoot, PlatformError
 
 
 class NativeBackend:
@@ -20,6 +21,11 @@ class NativeBackend:
         if not sys.platform.startswith("linux"):
             raise PlatformError(f"the native backend needs Linux; this host is {sys.platform}",
                                 hint="use the VM backend: runner --backend vm ... (the default on this host)")
+        if root is None and not os.environ.get("RUNNER_ROOT") and os.geteuid() != 0:
+            # The default state root (/var/lib/runner) is root's, and containers need namespaces, mounts and
+            # cgroups: checked here, before anything runs, so the CLI can re-run the whole command as root.
+            raise NeedsRoot("the native backend needs root privileges",
+                            hint="run it as root (sudo runner ...), or use the VM backend: runner --backend vm ...")
         from runner.engine.engine import Engine
         self._engine = Engine(root)
 

@@ -92,7 +92,17 @@ class VMBackend(AgentBackend):
         from runner.vm import muxctl
 
         token = self._token()
-        return AgentClient(muxctl.connect(self.paths), token, self._version(), where=self._where)
+        sock = muxctl.connect(self.paths)
+        # A hung cache accepts (the kernel queues the connect) but never relays the agent's CHALLENGE: the
+        # handshake then fails after a deadline, and the slow path replaces the cache instead of hanging.
+        sock.settimeout(muxctl.PROBE_TIMEOUT)
+        try:
+            client = AgentClient(sock, token, self._version(), where=self._where)
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return client
 
     def _token(self) -> str:
         """This boot's agent token from run.json (written by the machine at start, 0600)."""

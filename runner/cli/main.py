@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
-from runner.errors import RunnerError
+from runner.errors import NeedsRoot, RunnerError
 
 _fast_lane = False  # whether the last main() call was served by the fast `run` lane
 _gc_paused = False  # entry() turned the cyclic garbage collector off for a fast-lane run
@@ -36,6 +36,11 @@ def main(argv: list[str] | None = None) -> int:
             from runner.cli.app import run_app
             code = run_app(args)
         return code
+    except NeedsRoot as exc:
+        _run_again_as_root(args, exc)  # returns only when it cannot
+        from runner.cli.context import print_error
+        print_error(exc)
+        return exc.exit_code
     except RunnerError as exc:
         if debug:
             import traceback
@@ -67,6 +72,27 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"Error: internal error: {type(exc).__name__}: {exc}\n")
         sys.stderr.write("Hint: run again with --debug for the traceback, and report it\n")
         return 125
+
+
+# The environment that chooses what runner does: kept across sudo, whose env_reset would drop it.
+_KEPT_ENV = ("RUNNER_ROOT", "RUNNER_BACKEND", "RUNNER_CONFIG", "PYTHONPATH", "NO_COLOR")
+
+
+def _run_again_as_root(args: list[str], exc: NeedsRoot) -> None:
+    """Replace this process by the same command run through ``sudo`` (one line on stderr says so), as a
+    user with sudo rights expects from ``runner run ...``; returns when there is no sudo (or it was tried)."""
+    import shutil
+    sudo = shutil.which("sudo")
+    if sudo is None or os.environ.get("RUNNER_VIA_SUDO"):
+        exc.hint = "run it as root (no sudo here: su -c 'runner ...'), or use the VM backend: runner --backend vm ..."
+        return
+    sys.stderr.write("runner: the native backend needs root; running the command again through sudo\n")
+    sys.stderr.flush()
+    env = [f"{k}={os.environ[k]}" for k in _KEPT_ENV if k in os.environ] + ["RUNNER_VIA_SUDO=1"]
+    try:
+        os.execv(sudo, [sudo, "--", "env", *env, sys.executable, "-m", "runner", *args])
+    except OSError as err:
+        exc.hint = f"cannot run sudo ({err.strerror}): run it as root"
 
 
 def entry() -> None:

@@ -13,6 +13,9 @@ def info(fmt: str = typer.Option(None, "--format", help="json for machine-readab
     choice = STATE.choice
     data = {"backend": choice.backend, "backend_reason": choice.reason}
     data.update(STATE.backend.info())
+    if isinstance(data.get("machine"), dict):
+        from runner.cli.vm import _warn_if_tcg
+        _warn_if_tcg(data["machine"])
     if fmt == "json":
         render.print_json(data)
         return

@@ -81,6 +81,7 @@ def status(
     st = _machine(name).status()
     if st.get("state") == "running":
         st["data_disk"] = _data_disk(name)
+    _warn_if_tcg(st)
     if as_json:
         render.print_json(st)
         return
@@ -107,6 +108,14 @@ def _data_disk(name: Optional[str]) -> str | None:
         return None
     return (f"{render.human_size(disk['Used'])} used of {render.human_size(disk['Size'])}, "
             f"{render.human_size(disk['Free'])} free ({disk['Mount']}, {disk['Type']})")
+
+
+def _warn_if_tcg(status: dict) -> None:
+    """The TCG warning on stderr for a machine running under emulation (stdout stays parseable)."""
+    if status.get("accel") == "tcg":
+        from runner.cli.context import warn
+        from runner.vm.accel import tcg_warning
+        warn(tcg_warning(status.get("accel_reason") or "software emulation"))
 
 
 @vm_app.command(context_settings={"allow_interspersed_args": False})

@@ -317,6 +317,19 @@ def apply_nat(tag: str, networks: list[dict]) -> None:
         _set_ip_forward()
 
 
+def nat_rules(tag: str) -> str:
+    """The root's NAT rules as the firewall in use lists them ("" when it has none): what an operator
+    (or a test) reads to see what ``apply_nat`` left in the kernel, without guessing the tool."""
+    import shutil
+    import subprocess
+    if firewall() == "nft":
+        argv = [shutil.which("nft") or "nft", "list", "table", "ip", table_name(tag)]
+    else:
+        argv = ["iptables", "-t", "nat", "-S", iptables_chain(tag)]
+    proc = subprocess.run(argv, capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else ""
+
+
 # ------------------------------------------------------------------------------------------ the store
 
 class Networks:

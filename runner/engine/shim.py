@@ -48,7 +48,7 @@ import termios
 from runner.diskfull import disk_full_error, is_full
 from runner.stdio import Stdio, TermSize
 from runner.engine import bundle, logs, network
-from runner.engine.state import EXITED, RUNNING, now, proc_start_time
+from runner.engine.state import EXITED, RUNNING, boot_id, now, proc_start_time
 from runner.errors import ContainerStartError, RunnerError
 
 
@@ -286,12 +286,15 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         # private mount ns + overlay + config.json
         bundle.prepare(engine.images_store, container_bundle, rec, engine.empty_dir(), net.netns_path, size)
         work.start(runtime, container_bundle.dir, cid, stdio, tty, devnull)
-        with store.update(cid) as rec:
+        # The rename of state.json survives a crash only once its directory is synced too: without it a
+        # machine killed within the journal's commit interval (5 s) came back with the Created record.
+        with store.update(cid, sync_dir=True) as rec:
             rec.status, rec.pid, rec.pid_start = RUNNING, work.pid, proc_start_time(work.pid)
             rec.shim_pid, rec.shim_start = os.getpid(), proc_start_time(os.getpid())
             rec.started_at, rec.exit_code, rec.oom_killed, rec.error = now(), None, False, ""
             rec.finished_at = None
             rec.extra["network"] = net.settings
+            rec.extra["boot_id"] = boot_id()
         net.serve()
     except (RunnerError, OSError) as exc:
         if work.pid is not None:  # the workload runs, but its bookkeeping failed: it must not live on unwatched

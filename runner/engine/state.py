@@ -42,7 +42,8 @@ def now() -> float:
     return time.time()
 
 
-def write_json_atomic(path: str, data: dict, mode: int = 0o600, durable: bool = True) -> None:
+def write_json_atomic(path: str, data: dict, mode: int = 0o600, durable: bool = True,
+                      sync_dir: bool = False) -> None:
     """Write JSON so that readers see either the old or the new content, even across a crash.
 
     The rename makes the switch atomic for readers. The fsync before it is what survives a crash: without
@@ -50,7 +51,17 @@ def write_json_atomic(path: str, data: dict, mode: int = 0o600, durable: bool = 
     files whose content is worthless after a crash anyway (rewritten at every start, or about to be removed);
     readers still never see half a file.
     """
-    write_atomic(path, json.dumps(data, sort_keys=True).encode(), mode, durable)
+    write_atomic(path, json.dumps(data, sort_keys=True).encode(), mode, durable, sync_dir)
+
+
+def boot_id() -> str | None:
+    """This boot's random id: a running record from another boot outlived its machine (a killed VM, a
+    host reboot), which reconcile reports as such, as Docker reports exit 255 when its daemon died."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 class ContainerRecord(Record):
@@ -88,7 +99,11 @@ def _mark_dead(rec: ContainerRecord) -> bool:
     rec.status = EXITED
     rec.exit_code = 255 if rec.exit_code is None else rec.exit_code
     rec.finished_at = rec.finished_at or now()
-    rec.error = rec.error or "the container's monitor process died; exit status unknown"
+    rec.error = rec.error or (
+        "the machine stopped while the container was running; exit status unknown"
+        if rec.extra.get("boot_id") not in (None, boot_id())
+        else "the container's monitor process died; exit status unknown")
+    rec.extra.pop("network", None)  # as the shim does at exit: an exited container publishes nothing
     return True
 
 
@@ -123,13 +138,13 @@ class StateStore:
         except FileNotFoundError:
             raise NotFound(f"no such container: {cid[:12]}") from None
 
-    def save(self, rec: ContainerRecord, durable: bool = True) -> None:
+    def save(self, rec: ContainerRecord, durable: bool = True, sync_dir: bool = False) -> None:
         """Write the record; on a full disk through its spare file (runner.diskfull), so that the exit of a
-        container that filled the disk is still recorded."""
+        container that filled the disk is still recorded. ``sync_dir`` makes the rename itself durable."""
         from runner.diskfull import write_or_reserve
         path, data = os.path.join(self.dir(rec.id), "state.json"), rec.to_dict()
         write_or_reserve(path, json.dumps(data, sort_keys=True).encode(),
-                         lambda: write_json_atomic(path, data, durable=durable))
+                         lambda: write_json_atomic(path, data, durable=durable, sync_dir=sync_dir))
 
     def create(self, name: str | None, make_record) -> ContainerRecord:
         """Allocate an id and a unique name, then save the record ``make_record(id, name)`` returns."""
@@ -175,12 +190,12 @@ class StateStore:
         raise NotFound(f"no such container: {ref}")
 
     @contextlib.contextmanager
-    def update(self, cid: str, durable: bool = True):
+    def update(self, cid: str, durable: bool = True, sync_dir: bool = False):
         """Yield the record under the container's lock; it is saved when the block ends without error."""
         with self.lock(cid):
             rec = self.load(cid)
             yield rec
-            self.save(rec, durable)
+            self.save(rec, durable, sync_dir)
 
     def reconcile(self, rec: ContainerRecord) -> ContainerRecord:
         """Make a running record honest: if neither shim nor PID 1 lives, the container has exited.

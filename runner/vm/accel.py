@@ -151,8 +151,14 @@ def choose(guest_arch: str, probe: Probe, *, qemu_version: str, cache_path: Path
             reason = verdict.reason
         reasons.append(f"{accel}: {reason}")
     why = "; ".join(reasons) or f"no hardware accelerator runs {normalize_arch(guest_arch)} guests on this host"
-    warn(f"no hardware acceleration ({why}); the VM runs under TCG emulation and will be slow")
+    warn(tcg_warning(why))
     return Choice("tcg", why)
+
+
+def tcg_warning(why: str) -> str:
+    """The one TCG warning line: said when a machine starts and by ``runner info`` / ``vm status``, never by
+    every command that merely uses a running machine."""
+    return f"no hardware acceleration ({why}); the VM runs under TCG emulation and will be slow"
 
 
 def host_tsc_khz(cpuinfo: str | None = None, cpufreq: bool | None = None) -> int | None:

@@ -165,9 +165,9 @@ def build(arch: str, out_dir: str | os.PathLike, force: bool = False) -> Artifac
 
 
 def _download_hint(directory: Path | str) -> str:
-    return (f"download runner-vmimage-{IMAGE_VERSION}-<arch>.tar.zst from the runner release matching your "
-            f"runner version and unpack it into {directory} (or set {CACHE_ENV}); on Linux, "
-            "`runner vm image build` builds it")
+    # No release publishes the artifacts yet (README: platform status): they are built on Linux and copied.
+    return (f"build it on a Linux machine (`runner vm image build`, as root, needs mmdebstrap) and copy its "
+            f"vmimage/{IMAGE_VERSION}/<arch> cache directory's files into {directory} (or set {CACHE_ENV})")
 
 
 def ensure(arch: str | None = None, build_if_missing: bool = True) -> Artifacts:

@@ -162,6 +162,11 @@ class MachinePaths(FrozenRecord):
         return self.dir / "agent-mux.lock"
 
     @property
+    def agent_mux_holder(self) -> Path:
+        """Who holds agent-mux.lock: pid, process identity, the boot it serves, whether it serves yet."""
+        return self.dir / "agent-mux.holder"
+
+    @property
     def agent_mux_log(self) -> Path:
         return self.dir / "agent-mux.log"
 

@@ -14,7 +14,9 @@ between the CLI and the agent, so the socket grants nothing a caller could not a
 
 Lifetime: it exits when its SSH transport dies (the VM stopped or crashed: so ``runner vm stop`` ends it
 within a second, and a new boot gets a new mux), after ``runner.vm.muxd.IDLE_TIMEOUT`` without any connection, or on
-SIGTERM (:func:`stop`). It removes its socket and pid file on the way out.
+SIGTERM (:func:`stop`). It removes its socket and pid file on the way out. A mux that cannot serve the
+current boot (started for a QEMU since killed) or that serves but does not answer a probe (hung) is killed
+and replaced by the next starter (:func:`runner.vm.muxd.serve`): recovery never waits on it.
 
 Hosts without Unix sockets (Windows) skip it: there each CLI call opens its own SSH connection.
 """
@@ -32,6 +34,7 @@ from pathlib import Path
 from runner.errors import RunnerError, VMError
 
 START_TIMEOUT = 60.0
+PROBE_TIMEOUT = 10.0  # the agent's CHALLENGE through a serving mux: one SSH channel open, ~0.3 s under TCG
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: subprocess is imported where a mux is started, not by every VM call

@@ -21,7 +21,7 @@ from runner import procs
 from runner.errors import RunnerError, VMError
 from runner.vm import layout, ship
 from runner.vm.machine import Machine
-from runner.vm.muxctl import START_TIMEOUT, connect
+from runner.vm.muxctl import PROBE_TIMEOUT, START_TIMEOUT, connect
 
 IDLE_TIMEOUT = 30 * 60.0
 
@@ -66,21 +66,36 @@ def _relay(conn: socket.socket, transport: Any, port: int) -> None:
 
 def serve(machine_name: str) -> int:
     machine = Machine(machine_name)
-    sock_path = machine.paths.agent_socket
     # One mux per machine: the lock is held for the mux's whole life. A second starter (two CLI calls racing
-    # after a boot) waits for the first one's socket instead of replacing it.
+    # after a boot) uses the first one once it answers; a holder that never can answer is replaced.
     lock = procs.FileLock(machine.paths.agent_mux_lock, timeout=0)
-    try:
-        lock.acquire()
-    except RunnerError:
-        return _await_other(machine)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        verdict = _contend(machine, lock)
+        if verdict == "taken":
+            return _serve_locked(machine)
+        if verdict == "answers":
+            print("ready (already running)", flush=True)
+            return 0
+        if time.monotonic() > deadline:  # "starting": a mux of this boot waits for the guest, as we would
+            raise VMError("another connection cache of this boot did not finish starting",
+                          hint=f"see {machine.paths.agent_mux_log}")
+        time.sleep(0.05)
+
+
+def _serve_locked(machine: Machine) -> int:
+    """The mux proper, once this process holds the machine's mux lock."""
+    sock_path = machine.paths.agent_socket
+    _write_holder(machine)
     _wait_guest(machine)
     client = machine.ssh()
+    _write_holder(machine)  # the boot it really serves (a new boot may have replaced the one it was started for)
     ship.ensure_agent(client, machine.agent_port)  # what every caller connects to: our agent version, serving
     transport = client.get_transport()
     # One TCP connection carries every call's frames: Nagle's delay would cost up to 40 ms per small frame.
     transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     listener = _listen(sock_path)
+    _write_holder(machine, serving=True)
     layout.write_private(machine.paths.agent_mux_pid, str(os.getpid()))
 
     def cleanup(*_: Any) -> None:
@@ -102,16 +117,63 @@ def serve(machine_name: str) -> int:
     return 0
 
 
-def _await_other(machine: Machine) -> int:
-    """Another mux holds the lock: report ready once its socket answers."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            connect(machine.paths, timeout=1).close()
-            print("ready (already running)", flush=True)
-            return 0
-        time.sleep(0.05)
-    raise VMError("another connection cache holds the lock but does not answer")
+def _write_holder(machine: Machine, serving: bool = False) -> None:
+    record = machine._live_record() or {}
+    layout.write_private(machine.paths.agent_mux_holder, json.dumps(
+        {"pid": os.getpid(), "identity": procs.identity(os.getpid()), "boot": record.get("identity"),
+         "serving": serving}))
+
+
+def _answers(machine: Machine, timeout: float) -> bool:
+    """Whether a mux serves on the socket: the agent speaks first (its CHALLENGE), so a byte must arrive.
+    A bare connect proves nothing: the kernel queues it even for a stopped process."""
+    try:
+        with connect(machine.paths, timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return bool(sock.recv(1))
+    except OSError:
+        return False
+
+
+def _take(lock: procs.FileLock) -> bool:
+    try:
+        lock.acquire()
+        return True
+    except RunnerError:
+        return False
+
+
+def _contend(machine: Machine, lock: procs.FileLock) -> str:
+    """"taken": this process holds the lock now; "answers": a live mux serves this boot; "starting": a mux
+    of this boot is still starting (wait for it).
+
+    Any other holder can never answer and is replaced at once, not waited on: one started for a QEMU that
+    is dead now (SIGKILLed), or one that serves but does not answer the probe (hung). The holder is named
+    by pid plus process identity (runner.procs) and its command line, so a recycled pid is never signalled."""
+    if _take(lock):
+        return "taken"
+    try:
+        holder = json.loads(machine.paths.agent_mux_holder.read_text())
+        pid = int(holder["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        holder, pid = {}, 0  # not written yet (it is just starting), or an older runner's mux
+    ours = bool(pid) and procs.identity(pid) == holder.get("identity") \
+        and "runner.vm.muxd" in (procs.cmdline(pid) or "")
+    record = machine._live_record()
+    if not pid or (ours and record is not None and holder.get("boot") == record.get("identity")):
+        if _answers(machine, PROBE_TIMEOUT if holder.get("serving") else 1.0):
+            return "answers"
+        if not holder.get("serving"):
+            return "starting"
+    if ours:
+        procs.kill(pid)
+    deadline = time.monotonic() + 10  # the kernel releases a killed process's flock as it exits
+    while not _take(lock):
+        if time.monotonic() > deadline:
+            raise VMError("a stale connection cache holds the lock and could not be stopped",
+                          hint=f"see {machine.paths.agent_mux_log}")
+        time.sleep(0.02)
+    return "taken"
 
 
 def _wait_guest(machine: Machine) -> None:

@@ -28,6 +28,7 @@ from runner.backends.native import NativeBackend
 from runner.errors import CommandNotFound, NotFound, RunnerError
 from runner.stdio import Stdio, TermSize
 from runner.vm.ship import local_version, package_root
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -167,10 +168,7 @@ def test_signal_reaches_the_container(backends):
 
 
 def _wait_for(chunks: list, marker: bytes, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while marker not in b"".join(chunks):
-        assert time.monotonic() < deadline, f"no {marker!r} in {b''.join(chunks)!r}"
-        time.sleep(0.02)
+    wait_for(lambda: marker in b"".join(chunks), timeout, f"{marker!r} in {b''.join(chunks)!r}", interval=0.02)
 
 
 def test_errors_are_the_same(backends):
@@ -190,10 +188,7 @@ def test_detached_logs_exec_inspect_ps(backends):
     cid = remote.run(spec("sh", "-c", "echo one; echo two >&2; sleep 30", auto_remove=False), None)
     assert isinstance(cid, str)
     try:
-        deadline = time.monotonic() + 10
-        while native.inspect(cid)["State"]["Status"] != "running":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: native.inspect(cid)["State"]["Status"] == "running", 10, "the container to run")
         out_r, out_w = os.pipe()
         h = remote.exec(cid, {"command": ["sh", "-c", "echo in-exec; exit 5"]}, Stdio(None, out_w, out_w))
         assert h.wait() == 5
@@ -202,7 +197,6 @@ def test_detached_logs_exec_inspect_ps(backends):
         os.close(out_r)
         assert remote.inspect(cid) == native.inspect(cid)
         assert [c["Id"] for c in remote.ps()] == [c["Id"] for c in native.ps()]
-        time.sleep(0.3)
 
         def logs(b):
             o_r, o_w = os.pipe()
@@ -211,6 +205,7 @@ def test_detached_logs_exec_inspect_ps(backends):
             os.close(o_w)
             os.close(e_w)
             return os.read(o_r, 100), os.read(e_r, 100)
+        wait_for(lambda: logs(native) == (b"one\n", b"two\n"), 10, "both lines in the container's log")
         assert logs(native) == logs(remote) == (b"one\n", b"two\n")
         assert "/" + remote.stop(cid, timeout=1) == native.inspect(cid)["Name"]  # Docker's leading slash
         assert remote.wait(cid) == native.wait(cid)
@@ -261,10 +256,7 @@ def test_daemon_mode_starts_once_per_version(agent, tmp_path):
         assert json.loads((tmp_path / "run" / "agent.pid").read_text())["pid"] == record["pid"]
     finally:
         os.kill(record["pid"], signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while (tmp_path / "run" / "agent.pid").exists():
-        assert time.monotonic() < deadline, "the agent did not remove its pid file on SIGTERM"
-        time.sleep(0.05)
+    wait_for(lambda: not (tmp_path / "run" / "agent.pid").exists(), 10, "the agent to remove its pid file on SIGTERM")
 
 
 def test_client_death_leaves_the_container_running_detached(agent, backends):

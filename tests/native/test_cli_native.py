@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from tests.helpers import REPO, cli, run_in_pty
+from runner.engine.state import proc_start_time
+from tests.helpers import REPO, cli, run_in_pty, wait_for
 
 pytestmark = pytest.mark.root
 IMG = "localhost/busybox"
@@ -156,10 +157,12 @@ def test_ps_never_shows_a_dead_container_running(native_root):
     try:
         state = json.load(open(os.path.join(native_root, "containers", cid, "state.json")))
         os.kill(state["shim_pid"], 9)  # the monitor dies first: the workload is still running
-        time.sleep(0.2)
+        wait_for(lambda: proc_start_time(state["shim_pid"]) is None, 10, "the shim to die")
         assert cid[:12] in text(run(native_root, "ps"))
         os.kill(state["pid"], 9)
-        time.sleep(0.2)
+        # SIGKILL is delivered asynchronously: once the kernel reports the workload dead (gone or a
+        # zombie), the very next ps must not show it running.
+        wait_for(lambda: proc_start_time(state["pid"]) is None, 10, "the workload to die")
         assert cid[:12] not in text(run(native_root, "ps"))
         info = json.loads(text(run(native_root, "inspect", cid)))[0]
         assert info["State"]["Status"] == "exited"

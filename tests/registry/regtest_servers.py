@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-REGISTRY_BIN = shutil.which("docker-registry") or shutil.which("registry")
+REGISTRY_BIN = shutil.which("docker-registry")
 USER, PASSWORD = "alice", "s3cret-pass"
 SERVICE, ISSUER = "runner-test-registry", "runner-test-issuer"
 

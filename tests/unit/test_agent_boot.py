@@ -4,6 +4,7 @@ only on first use, and the connection cache reports why it could not start as th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 from runner.agent import server
 from runner.errors import NotFound, VMError
-from runner.vm import muxctl
+from runner.vm import muxctl, muxd
 from runner.vm.layout import MachinePaths
 
 
@@ -85,3 +86,78 @@ def test_mux_start_failure_is_the_error_the_mux_reported(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"], stdout=subprocess.PIPE)
     with pytest.raises(VMError, match="did not start"):
         muxctl.wait_started(proc, MachinePaths("x", tmp_path))
+
+
+class _FakeMachine:
+    """What the mux's lock logic reads of a machine: its directory and the live boot's record."""
+
+    def __init__(self, directory, boot):
+        self.paths = MachinePaths("t", directory)
+        self._boot = boot
+
+    def _live_record(self):
+        return {"identity": self._boot} if self._boot else None
+
+
+def _holder(tmp_path, listen: str = ""):
+    """A process that holds the machine's mux lock, as a mux would (its argv names runner.vm.muxd).
+    ``listen``: "" no socket, "answers" it sends a byte to each connection, "hung" it never accepts."""
+    code = ("import fcntl, os, socket, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "if sys.argv[3]:\n"
+            "    s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[2]); s.listen(8)\n"
+            "print('locked', flush=True)\n"
+            "while sys.argv[3] == 'answers':\n"
+            "    c, _ = s.accept(); c.sendall(b'x'); c.close()\n"
+            "time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "agent-mux.lock"),
+                             str(MachinePaths("t", tmp_path).agent_socket), listen, "runner.vm.muxd"],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "locked\n"
+    return proc
+
+
+@pytest.mark.skipif(not sys.platform.startswith(("linux", "darwin")), reason="POSIX flock and process identity")
+@pytest.mark.parametrize("holder_boot,listen,serving,verdict", [
+    ("boot-1", "", False, "taken"),  # started for a QEMU that is dead now: replaced at once
+    ("boot-2", "", False, "starting"),  # a mux of this boot waiting for the guest: waited for
+    ("boot-2", "answers", True, "answers"),  # a mux of this boot that serves: used
+    ("boot-2", "hung", True, "taken"),  # serves but never answers (stopped, wedged): replaced
+])
+def test_the_mux_lock_holder_is_used_waited_for_or_replaced(tmp_path, monkeypatch, holder_boot, listen,
+                                                            serving, verdict):
+    import os
+
+    from runner import procs
+    monkeypatch.setattr(muxd, "PROBE_TIMEOUT", 1.0)
+    proc = _holder(tmp_path, listen)
+    try:
+        machine = _FakeMachine(tmp_path, "boot-2")  # the machine runs boot-2
+        machine.paths.agent_mux_holder.write_text(json.dumps(
+            {"pid": proc.pid, "identity": procs.identity(proc.pid), "boot": holder_boot, "serving": serving}))
+        lock = procs.FileLock(machine.paths.agent_mux_lock, timeout=0)
+        assert muxd._contend(machine, lock) == verdict
+        assert (proc.wait(10) == -9) if verdict == "taken" else proc.poll() is None
+        lock.release()
+    finally:
+        proc.kill()
+        proc.wait()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(MachinePaths("t", tmp_path).agent_socket)
+
+
+def test_a_mux_holder_that_is_not_ours_is_never_signalled(tmp_path):
+    """A pid from the holder file that now names another process (recycled): never killed."""
+    import os
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        from runner import procs
+        machine = _FakeMachine(tmp_path, "new")
+        machine.paths.agent_mux_holder.write_text(json.dumps({"pid": proc.pid, "identity": "linux:1", "boot": "old"}))
+        lock = procs.FileLock(machine.paths.agent_mux_lock, timeout=0)
+        assert muxd._contend(machine, lock) == "taken"  # the lock was free
+        assert proc.poll() is None
+        lock.release()
+    finally:
+        proc.kill()
+        proc.wait()

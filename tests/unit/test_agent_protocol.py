@@ -26,6 +26,7 @@ from runner.backends.agent import AgentBackend
 from runner.errors import CommandNotFound, NotFound, RunnerError, UsageError, VMError
 from runner.stdio import Stdio, TermSize
 from runner.vm.ship import local_version, package_root, start_script, tarball
+from tests.helpers import wait_for
 
 TOKEN = "ab" * 32
 VERSION = "0123456789abcdef"
@@ -391,7 +392,7 @@ def test_attached_run_relays_stdio_exit_resize_and_signal(backend, engine):
     os.write(in_w, b"some input")
     os.close(in_w)  # the half-close: the container reads EOF while its output still flows
     handle.resize(TermSize(50, 132))
-    time.sleep(0.2)
+    wait_for(lambda: engine.processes and engine.processes[0].resizes, 10, "the resize to reach the process")
     handle.signal(signal.SIGUSR1)
     assert handle.wait() == 3
     for fd in lent:
@@ -494,10 +495,17 @@ def test_a_lone_call_reads_its_reply_itself(backend):
 def test_inbox_is_bounded_and_closable():
     box = P.Inbox(limit=10)
     box.put(b"x" * 10, 10)
+    waiting = threading.Event()
+
+    class Cond(threading.Condition):  # says when a caller blocks, so the test need not guess how long
+        def wait(self, timeout=None):
+            waiting.set()
+            return super().wait(timeout)
+
+    box._cond = Cond()
     blocked = threading.Thread(target=box.put, args=(b"y", 1))
     blocked.start()
-    time.sleep(0.05)
-    assert blocked.is_alive()  # back-pressure
+    assert waiting.wait(10) and blocked.is_alive()  # back-pressure: put waits for room
     assert box.get() == b"x" * 10
     blocked.join(1)
     assert box.get() == b"y"

@@ -100,7 +100,7 @@ def test_ensure_on_macos_explains_how_to_get_artifacts(cache, monkeypatch):
     with pytest.raises(VMError) as exc:
         image.ensure("x86_64")
     assert "corrupt" in exc.value.message
-    assert "release" in exc.value.hint and str(cache) in exc.value.hint
+    assert "runner vm image build" in exc.value.hint and str(cache) in exc.value.hint
 
 
 def test_ensure_without_build_reports_missing_image(cache):

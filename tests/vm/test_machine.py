@@ -20,6 +20,7 @@ import pytest
 from runner.errors import VMError
 from runner.vm import accel, image, keys
 from runner.vm.machine import Machine
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.vm
 
@@ -115,13 +116,12 @@ def test_hostfwd_add_and_remove(machine):
     assert code == 0, err
     port = _free_port()
     machine.hostfwd_add(port, 8080)
-    deadline, body = time.monotonic() + 60, None
-    while body is None and time.monotonic() < deadline:
+    def get():
         try:
-            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/hello.txt", timeout=5).read()
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/hello.txt", timeout=5).read()
         except OSError:
-            time.sleep(0.3)
-    assert body == b"forwarded\n"
+            return None
+    assert wait_for(get, 60, "the forwarded server", interval=0.3) == b"forwarded\n"
     machine.hostfwd_remove(port)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/hello.txt", timeout=5).read()

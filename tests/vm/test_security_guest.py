@@ -12,7 +12,8 @@ import tarfile
 
 import pytest
 
-from runner.agent.ship import collect_sources, package_root
+from runner.agent.protocol import collect_sources
+from runner.vm.ship import package_root
 
 from . import vmboot
 from .test_vmimage import _artifacts

@@ -15,6 +15,7 @@ import pytest
 from runner.vm import ship
 from runner.vm import snapshot
 from runner.vm.machine import Machine
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.vm
 
@@ -46,14 +47,14 @@ def _boot_kind(m: Machine) -> str:
 
 def _default_bridge_comes_up(m: Machine, timeout: float = 60.0) -> bool:
     """Whether the default network's bridge device appears in the guest (its name is in the engine's state)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def up() -> bool:
         code, out, _ = m.run("for f in /var/lib/runner/networks/*.json; do grep -o '\"Bridge\": *\"[^\"]*' $f; done "
                              "| sed 's/.*\"//' | while read b; do [ -d /sys/class/net/$b/bridge ] && echo $b; done")
-        if code == 0 and out.strip():
-            return True
-        time.sleep(1)
-    return False
+        return code == 0 and bool(out.strip())
+    try:
+        return wait_for(up, timeout, "the default bridge in the guest", interval=0.5)
+    except AssertionError:
+        return False
 
 
 def test_first_boot_saves_then_starts_resume_with_the_disk_intact(state_dir):

@@ -7,14 +7,15 @@ Uses its own machine state dir, so it never touches the user's machines; guest i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-import time
 
 import pytest
 
 from runner.errors import CommandNotFound, NotFound
 from runner.stdio import Stdio
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.vm
 
@@ -81,10 +82,7 @@ def test_hello_and_exit_codes(vm):
 def test_detached_logs_and_exec(vm):
     cid = vm.run({"image": "localhost/busybox", "command": ["sh", "-c", "echo up; sleep 60"]}, None)
     try:
-        deadline = time.monotonic() + 60
-        while not vm.inspect(cid)["State"]["Running"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_for(lambda: vm.inspect(cid)["State"]["Running"], 60, "the container to run", interval=0.2)
         out_r, out_w = os.pipe()
         handle = vm.exec(cid, {"command": ["sh", "-c", "echo inside; exit 3"]}, Stdio(None, out_w, out_w))
         assert handle.wait() == 3
@@ -113,6 +111,55 @@ def test_images_survive_a_vm_restart(vm):
     assert info["backend"] == "vm" and info["machine"]["state"] == "running"
 
 
+def test_the_tcg_warning_is_said_by_start_info_and_status_not_by_every_command(vm):
+    from runner.vm.machine import Machine
+    from tests.helpers import cli
+
+    vm.images()  # the machine runs (started by the fixture's first use)
+    env = {"RUNNER_VM_STATE_DIR": os.environ["RUNNER_VM_STATE_DIR"]}
+    tcg = Machine(MACHINE).status()["accel"] == "tcg"
+    warning = "warning: no hardware acceleration ("
+    for args in (["images"], ["ps", "-a"], ["run", "--rm", "localhost/busybox", "true"]):
+        p = cli(["--machine", MACHINE, *args], backend="vm", env=env)
+        assert p.returncode == 0 and warning not in p.stderr.decode(), (args, p.stderr)
+    for args in (["vm", "status", "--name", MACHINE], ["--machine", MACHINE, "info"]):
+        p = cli(args, backend="vm", env=env)
+        assert p.returncode == 0 and (warning in p.stderr.decode()) == tcg, (args, p.stderr)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+def test_a_killed_or_hung_connection_cache_is_replaced_not_waited_on(vm, how):
+    """The mux (runner.vm.muxd) dies or hangs: the next CLI call replaces it and works, within the probe
+    deadline (a hung one still holds its lock and accepts connections, but never answers)."""
+    import signal
+    import time
+
+    from runner.vm import muxctl
+    from runner.engine.state import proc_start_time
+    from runner.vm.machine import Machine
+    from tests.helpers import cli
+
+    vm.images()
+    vm.close()
+    env = {"RUNNER_VM_STATE_DIR": os.environ["RUNNER_VM_STATE_DIR"]}
+    pid_file = Machine(MACHINE).paths.agent_mux_pid
+    old = int(pid_file.read_text())
+    os.kill(old, getattr(signal, how))
+    try:
+        began = time.monotonic()
+        p = cli(["--machine", MACHINE, "run", "--rm", "localhost/busybox", "echo", "through a new cache"],
+                backend="vm", env=env, timeout=120)
+        took = time.monotonic() - began
+        assert (p.returncode, p.stdout) == (0, b"through a new cache\n"), p.stderr
+        assert took < muxctl.PROBE_TIMEOUT * 2 + 20, took  # replaced after one probe, never START_TIMEOUT
+        new = int(pid_file.read_text())
+        assert new != old and proc_start_time(new) is not None
+        wait_for(lambda: proc_start_time(old) is None, 10, "the old cache to be gone")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(old, signal.SIGKILL)
+
+
 def test_qemu_sigkilled_mid_run_recovers_with_images_and_no_stale_forwards(vm):
     """QEMU dies (SIGKILL) while a container with a published port runs: `vm status` says stopped, the next
     start works, images are still on the data disk, and the dead boot's port forwards are forgotten."""
@@ -120,8 +167,9 @@ def test_qemu_sigkilled_mid_run_recovers_with_images_and_no_stale_forwards(vm):
     import signal
     import stat
 
-    from tests.helpers import cli
+    from runner.engine.state import proc_start_time
     from runner.vm.machine import Machine
+    from tests.helpers import cli
 
     env = {"RUNNER_VM_STATE_DIR": os.environ["RUNNER_VM_STATE_DIR"]}
     cid = vm.run({"image": "localhost/busybox", "command": ["sleep", "300"], "network": "bridge",
@@ -138,15 +186,22 @@ def test_qemu_sigkilled_mid_run_recovers_with_images_and_no_stale_forwards(vm):
     vm.close()
     pid = machine.status()["pid"]
     os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_for(lambda: proc_start_time(pid) is None, 10, "QEMU to die")
     p = cli(["vm", "status", "--name", MACHINE, "--json"], backend="vm", env=env)
     assert p.returncode == 0 and json.loads(p.stdout)["state"] == "stopped", p.stderr
     p = cli(["vm", "start", "--name", MACHINE], backend="vm", env=env, timeout=300)
     assert p.returncode == 0, p.stderr
+    if machine.status()["accel"] == "tcg":  # said when the machine starts
+        assert b"warning: no hardware acceleration (" in p.stderr
     assert not forwards.exists()  # cleaned with the dead boot's files
     assert {i["Id"] for i in vm.images()} == before
-    assert vm.port(cid) in ({}, {"80/tcp": []}) or not vm.inspect(cid)["State"]["Running"]
+    # The container was running when its machine died: Exited (255) and why, as Docker says after its
+    # daemon died under a container; never Created, never running.
+    p = cli(["--machine", MACHINE, "ps", "-a", "--no-trunc"], backend="vm", env=env)
+    line = next(x for x in p.stdout.decode().splitlines() if x.startswith(cid))
+    assert "Exited (255)" in line, line
+    state = vm.inspect(cid)["State"]
+    assert (state["Status"], state["Running"], state["ExitCode"]) == ("exited", False, 255)
+    assert state["Error"] == "the machine stopped while the container was running; exit status unknown"
+    assert vm.port(cid) in ({}, {"80/tcp": []})
     vm.rm(cid, force=True)
