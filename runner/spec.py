@@ -114,9 +114,9 @@ class PortMapping(Record):
             else:
                 ip = parts[0].strip("[]") or "127.0.0.1"
                 mapping = cls(int(parts[2]), int(parts[1]) if parts[1] else 0, ip, proto)
-        except ValueError:
+        except ValueError as exc:
             raise UsageError(f"invalid port spec {text!r}",
-                             hint="use -p [ip:]hostPort:containerPort[/tcp|udp] or -p containerPort") from None
+                             hint="use -p [ip:]hostPort:containerPort[/tcp|udp] or -p containerPort") from exc
         problems = mapping.problems()
         if problems:
             raise UsageError(f"invalid port spec {text!r}: {problems[0]}")
@@ -211,7 +211,7 @@ class ContainerSpec(Record):
             values["limits"] = Limits(**values.get("limits", {}))
             spec = cls(**values)
         except TypeError as exc:
-            raise UsageError(f"malformed container spec: {exc}") from None
+            raise UsageError(f"malformed container spec: {exc}") from exc
         return spec
 
     def validate(self) -> "ContainerSpec":
@@ -336,7 +336,7 @@ class ExecSpec(Record):
         try:
             return cls(**data).validate()
         except TypeError as exc:
-            raise UsageError(f"malformed exec spec: {exc}") from None
+            raise UsageError(f"malformed exec spec: {exc}") from exc
 
     def validate(self) -> "ExecSpec":
         problems = []

@@ -85,7 +85,7 @@ class AgentClient:
                     raise self._lost("it closed the connection before the handshake")
                 frames = self._decoder.feed(data)
         except OSError as exc:
-            raise self._lost(str(exc)) from None
+            raise self._lost(str(exc)) from exc
         if frames[0].kind == P.ERROR:
             raise P.parse_error(frames[0])
         if frames[0].kind != P.CHALLENGE:
@@ -134,7 +134,7 @@ class AgentClient:
             try:
                 data = self._chan.recv(256 * 1024)
             except (OSError, EOFError) as exc:
-                raise self._lost(str(exc) or type(exc).__name__) from None
+                raise self._lost(str(exc) or type(exc).__name__) from exc
             if not data:
                 raise self._lost("the agent closed it" + (" mid-frame" if self._decoder.pending else ""))
             frames = self._decoder.feed(data)

@@ -136,8 +136,8 @@ class Frame(FrozenRecord):
             # Decoded here rather than by json.loads, whose guessing among UTF-8/16/32 is Python code that
             # costs ~40 us per frame in the guest under TCG; both ends only ever send UTF-8 (ASCII, in fact).
             value = json.loads(self.payload.decode())
-        except (ValueError, RecursionError):  # incl. UnicodeDecodeError
-            raise ProtocolError(f"{KIND_NAMES[self.kind]} frame carries invalid JSON") from None
+        except (ValueError, RecursionError) as exc:  # incl. UnicodeDecodeError
+            raise ProtocolError(f"{KIND_NAMES[self.kind]} frame carries invalid JSON") from exc
         if not isinstance(value, dict):
             raise ProtocolError(f"{KIND_NAMES[self.kind]} frame must carry a JSON object")
         return value

@@ -108,8 +108,8 @@ class VMBackend(AgentBackend):
         """This boot's agent token from run.json (written by the machine at start, 0600)."""
         try:
             return str(json.loads(self.paths.run.read_text())["agent_token"])
-        except (OSError, ValueError, KeyError, TypeError):
-            raise VMError(f"machine {self.machine_name!r} is not running") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise VMError(f"machine {self.machine_name!r} is not running") from exc
 
     @staticmethod
     def _version() -> str:

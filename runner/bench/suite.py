@@ -125,7 +125,7 @@ class Suite:
             return subprocess.run(argv, env=self.env, capture_output=True, text=True,
                                   timeout=timeout or self.timeout)
         except subprocess.TimeoutExpired as exc:  # subprocess.run killed its own child
-            raise RunFailed(f"`runner {' '.join(args[:2])}` did not finish within {exc.timeout:g} s") from None
+            raise RunFailed(f"`runner {' '.join(args[:2])}` did not finish within {exc.timeout:g} s") from exc
 
     def _name(self) -> str:
         return f"{self.prefix}-{next(self._names)}"
@@ -202,9 +202,9 @@ class Suite:
             try:
                 proc = subprocess.run([runc, "run", "--bundle", bundle, cid], stdout=subprocess.DEVNULL,
                                       stderr=subprocess.PIPE, text=True, timeout=120)
-            except subprocess.TimeoutExpired:
+            except subprocess.TimeoutExpired as exc:
                 subprocess.run([runc, "delete", "-f", cid], capture_output=True)
-                raise RunFailed("runc run did not finish within 120 s") from None
+                raise RunFailed("runc run did not finish within 120 s") from exc
             wall = time.perf_counter() - start
             if proc.returncode != 0:
                 subprocess.run([runc, "delete", "-f", cid], capture_output=True)
@@ -251,7 +251,7 @@ class Suite:
             try:
                 got = _fetch(port, timeout=120)
             except (OSError, http.client.HTTPException) as exc:
-                raise RunFailed(f"fetch through 127.0.0.1:{port} failed: {exc}") from None
+                raise RunFailed(f"fetch through 127.0.0.1:{port} failed: {exc}") from exc
             wall = time.perf_counter() - start
             if got != expected:
                 raise RunFailed(f"fetched {got} of {expected} bytes")

@@ -55,7 +55,7 @@ def bench(
         suite = Suite(backends, runs, warmup, quick=quick, machine=STATE.machine, keys=workload or None,
                       progress=progress, use_runc=not no_runc)
     except ValueError as exc:
-        raise UsageError(str(exc), hint="see runner bench --help") from None
+        raise UsageError(str(exc), hint="see runner bench --help") from exc
     err.print(f"runner bench: {', '.join(backends)}; {len(suite.workloads)} workload(s), {warmup} warm-up and "
               f"{runs} run(s) each{' (quick)' if quick else ''}", markup=False)
     result: BenchResult = suite.run()

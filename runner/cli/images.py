@@ -99,7 +99,7 @@ def load(
     try:
         stream = open(input_, "rb") if input_ else sys.stdin.buffer
     except OSError as exc:
-        raise UsageError(f"cannot open {input_}: {exc.strerror}") from None
+        raise UsageError(f"cannot open {input_}: {exc.strerror}") from exc
     with stream:
         names = _backend().load(stream)
     if not quiet:
@@ -142,7 +142,7 @@ def import_(
     try:
         stream = sys.stdin.buffer if source == "-" else open(source, "rb")
     except OSError as exc:
-        raise UsageError(f"cannot open {source}: {exc.strerror}") from None
+        raise UsageError(f"cannot open {source}: {exc.strerror}") from exc
     with stream:
         print(_backend().import_image(stream, name, list(change)))
 

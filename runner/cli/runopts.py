@@ -73,7 +73,7 @@ def parse_env(items: list[str], files: list[str], environ: dict | None = None) -
             with open(path) as f:
                 lines += [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
         except OSError as exc:
-            raise UsageError(f"cannot read env file {path}: {exc.strerror}") from None
+            raise UsageError(f"cannot read env file {path}: {exc.strerror}") from exc
     out = []
     for item in lines + list(items):
         key, eq, _ = item.partition("=")
@@ -98,7 +98,7 @@ def read_security_opts(items: list[str]) -> list[str]:
                     value = f.read()
             except (OSError, UnicodeDecodeError) as exc:
                 raise UsageError(f"opening seccomp profile ({value}) failed: {getattr(exc, 'strerror', None) or exc}",
-                                 hint="give a readable JSON profile, or seccomp=unconfined") from None
+                                 hint="give a readable JSON profile, or seccomp=unconfined") from exc
             item = "seccomp=" + value
         out.append(item)
     return out

@@ -61,9 +61,9 @@ class Engine:
         self.root = root or default_root()
         try:
             os.makedirs(self.root, mode=0o700, exist_ok=True)
-        except PermissionError:
+        except PermissionError as exc:
             raise PlatformError(f"cannot write the state directory {self.root}",
-                                hint="run runner as root (sudo), or set RUNNER_ROOT") from None
+                                hint="run runner as root (sudo), or set RUNNER_ROOT") from exc
         self.state = StateStore(self.root)
         self.publish_address = publish_address
         self._runtime = runtime
@@ -255,8 +255,8 @@ class Engine:
         self._wait_exited(cid, None)
         try:
             rec = self.state.load(cid)
-        except NotFound:
-            raise NotFound(f"container {ref} was removed before its exit code was read") from None
+        except NotFound as exc:
+            raise NotFound(f"container {ref} was removed before its exit code was read") from exc
         return rec.exit_code if rec.exit_code is not None else 0
 
     @needs_space("removing container {ref}")

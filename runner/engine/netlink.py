@@ -371,8 +371,8 @@ class RouteSocket:
         while True:
             try:
                 data, _, msg_flags, addr = self.sock.recvmsg(RECV_BUFFER)
-            except socket.timeout:
-                raise NetlinkError(_errno.ETIMEDOUT, f"{what}: no reply from the kernel") from None
+            except socket.timeout as exc:
+                raise NetlinkError(_errno.ETIMEDOUT, f"{what}: no reply from the kernel") from exc
             if msg_flags & socket.MSG_TRUNC:
                 raise NetlinkError(_errno.EMSGSIZE, f"{what}: netlink reply larger than {RECV_BUFFER} bytes")
             if not addr or addr[0] != 0:

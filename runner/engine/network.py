@@ -360,9 +360,9 @@ class Networks:
         try:
             with open(self._path(name)) as f:
                 return json.load(f)
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
             raise NotFound(f"network {name} not found",
-                           hint=f"create it with 'runner network create {name}'") from None
+                           hint=f"create it with 'runner network create {name}'") from exc
 
     def all(self) -> list[dict]:
         out = []
@@ -414,7 +414,7 @@ class Networks:
                     net = ipaddress.IPv4Network(subnet, strict=True)
                 except ValueError as exc:
                     raise UsageError(f"invalid subnet {subnet!r}: {exc}",
-                                     hint="use an IPv4 CIDR such as 10.90.0.0/24") from None
+                                     hint="use an IPv4 CIDR such as 10.90.0.0/24") from exc
                 if net.prefixlen > 29:
                     raise UsageError(f"subnet {subnet} is too small", hint="use a /29 or larger")
                 clash = next((u for u in used if net.overlaps(u)), None)

@@ -63,8 +63,8 @@ class PortProxy:
                     if exc.errno == errno.EADDRINUSE:
                         raise Conflict(f"cannot publish {what}: the port is already in use",
                                        hint="choose another host port, or give only the container port "
-                                            "(-p PORT) to get a free one") from None
-                    raise Conflict(f"cannot publish {what}: {exc.strerror}") from None
+                                            "(-p PORT) to get a free one") from exc
+                    raise Conflict(f"cannot publish {what}: {exc.strerror}") from exc
                 if p["protocol"] == "tcp":
                     sock.listen(128)
                 self.bound.append({"container_port": p["container_port"], "protocol": p["protocol"],

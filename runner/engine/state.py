@@ -135,8 +135,8 @@ class StateStore:
         try:
             with open(os.path.join(self.dir(cid), "state.json")) as f:
                 return ContainerRecord.from_dict(json.load(f))
-        except FileNotFoundError:
-            raise NotFound(f"no such container: {cid[:12]}") from None
+        except FileNotFoundError as exc:
+            raise NotFound(f"no such container: {cid[:12]}") from exc
 
     def save(self, rec: ContainerRecord, durable: bool = True, sync_dir: bool = False) -> None:
         """Write the record; on a full disk through its spare file (runner.diskfull), so that the exit of a

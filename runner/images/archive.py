@@ -68,7 +68,7 @@ class _Members:
             try:
                 return json.loads(f.read(8 << 20))
             except (ValueError, UnicodeDecodeError) as exc:
-                raise ImageError(f"archive member {path!r} is not valid JSON: {exc}") from None
+                raise ImageError(f"archive member {path!r} is not valid JSON: {exc}") from exc
 
     def blob(self, descriptor: object) -> str:
         """The digest of an OCI layout blob named by ``descriptor``, checked against its content and size."""
@@ -127,7 +127,7 @@ def _read_members(members: _Members, fileobj: BinaryIO) -> None:
     except (tarfile.TarError, EOFError, OSError) as exc:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise  # the store's disk is full, the archive may be fine (runner.diskfull says so)
-        raise ImageError(f"image archive is not a valid tar: {exc}") from None
+        raise ImageError(f"image archive is not a valid tar: {exc}") from exc
 
 
 def _member_path(name: str, normalize: bool = False) -> str:

@@ -62,13 +62,13 @@ def _load() -> dict:
     except FileNotFoundError:
         return {}
     except OSError as exc:
-        raise RegistryError(f"cannot read {path}: {exc.strerror}") from None
+        raise RegistryError(f"cannot read {path}: {exc.strerror}") from exc
     if not text.strip():
         return {}
     try:
         data = json.loads(text)
-    except ValueError:
-        raise RegistryError(f"{path} is not valid JSON", hint="fix or remove the file") from None
+    except ValueError as exc:
+        raise RegistryError(f"{path} is not valid JSON", hint="fix or remove the file") from exc
     if not isinstance(data, dict):
         raise RegistryError(f"{path} is not a JSON object", hint="fix or remove the file")
     return data
@@ -109,7 +109,7 @@ def _run_helper(helper: str, action: str, payload: str) -> str:
         done = subprocess.run([program, action], input=payload, capture_output=True, text=True,
                               timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise RegistryError(f"credential helper {helper} failed to run: {exc}") from None
+        raise RegistryError(f"credential helper {helper} failed to run: {exc}") from exc
     if done.returncode != 0:
         # Helpers print the reason on stdout; it never holds the secret we sent on stdin.
         reason = (done.stdout or done.stderr).strip().splitlines()
@@ -134,8 +134,8 @@ def get(registry: str) -> dict | None:
         try:
             reply = json.loads(out)
             username, secret = reply.get("Username", ""), reply.get("Secret", "")
-        except (ValueError, AttributeError):
-            raise RegistryError(f"credential helper {helper} returned unreadable output") from None
+        except (ValueError, AttributeError) as exc:
+            raise RegistryError(f"credential helper {helper} returned unreadable output") from exc
         if not secret:
             return None
         if username == _IDENTITY_TOKEN_USER:
@@ -149,9 +149,9 @@ def get(registry: str) -> dict | None:
     if entry.get("auth"):
         try:
             username, _, password = base64.b64decode(entry["auth"]).decode("utf-8").partition(":")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError) as exc:
             raise RegistryError(f"the stored credentials for {registry} in {config_path()} are corrupt",
-                                hint=f"runner login {registry}") from None
+                                hint=f"runner login {registry}") from exc
         return {"username": username, "password": password}
     if entry.get("username"):
         return {"username": str(entry["username"]), "password": str(entry.get("password", ""))}

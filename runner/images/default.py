@@ -52,7 +52,7 @@ def build_default_image(store: Store, busybox: str = BUSYBOX) -> Image:
         mtime = int(os.stat(busybox).st_mtime)
     except OSError as exc:
         raise ImageError(f"cannot build the default image: {busybox}: {exc.strerror}",
-                         hint="install Debian's busybox-static package (apt-get install busybox-static)") from None
+                         hint="install Debian's busybox-static package (apt-get install busybox-static)") from exc
     with tempfile.TemporaryFile() as tar:
         write_rootfs(tar, busybox, applets(busybox), mtime)
         tar.seek(0)
@@ -67,7 +67,7 @@ def applets(busybox: str) -> list[str]:
         out = subprocess.run([busybox, "--list"], capture_output=True, check=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         raise ImageError(f"cannot run {busybox} --list: {exc}",
-                         hint="is it a busybox binary for this machine?") from None
+                         hint="is it a busybox binary for this machine?") from exc
     names = sorted({n for n in out.decode().split() if n and "/" not in n and n != "busybox"})
     if not names:
         raise ImageError(f"{busybox} --list printed no applets")

@@ -120,7 +120,7 @@ def key_values(inst: Instruction) -> list[tuple[str, str]]:
     try:
         words = shlex.split(inst.rest)
     except ValueError as exc:
-        raise inst.error(str(exc)) from None
+        raise inst.error(str(exc)) from exc
     if "=" not in words[0]:
         key, _, value = inst.rest.partition(" ")
         if not value.strip():

@@ -121,9 +121,9 @@ def decompressed(fileobj: BinaryIO) -> BinaryIO:
     if head.head.startswith(_ZSTD_MAGIC):
         try:
             from compression import zstd  # type: ignore[import-not-found]  # Python 3.14+
-        except ImportError:
+        except ImportError as exc:
             raise ImageError("zstd-compressed layers are not supported by this Python",
-                             hint="use an image with gzip or uncompressed layers, or Python 3.14+") from None
+                             hint="use an image with gzip or uncompressed layers, or Python 3.14+") from exc
         return zstd.ZstdFile(head)
     return head  # type: ignore[return-value]
 
@@ -155,14 +155,14 @@ def unpack(fileobj: BinaryIO, target: str, *, whiteouts: str = WHITEOUT_OVERLAY,
             tar = tarfile.open(fileobj=hasher, mode="r|")  # type: ignore[call-overload]
         except tarfile.ReadError as exc:
             if hasher.size:
-                raise ImageError(f"layer is not a valid tar archive: {exc}") from None
+                raise ImageError(f"layer is not a valid tar archive: {exc}") from exc
             tar = None  # an empty stream is an empty layer
         for member in tar or ():
             extractor.entry(member, tar)
         extractor.finish()
         hasher.drain()
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile) as exc:
-        raise ImageError(f"layer is corrupt: {exc}") from None
+        raise ImageError(f"layer is corrupt: {exc}") from exc
     finally:
         extractor.close()
     if expected_diff_id is not None and hasher.digest != expected_diff_id:
@@ -252,7 +252,7 @@ class _Extractor:
                 os.close(pfd)
         except OSError as exc:
             _full_is_not_bad_data(exc)
-            raise ImageError(f"cannot unpack layer entry {member.name!r}: {exc.strerror or exc}") from None
+            raise ImageError(f"cannot unpack layer entry {member.name!r}: {exc.strerror or exc}") from exc
 
     def _create(self, pfd: int, parts: tuple[str, ...], member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         base = parts[-1]
@@ -321,8 +321,8 @@ class _Extractor:
         try:
             try:
                 st = os.stat(target[-1], dir_fd=tfd, follow_symlinks=False)
-            except FileNotFoundError:
-                raise missing from None
+            except FileNotFoundError as exc:
+                raise missing from exc
             if stat.S_ISDIR(st.st_mode):
                 raise ImageError(f"invalid layer entry {member.name!r}: hard link to a directory")
             self._remove(pfd, parts[-1])
@@ -355,7 +355,7 @@ class _Extractor:
                 os.close(pfd)
         except OSError as exc:
             _full_is_not_bad_data(exc)
-            raise ImageError(f"cannot apply whiteout {entry!r}: {exc.strerror or exc}") from None
+            raise ImageError(f"cannot apply whiteout {entry!r}: {exc.strerror or exc}") from exc
 
     def _opaque(self, dir_parts: tuple[str, ...], entry: str) -> None:
         pfd = self._walk(dir_parts, entry, create=True)
@@ -392,7 +392,7 @@ class _Extractor:
             except OSError as exc:
                 _full_is_not_bad_data(exc)
                 raise ImageError(f"cannot set mode of layer directory {'/'.join(parts) or '/'!r}: "
-                                 f"{exc.strerror or exc}") from None
+                                 f"{exc.strerror or exc}") from exc
 
 
 def _full_is_not_bad_data(exc: OSError) -> None:

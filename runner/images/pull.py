@@ -89,7 +89,7 @@ class _BlobReader:
             # when the pull is killed (the next pull resumes from there)
             data = getattr(self._reply, "read1", self._reply.read)(max(want, 1))
         except (OSError, http.client.HTTPException) as exc:  # reset, timeout, TLS failure mid-body
-            raise _Interrupted(str(exc) or type(exc).__name__) from None
+            raise _Interrupted(str(exc) or type(exc).__name__) from exc
         self.count += len(data)
         if self.count > self._size:
             raise ImageError(f"blob {self._digest} is larger than the {self._size} bytes its manifest declares")
@@ -267,7 +267,7 @@ def _fetch_blob(client: RegistryClient, store, repo: str, desc: dict, emit: Prog
         except _Interrupted as exc:
             if attempt == 2:
                 raise RegistryError(f"download of {digest} from {client.registry} was interrupted: "
-                                    f"{exc}", hint="try the pull again") from None
+                                    f"{exc}", hint="try the pull again") from exc
             say({"status": "Retrying"})
     say({"status": "Download complete"})
     say({"status": "Pull complete"})

@@ -100,7 +100,7 @@ def parse_manifest_json(data: bytes) -> dict:
     try:
         parsed = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ImageError(f"manifest is not valid JSON: {exc}") from None
+        raise ImageError(f"manifest is not valid JSON: {exc}") from exc
     if not isinstance(parsed, dict):
         raise ImageError("manifest is not a JSON object")
     return parsed
@@ -213,9 +213,9 @@ class RegistryClient:
         except urllib.error.HTTPError as reply:  # non-2xx: still a usable response
             return reply
         except urllib.error.URLError as exc:
-            raise self._transport_error(exc.reason) from None
+            raise self._transport_error(exc.reason) from exc
         except (OSError, http.client.HTTPException) as exc:
-            raise self._transport_error(exc) from None
+            raise self._transport_error(exc) from exc
 
     def _mapped(self, url: str) -> str:
         """``url`` with its host replaced as ``endpoints`` says (exact ``host:port`` first, then host)."""

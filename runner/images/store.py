@@ -133,8 +133,8 @@ class Store:
         """Open a blob for reading; NotFound when the store lacks it."""
         try:
             return open(self.blob_path(digest), "rb")
-        except FileNotFoundError:
-            raise NotFound(f"blob {digest} is not in the image store") from None
+        except FileNotFoundError as exc:
+            raise NotFound(f"blob {digest} is not in the image store") from exc
 
     def ingest(self, fileobj: BinaryIO, expected_digest: str | None = None,
                expected_size: int | None = None) -> tuple[str, int]:
@@ -308,7 +308,7 @@ class Store:
         try:
             value = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ImageError(f"blob {digest} is not valid JSON: {exc}") from None
+            raise ImageError(f"blob {digest} is not valid JSON: {exc}") from exc
         if not isinstance(value, dict):
             raise ImageError(f"blob {digest} is not a JSON object")
         return value
@@ -332,7 +332,7 @@ class Store:
         except FileNotFoundError:
             index = {}
         except ValueError as exc:
-            raise ImageError(f"image index {self._index} is corrupt: {exc}") from None
+            raise ImageError(f"image index {self._index} is corrupt: {exc}") from exc
         for key in ("names", "digests", "images"):
             index.setdefault(key, {})
         return index
@@ -461,8 +461,8 @@ class Store:
         try:
             config_digest = validate_digest(manifest["config"]["digest"])
             descriptors = list(manifest["layers"])
-        except (KeyError, TypeError):
-            raise ImageError(f"manifest {digest} lacks a config or layers") from None
+        except (KeyError, TypeError) as exc:
+            raise ImageError(f"manifest {digest} lacks a config or layers") from exc
         config = self.read_json(config_digest)
         diff_ids = (config.get("rootfs") or {}).get("diff_ids")
         if not isinstance(diff_ids, list) or len(diff_ids) != len(descriptors):

@@ -77,10 +77,10 @@ def verify(directory: str | os.PathLike, arch: str) -> Artifacts:
     manifest_path = directory / "manifest.json"
     try:
         manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise VMError(f"no guest image in {directory} (manifest.json missing)") from None
+    except FileNotFoundError as exc:
+        raise VMError(f"no guest image in {directory} (manifest.json missing)") from exc
     except (OSError, ValueError) as e:
-        raise VMError(f"unreadable guest image manifest {manifest_path}: {e}") from None
+        raise VMError(f"unreadable guest image manifest {manifest_path}: {e}") from e
     if manifest.get("arch") != arch or str(manifest.get("image_version")) != IMAGE_VERSION:
         raise VMError(f"{manifest_path} is for {manifest.get('arch')} image version "
                       f"{manifest.get('image_version')}, expected {arch} version {IMAGE_VERSION}")
@@ -158,9 +158,9 @@ def build(arch: str, out_dir: str | os.PathLike, force: bool = False) -> Artifac
         run_build(arch, out_dir, force=force)
     except HostError as e:
         raise PlatformError(f"cannot build the {arch} guest image here: {e}",
-                            hint="apt-get install $(cat vmimage/requirements-apt.txt), run as root") from None
+                            hint="apt-get install $(cat vmimage/requirements-apt.txt), run as root") from e
     except BuildError as e:
-        raise VMError(f"guest image build failed: {e}", hint="see vmimage/README.md for build requirements") from None
+        raise VMError(f"guest image build failed: {e}", hint="see vmimage/README.md for build requirements") from e
     return verify(out_dir, arch)
 
 
@@ -187,7 +187,7 @@ def ensure(arch: str | None = None, build_if_missing: bool = True) -> Artifacts:
     except VMError as problem:
         if can_build:
             return build(arch, directory, force=True)
-        raise VMError(problem.message, hint=_download_hint(directory)) from None
+        raise VMError(problem.message, hint=_download_hint(directory)) from problem
     if can_build and _recipe_changed(artifacts):
         # A developer edited vmimage/ (init, package list): boot what the source says, not a stale image.
         try:

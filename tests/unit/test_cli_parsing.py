@@ -54,3 +54,21 @@ def test_rendering():
     assert duration(0.2) == "Less than a second"
     assert duration(61) == "1 minute" and duration(7200) == "2 hours"
     assert human_size(1_500_000) == "1.5MB" and human_size(12) == "12B"
+
+
+def test_debug_shows_the_root_cause_chain(tmp_path):
+    """Errors keep their cause (``raise ... from exc``): ``--debug`` shows the OSError under the one-line error,
+    and without ``--debug`` the user sees only the line and its hint."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+    env = {"PYTHONPATH": REPO, "RUNNER_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    missing = str(tmp_path / "missing.tar")
+    plain = subprocess.run([sys.executable, "-m", "runner", "load", "-i", missing], capture_output=True, env=env)
+    debug = subprocess.run([sys.executable, "-m", "runner", "--debug", "load", "-i", missing], capture_output=True,
+                           env=env)
+    assert plain.returncode == debug.returncode == 125
+    assert plain.stderr.decode().startswith("Error: cannot open") and b"Traceback" not in plain.stderr
+    text = debug.stderr.decode()
+    assert "FileNotFoundError" in text and "The above exception was the direct cause" in text, text

@@ -138,10 +138,10 @@ def _load_config(bundle: str) -> dict:
     try:
         with open(path) as f:
             return json.load(f)
-    except FileNotFoundError:
-        raise ContainerStartError(f"bundle {bundle} has no config.json") from None
+    except FileNotFoundError as exc:
+        raise ContainerStartError(f"bundle {bundle} has no config.json") from exc
     except (OSError, ValueError) as exc:
-        raise ContainerStartError(f"cannot read {path}: {exc}") from None
+        raise ContainerStartError(f"cannot read {path}: {exc}") from exc
 
 
 def _cgroup_for(config: dict | None, container_id: str) -> cgroups.Cgroup:
@@ -207,10 +207,10 @@ class BuiltinRuntime:
             # The fds pin the namespaces; now make sure init_pid was not recycled by an unrelated process.
             if not _pid_in_cgroup(init_pid, cg):
                 raise ContainerStartError(f"container {container_id} is not running (pid {init_pid} is gone)")
-        except FileNotFoundError:
+        except FileNotFoundError as exc:
             for fd in fds.values():
                 os.close(fd)
-            raise ContainerStartError(f"container {container_id} is not running (pid {init_pid} is gone)") from None
+            raise ContainerStartError(f"container {container_id} is not running (pid {init_pid} is gone)") from exc
         except BaseException:
             for fd in fds.values():
                 os.close(fd)
@@ -283,7 +283,7 @@ def _fork_in_pidns(pid_ns: dict | None, child) -> int:
                     linux.unshare(linux.CLONE_NEWPID)
             except OSError as exc:
                 raise ContainerStartError(f"cannot create the PID namespace: {exc.strerror}",
-                                          hint="runner needs root (CAP_SYS_ADMIN) for native containers") from None
+                                          hint="runner needs root (CAP_SYS_ADMIN) for native containers") from exc
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child never returns
             child()
@@ -453,7 +453,7 @@ class _Child:
                 resource.setrlimit(res, (int(rl["soft"]), int(rl["hard"])))
             except (OSError, ValueError) as exc:
                 raise _ChildError("start", f"setrlimit {rl.get('type')} {rl.get('soft')}/{rl.get('hard')}: {exc}"
-                                  " (raising a hard limit needs CAP_SYS_RESOURCE)") from None
+                                  " (raising a hard limit needs CAP_SYS_RESOURCE)") from exc
         self.step = "closing file descriptors"
         # Only 0-2 may reach the workload. Mark everything else close-on-exec (one close_range call) instead of
         # closing now: we still use a few fds until execve, and the error pipe must stay open until then.
@@ -491,7 +491,7 @@ class _Child:
         try:
             os.chdir(cwd)  # after setuid, so the user's own permissions apply (like runc)
         except OSError as exc:
-            raise _ChildError("start", f"cannot change to the working directory {cwd}: {exc.strerror}") from None
+            raise _ChildError("start", f"cannot change to the working directory {cwd}: {exc.strerror}") from exc
         if p.get("noNewPrivileges"):
             self.step = "setting no_new_privs"
             linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
@@ -513,10 +513,10 @@ class _Child:
         except OSError as exc:
             code = exc.errno
             if code in (errno.ENOENT, errno.ENOTDIR):
-                raise _ChildError("notfound", f"exec {args[0]}: no such file or directory") from None
+                raise _ChildError("notfound", f"exec {args[0]}: no such file or directory") from exc
             if code in (errno.EACCES, errno.EPERM, errno.EISDIR, errno.ENOEXEC, errno.ETXTBSY):
-                raise _ChildError("noexec", f"exec {args[0]}: {os.strerror(code).lower()}") from None
-            raise _ChildError("start", f"exec {args[0]}: {os.strerror(code)}") from None
+                raise _ChildError("noexec", f"exec {args[0]}: {os.strerror(code).lower()}") from exc
+            raise _ChildError("start", f"exec {args[0]}: {os.strerror(code)}") from exc
 
 
 def _lookup(cmd: str, path_env: str) -> str:
@@ -611,7 +611,7 @@ class _StartPlan(_Child):
         except OSError as exc:
             if exc.errno == errno.EINVAL:
                 raise _ChildError("start", "pivot_root: invalid argument (is / an initramfs? it must be a real "
-                                  "mount: boot from a disk or move a bind of / onto / first)") from None
+                                  "mount: boot from a disk or move a bind of / onto / first)") from exc
             raise
         linux.umount2(".", linux.MNT_DETACH)
         os.chdir("/")
@@ -654,7 +654,7 @@ class _StartPlan(_Child):
             try:
                 is_dir = stat.S_ISDIR(os.stat(src).st_mode)
             except OSError as exc:
-                raise _ChildError("start", f"bind mount source {src}: {exc.strerror}") from None
+                raise _ChildError("start", f"bind mount source {src}: {exc.strerror}") from exc
             fd = self._target(root_fd, dest, "dir" if is_dir else "file")
             try:
                 linux.mount(src, f"/proc/self/fd/{fd}", None, linux.MS_BIND | (flags & linux.MS_REC))

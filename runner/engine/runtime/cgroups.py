@@ -161,7 +161,7 @@ def detect(refresh: bool = False) -> Layout:
         with open("/proc/self/mountinfo") as f:
             mounts = parse_mountinfo(f.read())
     except OSError as exc:
-        raise PlatformError(f"cannot read /proc/self/mountinfo: {exc.strerror}") from None
+        raise PlatformError(f"cannot read /proc/self/mountinfo: {exc.strerror}") from exc
     v2c = {}
     for h in mounts:
         if h.version == 2:
@@ -340,7 +340,7 @@ class Cgroup:
                 self._create_v1(resources or {})
         except OSError as exc:
             self.delete()
-            raise ContainerStartError(f"cannot set up cgroup {self.path}: {exc.strerror or exc}") from None
+            raise ContainerStartError(f"cannot set up cgroup {self.path}: {exc.strerror or exc}") from exc
         except ContainerStartError:
             self.delete()  # the device filter could not be attached
             raise
@@ -348,9 +348,9 @@ class Cgroup:
     def _mkdir_leaf(self, d: str) -> None:
         try:
             os.mkdir(d, 0o755)
-        except FileExistsError:
+        except FileExistsError as exc:
             if _read(os.path.join(d, "cgroup.procs")).strip():
-                raise ContainerStartError(f"cgroup {d} already exists and has processes") from None
+                raise ContainerStartError(f"cgroup {d} already exists and has processes") from exc
         except FileNotFoundError:
             os.makedirs(os.path.dirname(d), exist_ok=True)
             try:
@@ -394,12 +394,12 @@ class Cgroup:
             path = os.path.join(leaf, name)
             try:
                 _write(path, value)
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
                 if name == "memory.swap.max":
                     continue  # kernel without swap accounting: nothing to dodge
-                raise OSError(errno.ENOENT, f"{name} is not available (controller not enabled?)") from None
+                raise OSError(errno.ENOENT, f"{name} is not available (controller not enabled?)") from exc
             except OSError as exc:
-                raise OSError(exc.errno, f"writing {value} to {name}: {exc.strerror}") from None
+                raise OSError(exc.errno, f"writing {value} to {name}: {exc.strerror}") from exc
 
     def _create_v1(self, resources: dict) -> None:
         for d in self.dirs:
@@ -415,7 +415,7 @@ class Cgroup:
             except OSError as exc:
                 if not required and exc.errno in (errno.ENOENT, errno.EACCES):
                     continue
-                raise OSError(exc.errno, f"writing {value} to {name}: {exc.strerror}") from None
+                raise OSError(exc.errno, f"writing {value} to {name}: {exc.strerror}") from exc
 
     # -------------------------------------------------------------- queries
 

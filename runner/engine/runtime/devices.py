@@ -153,7 +153,7 @@ def load(prog: bytes) -> int:
     except OSError as exc:
         detail = log.value.decode(errors="replace").strip().splitlines()[-1:] or [""]
         raise ContainerStartError(f"cannot load the device filter: {exc.strerror} {detail[0]}".strip(),
-                                  hint="the kernel needs CONFIG_CGROUP_BPF and runner needs CAP_SYS_ADMIN") from None
+                                  hint="the kernel needs CONFIG_CGROUP_BPF and runner needs CAP_SYS_ADMIN") from exc
 
 
 def attached(cgroup_fd: int) -> list[int]:
@@ -180,7 +180,7 @@ def apply(cgroup_dir: str, rules: list[dict]) -> None:
             _bpf(BPF_PROG_ATTACH, ctypes.create_string_buffer(
                 struct.pack("<IIII", cg_fd, prog_fd, BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI), 64))
         except OSError as exc:
-            raise ContainerStartError(f"cannot attach the device filter to {cgroup_dir}: {exc.strerror}") from None
+            raise ContainerStartError(f"cannot attach the device filter to {cgroup_dir}: {exc.strerror}") from exc
         for prog_id in old:
             # Only after the new program is in force: there is never a moment without a filter.
             try:

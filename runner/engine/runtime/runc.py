@@ -71,8 +71,8 @@ def _console_relay(console_socket: int | None, tmp: str):
         listener.settimeout(10)  # runc has returned: its connection is queued already, or never comes
         try:
             conn, _ = listener.accept()
-        except OSError:
-            raise ContainerStartError("runc did not hand over the container's terminal") from None
+        except OSError as exc:
+            raise ContainerStartError("runc did not hand over the container's terminal") from exc
         with conn:
             _, fds, _, _ = socket.recv_fds(conn, 4096, 1)
         if not fds:

@@ -60,9 +60,9 @@ def machine_arch(machine: str | None = None) -> str:
     m = machine or os.uname().machine
     try:
         return _MACHINE_TO_SCMP[m]
-    except KeyError:
+    except KeyError as exc:
         raise ContainerStartError(f"seccomp: architecture {m} is not supported",
-                                  hint="use --security-opt seccomp=unconfined") from None
+                                  hint="use --security-opt seccomp=unconfined") from exc
 
 
 # ------------------------------------------------------------------------------------ profiles (pure)
@@ -77,7 +77,7 @@ def parse_profile(text: str, source: str = "seccomp profile") -> dict:
     try:
         prof = json.loads(text)
     except ValueError as exc:
-        raise UsageError(f"invalid {source}: {exc}", hint="the profile must be JSON in Docker's seccomp format") from None
+        raise UsageError(f"invalid {source}: {exc}", hint="the profile must be JSON in Docker's seccomp format") from exc
     problems = profile_problems(prof)
     if problems:
         raise UsageError(f"invalid {source}: {'; '.join(problems[:5])}",
@@ -181,9 +181,9 @@ def _lib():
     if _LIB is None:
         try:
             lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
-        except OSError:
+        except OSError as exc:
             raise ContainerStartError("seccomp: libseccomp.so.2 is not installed",
-                                      hint="install libseccomp2, or use --security-opt seccomp=unconfined") from None
+                                      hint="install libseccomp2, or use --security-opt seccomp=unconfined") from exc
         lib.seccomp_init.restype = ctypes.c_void_p
         lib.seccomp_init.argtypes = (ctypes.c_uint32,)
         lib.seccomp_release.argtypes = (ctypes.c_void_p,)

@@ -89,7 +89,7 @@ def host_device(path: str, ctr_path: str | None = None) -> dict:
     except OSError as exc:
         raise ContainerStartError(f"error gathering device information while adding custom device \"{path}\": "
                                   f"{(exc.strerror or str(exc)).lower()}",
-                                  hint="give a device node that exists on the machine running the containers") from None
+                                  hint="give a device node that exists on the machine running the containers") from exc
     if stat.S_ISCHR(st.st_mode):
         typ = "c"
     elif stat.S_ISBLK(st.st_mode):
