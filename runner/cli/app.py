@@ -12,6 +12,7 @@ from runner import __version__
 from runner.cli.context import STATE
 
 app = typer.Typer(
+    rich_markup_mode=None,  # help texts are Docker's, with literal [brackets]: never rich markup
     name="runner",
     help="Run Linux containers: natively on Linux, through a lightweight QEMU VM on macOS and Windows.",
     no_args_is_help=True,

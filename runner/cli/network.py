@@ -8,7 +8,8 @@ import typer
 
 from runner.cli import render
 
-network_app = typer.Typer(help="Manage networks (bridge networks; containers on one reach each other by name)",
+network_app = typer.Typer(rich_markup_mode=None,
+                          help="Manage networks (bridge networks; containers on one reach each other by name)",
                           no_args_is_help=True)
 
 

@@ -34,7 +34,8 @@ def version():
     print(f"runner {__version__}")
 
 
-system_app = typer.Typer(help="Manage runner: disk usage, pruning, info", no_args_is_help=True)
+system_app = typer.Typer(rich_markup_mode=None,
+                         help="Manage runner: disk usage, pruning, info", no_args_is_help=True)
 
 _DF_ROWS = ("Images", "Containers", "Partial downloads")
 

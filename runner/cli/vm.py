@@ -17,7 +17,8 @@ import typer
 
 from runner.errors import UsageError
 
-vm_app = typer.Typer(no_args_is_help=True, help="Manage the Linux VM that runs containers on macOS and Windows")
+vm_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
+                     help="Manage the Linux VM that runs containers on macOS and Windows")
 
 NAME_HELP = "machine name (default: the global --machine, i.e. 'default')"
 

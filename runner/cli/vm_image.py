@@ -10,7 +10,8 @@ from typing import Optional
 
 import typer
 
-image_app = typer.Typer(no_args_is_help=True, help="Build and list the VM guest images (kernel, initrd, root disk)")
+image_app = typer.Typer(rich_markup_mode=None, no_args_is_help=True,
+                        help="Build and list the VM guest images (kernel, initrd, root disk)")
 
 
 @image_app.command()

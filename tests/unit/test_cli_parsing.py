@@ -72,3 +72,25 @@ def test_debug_shows_the_root_cause_chain(tmp_path):
     assert plain.stderr.decode().startswith("Error: cannot open") and b"Traceback" not in plain.stderr
     text = debug.stderr.decode()
     assert "FileNotFoundError" in text and "The above exception was the direct cause" in text, text
+
+
+def test_every_command_has_working_help():
+    """`runner CMD --help` renders for every command and sub-command (help texts carry Docker's literal
+    [brackets], which rich markup once turned into a crash of `runner run --help`)."""
+    import typer.main
+    from typer.testing import CliRunner
+
+    from runner.cli.app import app
+    root = typer.main.get_command(app)
+    paths = []
+
+    def walk(cmd, path):
+        paths.append(path)
+        for name, sub in (getattr(cmd, "commands", None) or {}).items():
+            walk(sub, path + [name])
+    walk(root, [])
+    assert ["run"] in paths and ["vm", "start"] in paths
+    runner = CliRunner()
+    for path in paths:
+        result = runner.invoke(app, path + ["--help"])
+        assert result.exit_code == 0 and "Usage" in result.output, (path, result.output, result.exception)
