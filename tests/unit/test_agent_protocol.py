@@ -271,10 +271,11 @@ def test_valid_requests_parse():
     assert req.args == {"ref": "a", "timeout": 2.5} and not req.attached
 
 
-def test_every_backend_method_is_served():
-    from runner.backends.base import Backend
-    names = {n for n in vars(Backend) if not n.startswith("_")} - {"name", "features"}
-    assert names == set(P.METHODS) - {"ping"}
+def test_every_table_method_is_an_engine_method():
+    """The agent serves the table by calling the Engine's method of that name: each must exist."""
+    from runner.engine.engine import Engine
+    missing = [n for n in set(P.METHODS) - P.AGENT_ONLY if not callable(getattr(Engine, n, None))]
+    assert missing == [] and P.AGENT_ONLY == {"ping"}
 
 
 # ------------------------------------------------------------------------------------------------- versions
