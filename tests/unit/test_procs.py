@@ -43,8 +43,13 @@ def test_a_zombie_counts_as_gone():
 def test_cmdline_and_kill(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "marker-arg"])
     try:
-        line = procs.cmdline(child.pid)
-        assert line is None or "marker-arg" in line
+        if sys.platform.startswith("linux"):
+            # Until the child has exec'd, /proc shows no (or the parent's) command line: wait for the exec.
+            from tests.helpers import wait_for
+            wait_for(lambda: "marker-arg" in procs.cmdline(child.pid), 10, "the child's command line")
+        else:
+            line = procs.cmdline(child.pid)
+            assert line is None or "marker-arg" in line
         assert procs.kill(child.pid) is True
         child.wait(10)
         assert procs.kill(child.pid) is False  # gone already
