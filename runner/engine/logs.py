@@ -122,14 +122,35 @@ def _open_newer(path: str, ino: int) -> list:
     return files
 
 
+def _open_all(path: str, tries: int = 50) -> list:
+    """The log and its rotated files, oldest first, opened as one consistent set. Opened files never change
+    under a rotation (it renames), but a rotation *between* the opens shifts every name by one, so the set
+    could skip or repeat a file: each name is checked to still be the file opened, and the set opened again
+    if not (a rotation happens once per max-size bytes, so a retry succeeds at once)."""
+    for attempt in range(tries):
+        opened = []
+        for name in _rotated(path) + [path]:
+            with contextlib.suppress(FileNotFoundError):
+                opened.append((name, open(name, "rb")))
+        if attempt + 1 == tries or all(_is(name, f) for name, f in opened):
+            return [f for _, f in opened]
+        for _, f in opened:
+            f.close()
+    return []
+
+
+def _is(name: str, f) -> bool:
+    try:
+        return os.stat(name).st_ino == os.fstat(f.fileno()).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def read_frames(path: str, follow: Callable[[], bool] | None = None,
                 poll: float = 0.05) -> Iterator[tuple[int, float, bytes]]:
     """Yield (stream, time, data) frames of the log and its rotated files, oldest first; with ``follow``,
     keep waiting for more while it returns True, across rotations."""
-    files = []
-    for name in _rotated(path) + [path]:  # all opened at once: a rotation meanwhile renames, never changes them
-        with contextlib.suppress(FileNotFoundError):
-            files.append(open(name, "rb"))
+    files = _open_all(path)
     try:
         while files:
             f = files[0]

@@ -81,3 +81,35 @@ def assert_eventually(cond, timeout=5.0):
     while not cond():
         assert time.monotonic() < deadline
         time.sleep(0.001)
+
+
+def test_a_rotation_between_the_reader_opening_files_neither_skips_nor_repeats(tmp_path, monkeypatch):
+    """A rotation while the reader opens the files one by one shifts every name: the reader must notice and
+    open a consistent set (a live container rotated its log under `logs --tail` in CI)."""
+    import builtins
+
+    path = str(tmp_path / "container.log")
+    writer = logs.LogWriter(path, max_size=1000, max_file=3)
+    number = 0
+
+    def write_lines(n):
+        nonlocal number
+        for _ in range(n):
+            writer.write(logs.STDOUT, b"line %05d\n" % number)
+            number += 1
+
+    write_lines(150)  # container.log.1 and container.log exist now
+    real_open, opens = builtins.open, []
+
+    def rotating_open(name, *args, **kw):
+        opens.append(name)
+        if len(opens) == 2:  # between opening the first file and the next: one rotation's worth of output
+            write_lines(100)
+        return real_open(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "open", rotating_open)
+    got = [int(data.split()[1]) for _, _, data in logs.read_frames(path)]
+    monkeypatch.setattr(builtins, "open", real_open)
+    writer.close()
+    assert len(opens) > 3  # the first set was found inconsistent and opened again
+    assert got == list(range(got[0], number)), got  # consecutive up to the newest line: no gap, no repeat
