@@ -29,7 +29,6 @@ serves kernels and architectures of different ages. Standard library only (runs 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 
@@ -287,11 +286,25 @@ def compile_bpf(oci: dict, arch: str) -> bytes:
 _MEMO: dict[str, bytes] = {}
 
 
+def _sha256_hex(data: bytes) -> str:
+    """SHA-256 without ``hashlib``, whose import loads OpenSSL: ~2.5 ms on every container start, measured
+    (scripts/bench-start). CPython's own built-in SHA-256 module is the same function; hashlib only where an
+    interpreter lacks it."""
+    try:
+        from _sha2 import sha256  # Python 3.12+
+    except ImportError:
+        try:
+            from _sha256 import sha256  # Python 3.10, 3.11
+        except ImportError:
+            from hashlib import sha256
+    return sha256(data).hexdigest()
+
+
 def cached_bpf(oci: dict, arch: str | None = None, cache_dir: str | None = CACHE_DIR) -> bytes:
     """``compile_bpf`` through the memory and disk caches (see the module docstring)."""
     arch = arch or machine_arch()
     raw = json.dumps(oci, sort_keys=True, separators=(",", ":")).encode()
-    key = hashlib.sha256(raw + b"\0" + arch.encode()).hexdigest()
+    key = _sha256_hex(raw + b"\0" + arch.encode())
     if key in _MEMO:
         return _MEMO[key]
     path = os.path.join(cache_dir, key + ".bpf") if cache_dir else None
