@@ -83,9 +83,6 @@ def networks(items: list[dict]) -> None:
 
 
 def human_size(n: int | None) -> str:
-    value = float(n or 0)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1000 or unit == "GB":
-            return f"{value:.3g}{unit}" if unit != "B" else f"{int(value)}B"
-        value /= 1000
-    return f"{value:.3g}GB"
+    """Docker's decimal units; the one formatter is the guest-side one, so errors from the VM read alike."""
+    from runner.diskfull import human_size as docker_units
+    return docker_units(float(n or 0))
