@@ -41,7 +41,7 @@ def events(req) -> None:
         raise UsageError(f"invalid filter '{sorted(unknown)[0]}'")
     now = time.time()
     since = parse_time(req.arg("since"), now) if req.arg("since") else now
-    until = parse_time(req.arg("until"), now) if req.arg("until") else None
+    until = parse_time(req.arg("until"), now, end_of_second=True) if req.arg("until") else None
     cursor = int(since * 1e9)
     until_ns = int(until * 1e9) if until is not None else None
     backend = req.backend

@@ -17,11 +17,16 @@ _PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 
 
-def parse_time(text: str, now: float | None = None) -> float:
-    """Unix seconds for one of Docker's time values; anything else is a 400."""
+def parse_time(text: str, now: float | None = None, end_of_second: bool = False) -> float:
+    """Unix seconds for one of Docker's time values; anything else is a 400.
+
+    ``end_of_second``: a whole-second Unix time means the end of that second, as dockerd reads ``until``
+    (the docker CLI sends ``--until 0s`` as whole seconds, and events of that very second belong in)."""
     value = text.strip()
     now = time.time() if now is None else now
-    if re.fullmatch(r"\d+(\.\d+)?", value):
+    if re.fullmatch(r"\d+", value):
+        return float(value) + (1 if end_of_second else 0)
+    if re.fullmatch(r"\d+\.\d+", value):
         return float(value)
     if _DURATION.match(value):
         return now - sum(float(n) * _UNITS[u] for n, u in _PART.findall(value))
