@@ -141,7 +141,7 @@ def network_settings(rec, spec) -> dict:
             "Ports": port_map(live.get("Ports") or []),
             **{k: endpoint[k] for k in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "IPv6Gateway",
                                         "GlobalIPv6Address", "GlobalIPv6PrefixLen", "MacAddress")},
-            "Networks": {spec.network: endpoint}}
+            "Networks": {spec.network: {**endpoint, "Aliases": list(spec.aliases) or None}}}
 
 
 def container_inspect(rec, spec, config: dict, paths: dict) -> dict:
