@@ -501,7 +501,7 @@ class Networks:
             else:
                 raise Conflict(f'network {record["Name"]} has no free address left ({net})')
             leases[str(addr)] = {"Id": rec.id, "Name": rec.name, "Hostname": hostname,
-                                 "Aliases": list((getattr(rec, "spec", None) or {}).get("aliases") or []),
+                                 "Aliases": list(rec.spec.get("aliases") or []),
                                  "Shim": [os.getpid(), proc_start_time(os.getpid())]}
             self._save_leases(record["Name"], leases)
             self._write_hosts(record, leases)
