@@ -102,7 +102,7 @@ def _matches(summary: dict, filters: dict[str, list[str]]) -> bool:
         if (value.lower() in ("true", "1")) != (not summary["RepoTags"]):
             return False
     refs = filters.get("reference", [])
-    if refs and not any(_ref_matches(tag, pattern) for tag in summary["RepoTags"] for pattern in refs):
+    if refs and not _matching_tags(summary, refs):
         return False
     labels = summary.get("Labels") or {}
     for want in filters.get("label", []):
@@ -110,6 +110,10 @@ def _matches(summary: dict, filters: dict[str, list[str]]) -> bool:
         if key not in labels or (eq and labels[key] != value):
             return False
     return True
+
+
+def _matching_tags(summary: dict, patterns: list[str]) -> list[str]:
+    return [tag for tag in summary["RepoTags"] if any(_ref_matches(tag, p) for p in patterns)]
 
 
 def _ref_matches(tag: str, pattern: str) -> bool:
@@ -132,7 +136,17 @@ def list_images(req) -> None:
             pivot = _call(ref, req.backend.image_inspect, ref)
             created = {i["Id"]: i["Created"] for i in images}.get(pivot["Id"], 0)
             images = [i for i in images if (i["Created"] < created if key == "before" else i["Created"] > created)]
-    req.reply([i for i in images if _matches(i, filters)])
+    refs = filters.get("reference")
+    req.reply([_only_matching(i, refs) if refs else i for i in images if _matches(i, filters)])
+
+
+def _only_matching(summary: dict, patterns: list[str]) -> dict:
+    """As dockerd: an image listed for a reference filter shows only the names (and their digests) that
+    matched."""
+    tags = _matching_tags(summary, patterns)
+    repos = {t.rsplit(":", 1)[0] for t in tags}
+    return {**summary, "RepoTags": tags,
+            "RepoDigests": [d for d in summary.get("RepoDigests") or [] if d.split("@", 1)[0] in repos]}
 
 
 @route("GET", "/images/{name*}/json")
@@ -151,7 +165,10 @@ def image_history(req) -> None:
 
 def progress_event(event: dict) -> dict:
     """The engine's progress event ``{"id", "status", "current", "total"}`` in Docker's JSON-message shape."""
-    out: dict = {"status": event.get("status", "")}
+    status = event.get("status", "")
+    if not event.get("id") and status.startswith(("Downloaded newer image", "Image is up to date")):
+        status = "Status: " + status  # dockerd's words; runner's CLI adds the prefix when it prints
+    out: dict = {"status": status}
     if "current" in event:
         out["progressDetail"] = {"current": int(event.get("current") or 0), "total": int(event.get("total") or 0)}
     elif event.get("id"):
