@@ -286,8 +286,19 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat_mod.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
+# Mount points runner makes in every container's upper dir (bind-mounted files): Docker makes its own in an
+# "init" layer that diff leaves out, so they are no change of the container's.
+HIDDEN = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
+
+
 def classify(found: list[dict], lowers: list[str]) -> list[dict]:
-    """Fill in Kind 0 (exists in a lower layer: modified) or 1 (added) for the entries :func:`changes` left."""
+    """Fill in Kind 0 (exists in a lower layer: modified) or 1 (added) for the entries :func:`changes` left;
+    the :data:`HIDDEN` mount points go, and so does a directory that held nothing else that changed."""
+    hidden_parents = {p.rsplit("/", 1)[0] for p in HIDDEN}
+    found = [item for item in found if item["Path"] not in HIDDEN]
+    paths = [item["Path"] for item in found]
+    found = [item for item in found if item["Path"] not in hidden_parents
+             or any(p.startswith(item["Path"] + "/") for p in paths)]
     out = []
     for item in found:
         if item["Kind"] is None:
