@@ -14,6 +14,7 @@ import base64
 import binascii
 import fnmatch
 import json
+import threading
 
 from runner.api import streams
 from runner.api.http import ApiError
@@ -23,21 +24,24 @@ from runner.errors import Conflict, ImageNotFound, RunnerError, UsageError
 
 class LazyStream:
     """A response body that starts (200, chunked) with its first write, so an error before any output is
-    still a plain HTTP error; :meth:`fail` reports a later one in-band as Docker does."""
+    still a plain HTTP error; :meth:`fail` reports a later one in-band as Docker does. Writes are serialised:
+    a pull reports progress from one thread per layer."""
 
     def __init__(self, req, content_type: str = "application/json"):
         self._req = req
         self._type = content_type
         self._out = None
+        self._lock = threading.Lock()
 
     @property
     def started(self) -> bool:
         return self._out is not None
 
     def write(self, data: bytes) -> None:
-        if self._out is None:
-            self._out = self._req.stream(self._type)
-        self._out.write(data)
+        with self._lock:
+            if self._out is None:
+                self._out = self._req.stream(self._type)
+            self._out.write(data)
 
     def event(self, obj: dict) -> None:
         self.write(streams.json_line(obj))
@@ -49,9 +53,10 @@ class LazyStream:
         self.event({"errorDetail": {"message": exc.message}, "error": exc.message})
 
     def close(self) -> None:
-        if self._out is None:
-            self._out = self._req.stream(self._type)
-        self._out.close()
+        with self._lock:
+            if self._out is None:
+                self._out = self._req.stream(self._type)
+            self._out.close()
 
 
 def not_found(ref: str) -> ApiError:

@@ -212,3 +212,38 @@ def test_registry_auth_header_is_decoded_and_never_logged(api, basic_registry):
     assert status == 400 and "X-Registry-Auth" in json.loads(body)["message"]
     assert "sekrit-pw-123" not in api.output()
     assert os.path.exists(api.socket)
+
+
+@pytest.mark.registry
+def test_a_client_leaving_mid_pull_leaves_no_broken_image(api, registry, tmp_path):
+    """The client hangs up after the first progress message of a pull of a 24 MB layer; afterwards the image
+    is either absent or whole, and a new pull gives a complete image (resumed or fetched again)."""
+    import socket
+    ref = f"{registry.host}/apitest/big:v1"
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        info = tarfile.TarInfo("big.bin")
+        info.size = 24 << 20
+        tar.addfile(info, io.BytesIO(os.urandom(info.size)))
+    (tmp_path / "big.tar").write_bytes(data.getvalue())
+    ok(api.docker("import", str(tmp_path / "big.tar"), ref))
+    try:
+        ok(api.docker("push", ref))
+        ok(api.docker("rmi", ref))
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(60)
+            s.connect(api.socket)
+            s.sendall(f"POST /v1.44/images/create?fromImage={registry.host}/apitest/big&tag=v1 HTTP/1.1\r\n"
+                      "Host: docker\r\nContent-Length: 0\r\n\r\n".encode())
+            assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        listed = ok(api.docker("images", "--format", "{{.Repository}}:{{.Tag}}"))
+        if ref in listed:  # the pull finished before it noticed: then it is whole
+            ok(api.docker("save", "-o", str(tmp_path / "early.tar"), ref))
+        ok(api.docker("pull", ref))
+        ok(api.docker("save", "-o", str(tmp_path / "out.tar"), ref))
+        with tarfile.open(tmp_path / "out.tar") as tar:
+            layers = json.load(tar.extractfile("manifest.json"))[0]["Layers"]
+            assert len(layers) == 1 and tar.getmember(layers[0]).size >= 24 << 20
+        assert ok(api.docker("images", "-q", ref)).strip()
+    finally:
+        api.docker("rmi", ref)
