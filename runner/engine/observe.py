@@ -16,8 +16,11 @@ import time
 from runner.engine.runtime import cgroups
 from runner.errors import UsageError
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _ticks() -> int:
+    """Clock ticks per second of /proc's times (looked up when used: os.sysconf is Unix only)."""
+    return os.sysconf("SC_CLK_TCK")
 
 
 def cgroup_path(cid: str) -> str:
@@ -65,9 +68,9 @@ def _ps_ef_row(pid: int, boot: float, now: float, passwd: dict[int, str]) -> lis
     if not cmd:
         with open(f"/proc/{pid}/comm") as f:
             cmd = f"[{f.read().strip()}]"
-    started = boot + start / _TICKS
-    cpu_secs = (utime + stime) // _TICKS
-    pct = int(100 * (utime + stime) / _TICKS / max(now - started, 1e-3))
+    started = boot + start / _ticks()
+    cpu_secs = (utime + stime) // _ticks()
+    pct = int(100 * (utime + stime) / _ticks() / max(now - started, 1e-3))
     stime_text = time.strftime("%H:%M" if now - started < 86400 else "%b%d", time.localtime(started))
     tty = "?" if tty_nr == 0 else f"pts/{os.minor(tty_nr)}"
     return [_uid_name(uid, passwd), str(pid), str(ppid), str(pct), stime_text, tty,
@@ -150,7 +153,7 @@ def _system_usage() -> int:
     """All CPUs' busy+idle time in nanoseconds (Docker's ``system_cpu_usage``, from /proc/stat)."""
     with open("/proc/stat") as f:
         first = f.readline().split()[1:8]
-    return sum(int(x) for x in first) * 1_000_000_000 // _TICKS
+    return sum(int(x) for x in first) * 1_000_000_000 // _ticks()
 
 
 def _cpu_from_procs(task_pids: list[int]) -> int:
@@ -162,7 +165,7 @@ def _cpu_from_procs(task_pids: list[int]) -> int:
             total += int(fields[11]) + int(fields[12])
         except (OSError, ValueError, IndexError):
             continue
-    return total * 1_000_000_000 // _TICKS
+    return total * 1_000_000_000 // _ticks()
 
 
 def _memory(cg: cgroups.Cgroup) -> dict:
