@@ -295,12 +295,9 @@ def _save(req, refs: list[str]) -> None:
     for ref in refs:
         _call(ref, req.backend.image_inspect, ref)  # 404 before the archive begins
     out = LazyStream(req, "application/x-tar")
-    try:
-        req.backend.save(refs, out)
-    except RunnerError:
-        if not out.started:
-            raise
-        return  # mid-archive: only closing without the final chunk tells the client
+    # An error mid-archive propagates: the server then closes the connection without the final chunk, the
+    # only way left to tell the client its archive is cut short.
+    req.backend.save(refs, out)
     out.close()
 
 
