@@ -460,7 +460,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
              lambda v: v is None or _str_list(v)),
        kind=UPLOAD),
     _m("port", dict, _REF),
-    _m("network_create", dict, Param("name", (str,)), Param("subnet", _nullable(str), False)),
+    _m("network_create", dict, Param("name", (str,)), Param("subnet", _nullable(str), False),
+       Param("labels", _nullable(dict), False, lambda v: v is None or (len(v) <= 256 and all(
+           isinstance(k, str) and isinstance(x, str) for k, x in v.items())))),
     _m("network_ls", list),
     _m("network_inspect", dict, Param("name", (str,))),
     _m("network_rm", str, Param("name", (str,))),

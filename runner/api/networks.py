@@ -81,8 +81,11 @@ def create_network(req) -> None:
     if not isinstance(configs, list) or len(configs) > 1:
         raise UsageError("runner networks take at most one IPAM config")
     subnet = (configs[0] or {}).get("Subnet") if configs else None
+    labels = body.get("Labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise UsageError("Labels must be an object of strings")
     try:
-        created = req.backend.network_create(name, subnet or None)
+        created = req.backend.network_create(name, subnet or None, labels or None)
     except Conflict as exc:
         if "already exists" in exc.message:
             raise ApiError(409, f"network with name {name} already exists") from exc

@@ -21,9 +21,11 @@ def _backend():
 @network_app.command("create")
 def create(name: str = typer.Argument(..., help="network name"),
            subnet: Optional[str] = typer.Option(None, "--subnet",
-                                                help="IPv4 subnet in CIDR form (default: a free private one)")):
+                                                help="IPv4 subnet in CIDR form (default: a free private one)"),
+           label: List[str] = typer.Option([], "--label", help="set a label KEY=VALUE")):
     """Create a bridge network."""
-    print(_backend().network_create(name, subnet)["Id"])
+    labels = dict(item.partition("=")[::2] for item in label)
+    print(_backend().network_create(name, subnet, labels or None)["Id"])
 
 
 @network_app.command("ls")

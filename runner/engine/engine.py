@@ -457,9 +457,9 @@ class Engine:
         return views.port_map((self._record(ref).extra.get("network") or {}).get("Ports") or [])
 
     @needs_space("creating network {name}")
-    def network_create(self, name: str, subnet: str | None = None) -> dict:
+    def network_create(self, name: str, subnet: str | None = None, labels: dict | None = None) -> dict:
         self._require_root()
-        created = network.Networks(self).create(name, subnet)
+        created = network.Networks(self).create(name, subnet, labels)
         self.journal("network", "create", created.get("Id", name), {"name": name, "type": "bridge"})
         return created
 

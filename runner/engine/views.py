@@ -272,7 +272,7 @@ def network(record: dict, leases: dict, prefixlen: int, mac_for) -> dict:
             "ConfigOnly": False, "Containers": containers,
             # Docker's option name, and runner's short one that `network ls` and older scripts read.
             "Options": {"com.docker.network.bridge.name": record["Bridge"], "bridge": record["Bridge"]},
-            "Labels": {}}
+            "Labels": dict(record.get("Labels") or {})}
 
 
 def builtin_network(name: str) -> dict:

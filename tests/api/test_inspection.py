@@ -174,3 +174,21 @@ def test_login_checks_credentials_against_the_registry(api, basic_registry):
     bad = api.docker("login", "-u", USER, "--password-stdin", basic_registry.host, input=b"wrong-password")
     assert bad.returncode != 0 and "401 Unauthorized" in bad.stderr.decode()
     assert PASSWORD not in api.output() and "wrong-password" not in api.output()
+
+
+def test_runner_cli_top_stats_rename_pause(rn):
+    """runner's own commands of the same names, over the same engine operations."""
+    cid = ok(rn("run", "-d", "--network", "none", "--name", "cli-insp", IMG, "sleep", "300")).strip()
+    try:
+        out = ok(rn("top", "cli-insp"))
+        assert out.splitlines()[0].split()[:2] == ["UID", "PID"] and "sleep 300" in out
+        row = ok(rn("stats", "--no-stream", "cli-insp")).splitlines()[1].split()
+        assert row[0] == cid[:12] and row[1] == "cli-insp" and row[-1] == "1"
+        ok(rn("rename", "cli-insp", "cli-insp2"))
+        ok(rn("pause", "cli-insp2"))
+        assert json.loads(ok(rn("inspect", cid)))[0]["State"]["Status"] == "paused"
+        ok(rn("unpause", "cli-insp2"))
+        assert json.loads(ok(rn("inspect", cid)))[0]["State"]["Status"] == "running"
+        assert "C /etc" not in ok(rn("diff", cid))  # only runner's own mount points changed: none shown
+    finally:
+        rn("rm", "-f", cid)

@@ -37,10 +37,14 @@ def test_predefined_networks_are_listed_and_cannot_be_removed(api):
 
 
 def test_create_inspect_remove(api):
-    net_id = ok(api.docker("network", "create", "--subnet", "10.211.0.0/24", "apinet1")).strip()
+    net_id = ok(api.docker("network", "create", "--subnet", "10.211.0.0/24", "--label", "tier=back",
+                           "apinet1")).strip()
     try:
         info = json.loads(ok(api.docker("network", "inspect", "apinet1")))[0]
-        assert info["Id"] == net_id and info["Driver"] == "bridge"
+        assert info["Id"] == net_id and info["Driver"] == "bridge" and info["Labels"] == {"tier": "back"}
+        assert ok(api.docker("network", "ls", "--filter", "label=tier=back", "--format", "{{.Name}}")).split() == \
+            ["apinet1"]
+        assert not ok(api.docker("network", "ls", "--filter", "label=tier=front", "-q")).strip()
         assert info["IPAM"]["Config"][0]["Subnet"] == "10.211.0.0/24"
         assert json.loads(ok(api.docker("network", "inspect", net_id[:12])))[0]["Name"] == "apinet1"
         dup = api.docker("network", "create", "apinet1")
