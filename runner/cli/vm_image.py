@@ -65,7 +65,7 @@ def pull(
     from runner.images.reference import Reference
     from runner.vm import artifact, artifact_pull
 
-    source = "command line"
+    source = ""
     if not ref:
         configured = artifact.configured_ref()
         if configured is None:

@@ -100,11 +100,18 @@ def pull(ref: str, arch: str, *, source: str = "", credentials: Mapping[str, Map
     root.mkdir(parents=True, exist_ok=True)
     with procs.FileLock(root / f".pull-{arch}.lock"):  # two first starts at once: one pulls, one waits
         _clean_unpacks(root, arch)
+        where = f"{ref}{f' (from {source})' if source else ''}"
         try:
             return _pull_locked(reference, ref, arch, root, credentials, insecure, progress)
         except (RegistryError, NotFound) as exc:
-            raise VMError(f"cannot pull the guest image {ref}{f' (from {source})' if source else ''}: "
-                          f"{exc.message}", hint=build_hint(arch)) from exc
+            raise VMError(f"cannot pull the guest image {where}: {exc.message}", hint=build_hint(arch)) from exc
+        except ImageError as exc:  # a digest or size check failed: content, not the network
+            raise VMError(f"refused the guest image {where}: {exc.message}",
+                          hint="nothing of it was kept; the registry (or something between) serves other bytes "
+                               "than the reference pins. " + build_hint(arch)) from exc
+        except OSError as exc:  # a full disk, a read-only cache: the download so far stays for the next pull
+            raise VMError(f"cannot store the guest image in {root}: {exc.strerror or exc}",
+                          hint=f"free some space there, or set {image.CACHE_ENV} to another directory") from exc
 
 
 def _pull_locked(reference, ref: str, arch: str, root: Path, credentials, insecure, progress) -> dict:

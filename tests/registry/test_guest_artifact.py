@@ -135,14 +135,20 @@ def test_a_tampered_layer_is_refused_and_the_cache_stays_empty(registry, pushed,
     client = RegistryClient(registry.host)
     entry = artifact.choose(client.get_manifest("runner/guest", digest).json(), "x86_64", ref)
     layer = client.get_manifest("runner/guest", entry["digest"]).json()["layers"][2]
-    hexdigest = layer["digest"].split(":")[1]
-    data_file = registry.storage / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
+    data_file = registry.blob_file(layer["digest"])
     raw = bytearray(data_file.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     data_file.write_bytes(bytes(raw))
-    with pytest.raises(RunnerError, match="does not match its digest"):
+    with pytest.raises(VMError, match=f"refused the guest image {ref}: .*does not match its digest"):
         artifact_pull.pull(ref, "x86_64")
     assert cache_entries(user) == [".pull-x86_64.lock"] and not bootable("x86_64")
+    # The user sees it in one line with a hint, never a traceback; the cache stays as it was.
+    proc = start_pull(ref, user, "x86_64")
+    out, err = proc.communicate(timeout=120)
+    lines = err.decode().splitlines()
+    assert proc.returncode == 125 and lines[0].startswith(f"Error: refused the guest image {ref}: "), lines
+    assert lines[1].startswith("Hint: nothing of it was kept") and len(lines) == 2, lines
+    assert cache_entries(user) == [".pull-x86_64.lock"]
 
 
 class SubstitutingRegistry:
