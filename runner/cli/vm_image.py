@@ -103,7 +103,7 @@ def build(
 
 @image_app.command("ls")
 def list_images(as_json: bool = typer.Option(False, "--json", help="print JSON")):
-    """Show cached guest images: version, arch, kernel, size, and whether every checksum matches."""
+    """Show cached guest images: version, arch, kernel, size, whether every checksum matches, and where from."""
     from runner.cli import render
     from runner.errors import VMError
     from runner.vm import image
@@ -111,6 +111,8 @@ def list_images(as_json: bool = typer.Option(False, "--json", help="print JSON")
     rows = []
     root = image.cache_dir(image.ARCHES[0]).parent.parent
     for manifest in sorted(root.glob("*/*/manifest.json")):
+        if manifest.parent.name.startswith("."):
+            continue  # a pull's unpack directory, not yet (or never) a guest image
         version, arch = manifest.parent.parent.name, manifest.parent.name
         try:
             data = json.loads(manifest.read_text())
@@ -126,14 +128,18 @@ def list_images(as_json: bool = typer.Option(False, "--json", help="print JSON")
                 verified = "yes"
             except VMError as e:
                 verified = f"NO: {e.message}"
+        try:
+            source = json.loads((manifest.parent / ".source.json").read_text()).get("ref", "?")
+        except (OSError, ValueError, AttributeError):
+            source = "built here"
         rows.append({"version": version, "arch": arch, "kernel": kernel, "size": size, "verified": verified,
-                     "path": str(manifest.parent)})
+                     "source": source, "path": str(manifest.parent)})
     if as_json:
         render.print_json(rows)
         return
     if not rows:
         print(f"no guest images cached in {root}")
         return
-    render.table(["VERSION", "ARCH", "KERNEL", "SIZE", "VERIFIED", "PATH"],
-                 [[r["version"], r["arch"], r["kernel"], render.human_size(r["size"]), r["verified"], r["path"]]
-                  for r in rows])
+    render.table(["VERSION", "ARCH", "KERNEL", "SIZE", "VERIFIED", "SOURCE", "PATH"],
+                 [[r["version"], r["arch"], r["kernel"], render.human_size(r["size"]), r["verified"], r["source"],
+                   r["path"]] for r in rows])

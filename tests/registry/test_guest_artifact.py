@@ -322,5 +322,9 @@ def test_a_killed_pull_leaves_nothing_bootable_and_the_next_one_resumes(registry
         assert proxy.served[rootfs["digest"]] == rootfs["size"] - cut  # resumed, not downloaded twice
         assert bootable("x86_64")
         assert cache_entries(user) == [".pull-x86_64.lock", "x86_64"]
+        listed = subprocess.run([sys.executable, "-m", "runner", "vm", "image", "ls", "--json"], check=True,
+                                capture_output=True, env=dict(os.environ, PYTHONPATH=REPO, **{image.CACHE_ENV: str(user)}))
+        rows = json.loads(listed.stdout)
+        assert [(r["arch"], r["verified"], r["source"]) for r in rows] == [("x86_64", "yes", via)]
     finally:
         proxy.close()
