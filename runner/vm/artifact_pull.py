@@ -21,6 +21,7 @@ Pure Python (urllib, zlib, hashlib): runs unchanged on macOS and Windows hosts.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -36,6 +37,7 @@ from runner.vm import artifact, image
 Progress = Callable[[dict], None]
 SOURCE = ".source.json"  # beside manifest.json: which reference and digests a pulled image came from
 _CHUNK = 1 << 20
+_LOCAL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def ensure(arch: str | None = None, progress: Progress | None = None) -> "image.Artifacts":
@@ -109,9 +111,12 @@ def pull(ref: str, arch: str, *, source: str = "", credentials: Mapping[str, Map
             raise VMError(f"refused the guest image {where}: {exc.message}",
                           hint="nothing of it was kept; the registry (or something between) serves other bytes "
                                "than the reference pins. " + build_hint(arch)) from exc
-        except OSError as exc:  # a full disk, a read-only cache: the download so far stays for the next pull
-            raise VMError(f"cannot store the guest image in {root}: {exc.strerror or exc}",
-                          hint=f"free some space there, or set {image.CACHE_ENV} to another directory") from exc
+        except OSError as exc:
+            if exc.errno in _LOCAL_ERRNOS:  # a full disk, a read-only cache: the download so far stays
+                raise VMError(f"cannot store the guest image in {root}: {exc.strerror or exc}",
+                              hint=f"free some space there, or set {image.CACHE_ENV} to another directory") from exc
+            raise VMError(f"cannot pull the guest image {where}: {exc.strerror or exc}", hint=build_hint(arch)) \
+                from exc
 
 
 def _pull_locked(reference, ref: str, arch: str, root: Path, credentials, insecure, progress) -> dict:
@@ -126,8 +131,6 @@ def _pull_locked(reference, ref: str, arch: str, root: Path, credentials, insecu
     entry = artifact.choose(top.json(), arch, ref) if top.is_index else None
     manifest = client.get_manifest(repo, entry["digest"], display=f"{reference.base}@{entry['digest']}") \
         if entry else top
-    if not top.is_index:
-        artifact._refuse_foreign(top.json(), ref)
     target = image.cache_dir(arch)
     if _source(target).get("manifest") == manifest.digest and _intact(target, arch):
         emit({"status": f"Guest image is up to date for {ref} ({arch})"})

@@ -322,8 +322,9 @@ def test_a_killed_pull_leaves_nothing_bootable_and_the_next_start_resumes_it(reg
         assert proxy.served[rootfs["digest"]] == rootfs["size"] - cut  # resumed, not downloaded twice
         assert bootable("x86_64")
         assert cache_entries(user) == [".pull-x86_64.lock", "x86_64"]
+        env = dict(os.environ, PYTHONPATH=REPO, **{image.CACHE_ENV: str(user)})
         listed = subprocess.run([sys.executable, "-m", "runner", "vm", "image", "ls", "--json"], check=True,
-                                capture_output=True, env=dict(os.environ, PYTHONPATH=REPO, **{image.CACHE_ENV: str(user)}))
+                                capture_output=True, env=env)
         rows = json.loads(listed.stdout)
         assert [(r["arch"], r["verified"], r["source"]) for r in rows] == [("x86_64", "yes", via)]
     finally:
