@@ -359,3 +359,18 @@ def test_a_failure_while_unpacking_leaves_nothing_bootable_and_keeps_the_downloa
     result = artifact_pull.pull(ref, "x86_64")
     assert result["downloaded"] == 0  # every blob was still in the download store, verified
     assert bootable("x86_64") and cache_entries(user) == [".pull-x86_64.lock", "x86_64"]
+
+
+def test_the_push_command_prints_the_digest_to_pin(pushed, caches):
+    ref, digest = pushed
+    publisher, _ = caches
+    env = dict(os.environ, PYTHONPATH=REPO, **{image.CACHE_ENV: str(publisher)})
+    proc = subprocess.run([sys.executable, "-m", "runner", "vm", "image", "push", ref], capture_output=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().splitlines() == [f"pushed {ref}@{digest}",
+                                                 f"pin it: RUNNER_GUEST_IMAGE={ref}@{digest}"]
+    assert "Layer already exists" in proc.stderr.decode()  # same build, same blobs: nothing uploaded again
+    bad = subprocess.run([sys.executable, "-m", "runner", "vm", "image", "push", f"{ref}@{digest}"],
+                         capture_output=True, env=env, timeout=60)
+    assert bad.returncode == 125 and bad.stderr.decode().startswith("Error: cannot push to ")
