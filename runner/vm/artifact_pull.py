@@ -53,10 +53,33 @@ def ensure(arch: str | None = None, progress: Progress | None = None) -> "image.
     return image.ensure(arch, fetch=fetch)
 
 
-def status_lines(say: Callable[[str], None]) -> Progress:
-    """A progress sink that passes on only the whole-pull lines (start, digest, size and speed) to ``say``:
-    what a machine's first start tells the user about the download it is waiting for."""
-    return lambda event: None if event.get("id") else say(str(event.get("status", "")))
+class status_lines:  # noqa: N801 (used like a function: a progress sink made from a ``say`` callback)
+    """A progress sink for a machine's first start, which has only a one-line ``say`` (the CLI's warn): the
+    whole-pull lines (reference and size, digest, total and speed) and, while a slow download runs, one line
+    every ``interval`` seconds with the bytes so far, the total and the speed, summed over all layers."""
+
+    def __init__(self, say: Callable[[str], None], interval: float = 3.0, clock: Callable[[], float] = time.monotonic):
+        self.say, self.interval, self.clock = say, interval, clock
+        self.current: dict[str, int] = {}
+        self.total: dict[str, int] = {}
+        self.started = self.last = None
+
+    def __call__(self, event: dict) -> None:
+        if not event.get("id"):
+            self.say(str(event.get("status", "")))
+            return
+        if event.get("status") != "Downloading":
+            return
+        now = self.clock()
+        if self.started is None:
+            self.started = self.last = now
+        self.current[event["id"]] = int(event.get("current") or 0)
+        self.total[event["id"]] = int(event.get("total") or 0)
+        if now - self.last >= self.interval:
+            self.last = now
+            done = sum(self.current.values())
+            self.say(f"guest image: {done / 1e6:.1f}MB of {sum(self.total.values()) / 1e6:.1f}MB, "
+                     f"{done / 1e6 / max(now - self.started, 1e-3):.1f}MB/s")
 
 
 def build_hint(arch: str) -> str:

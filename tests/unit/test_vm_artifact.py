@@ -112,3 +112,16 @@ def test_the_progress_line_shows_sizes_and_speed():
     line = render_line({"id": "abc", "status": "Downloading", "current": 12_300_000, "total": 45_600_000,
                         "speed": 8_100_000})
     assert line.endswith("12.3MB/45.6MB 8.1MB/s")
+
+
+def test_a_first_start_reports_a_slow_download_every_few_seconds():
+    said, now = [], [0.0]
+    sink = artifact_pull.status_lines(said.append, interval=3, clock=lambda: now[0])
+    sink({"status": "Pulling guest image r for x86_64: 55.9MB"})
+    for second in range(7):
+        now[0] = float(second)
+        sink({"id": "a", "status": "Downloading", "current": second * 2_000_000, "total": 40_000_000})
+        sink({"id": "b", "status": "Downloading", "current": second * 1_000_000, "total": 15_900_000})
+    sink({"id": "a", "status": "Download complete"})
+    assert said == ["Pulling guest image r for x86_64: 55.9MB",
+                    "guest image: 8.0MB of 55.9MB, 2.7MB/s", "guest image: 17.0MB of 55.9MB, 2.8MB/s"]
