@@ -248,12 +248,13 @@ class Machine:
 
     def _launch(self, config: MachineConfig, fast: bool = False, resume: bool = True) -> dict:
         """Prepare every file and start QEMU detached; returns the run record (not yet ready)."""
-        from runner.vm import accel, boot, image, snapshot
+        from runner.vm import accel, artifact_pull, boot, snapshot
 
         self._clean_runtime()
         layout.write_private(self.paths.config, json.dumps(config.to_dict(), indent=2) + "\n")
         qemu = accel.find_qemu(self.guest_arch)
-        artifacts = image.ensure(self.guest_arch)
+        # First start on a host without a guest: pulled from the configured/pinned registry reference.
+        artifacts = artifact_pull.ensure(self.guest_arch, progress=artifact_pull.status_lines(self.warn))
         client_key, host_key = self.keys()
         if not self.paths.data_disk.exists():
             self._create_data_disk(qemu, config.disk_size)
