@@ -318,15 +318,18 @@ class Engine:
 
         path = self.log_path(cid)
         sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr}
-        if tail is not None and tail >= 0 and not follow:  # one pass: the log may rotate meanwhile
-            import collections
-            for stream, _, data in collections.deque(logs.read_frames(path), maxlen=tail):
+        if tail is None or tail < 0:  # everything, as written
+            for stream, _, data in logs.read_frames(path, running if follow else None):
                 logs.write_all(sinks.get(stream, stdio.stdout), data)
             return
-        skip = 0
-        if tail is not None and tail >= 0:  # like Docker's --tail, counted in output chunks as written
-            skip = max(0, sum(1 for _ in logs.read_frames(path)) - tail)
-        for i, (stream, _, data) in enumerate(logs.read_frames(path, running if follow else None)):
+        # Docker's --tail counts lines (its log entries), not the chunks the workload's writes happened to be.
+        if not follow:  # one pass: the log may rotate meanwhile
+            import collections
+            for stream, data in collections.deque(logs.lines(logs.read_frames(path)), maxlen=tail):
+                logs.write_all(sinks.get(stream, stdio.stdout), data)
+            return
+        skip = max(0, sum(1 for _ in logs.lines(logs.read_frames(path))) - tail)
+        for i, (stream, data) in enumerate(logs.lines(logs.read_frames(path, running, idle=True))):
             if i >= skip:
                 logs.write_all(sinks.get(stream, stdio.stdout), data)
 
