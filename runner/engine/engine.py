@@ -390,6 +390,7 @@ class Engine:
     @needs_space("loading images")
     def load(self, stream: IO[bytes]) -> list[str]:
         from runner.images import archive
+        self.images_store.sweep_tmp()  # what a killed load, pull or rmi left goes first
         return archive.load(self.images_store, stream)
 
     @needs_space("saving images")
@@ -403,6 +404,7 @@ class Engine:
     def import_image(self, stream: IO[bytes], name: str, changes: list[str] | None = None) -> str:
         """``changes``: Dockerfile instructions (``--change``), applied by runner.images.dockerfile."""
         from runner.images.rootfs import import_rootfs
+        self.images_store.sweep_tmp()
         return import_rootfs(self.images_store, stream, name, changes=changes or ()).id
 
     # ------------------------------------------------------------------ disk space (runner.engine.space)

@@ -157,7 +157,7 @@ def pull(store, ref, *, platform=None, credentials: Mapping[str, Mapping[str, st
     reference = ref if isinstance(ref, Reference) else Reference.parse(str(ref))
     wanted, explicit = _resolve_platform(platform)
     emit = progress or (lambda event: None)
-    store.sweep_tmp()  # partial downloads nobody resumed for a day go (they must not grow without bound)
+    store.sweep_tmp()  # a killed writer's leftovers, and partials nobody resumed for a day (see Store.sweep_tmp)
     client = RegistryClient(reference.registry, credentials=(credentials or {}).get(reference.registry),
                             insecure=reference.registry in set(insecure), endpoints=endpoints)
     repo = reference.repository
