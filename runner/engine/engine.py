@@ -385,7 +385,9 @@ class Engine:
 
     @needs_space("removing image {ref}")
     def rmi(self, ref: str, force: bool = False) -> list[str]:
-        return self.images_store.remove(ref, force=force)
+        removed = self.images_store.remove(ref, force=force)
+        self.images_store.sweep_tmp()  # a user freeing space gets a killed writer's leftovers back too
+        return removed
 
     @needs_space("loading images")
     def load(self, stream: IO[bytes]) -> list[str]:

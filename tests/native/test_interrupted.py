@@ -1,5 +1,5 @@
 """Interrupted transfers (issue 19): a `runner load` SIGKILLed mid-stream leaves its temp blob, which the next
-command that writes the store (here the next load) removes at once: nothing grows without bound. (A killed
+command that writes the store (the next load, import, pull, rmi or system prune) removes at once: nothing grows without bound. (A killed
 pull is resumed: tests/registry/test_resume.py; the VM's agent cleans up at once: tests/vm/test_faults_guest.py.)"""
 
 from __future__ import annotations
@@ -70,3 +70,23 @@ def test_a_killed_load_leaves_no_temp_file_after_the_next_load(native_root, tmp_
     proc = cli(["load", "-i", archive], root=root)
     assert proc.returncode == 0, proc.stderr.decode()
     assert temp_entries(root) == {}  # the next load removed it (its own temp files were renamed into place)
+
+
+def test_rmi_also_sweeps_what_a_killed_load_left(native_root):
+    root = native_root
+    load = start_killable_load(root)
+    try:
+        wait_for(lambda: any(n.startswith("blob-") for n in temp_entries(root)), what="the load's temp blob")
+        load.send_signal(signal.SIGKILL)
+        load.wait(timeout=30)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+        for f in (load.stdin, load.stdout, load.stderr):
+            f.close()
+    assert temp_entries(root)
+    assert cli(["tag", IMG, "localhost/swept:1"], root=root).returncode == 0
+    proc = cli(["rmi", "localhost/swept:1"], root=root)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert temp_entries(root) == {}
