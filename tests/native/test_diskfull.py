@@ -205,3 +205,23 @@ def test_save_into_a_full_filesystem_names_that_filesystem_not_runners(native_ro
             "while writing standard output"), proc.stderr.decode()
     finally:
         subprocess.run(["umount", "-l", out], check=False)
+
+
+def test_output_redirected_onto_a_full_filesystem_is_named_as_such(native_root, tmp_path):
+    """`runner logs c > file` on a full filesystem: no write path of runner's words that, so the last resort
+    names the redirected stdout's filesystem, not the working directory or runner's root."""
+    out = small_tmpfs(str(tmp_path / "out"), "64k")
+    try:
+        p = run(native_root, "run", "--name", "chatty", "--network", "none", IMG, "sh", "-c",
+                "i=0; while [ $i -lt 3000 ]; do echo a line of the chatty container $i; i=$((i+1)); done")
+        assert p.returncode == 0, p.stderr.decode()
+        with open(f"{out}/logs.txt", "wb") as f:
+            proc = subprocess.run([sys.executable, "-m", "runner", "--backend", "native", "logs", "chatty"],
+                                  stdout=f, stderr=subprocess.PIPE, timeout=120,
+                                  env=dict(os.environ, RUNNER_ROOT=native_root, PYTHONPATH=REPO))
+        lines = proc.stderr.decode().splitlines()
+        assert proc.returncode == 125 and len(lines) == 2, lines
+        assert lines[0].startswith(f"Error: no space left on {out} (tmpfs, 0B free) while writing standard output")
+    finally:
+        run(native_root, "rm", "-f", "chatty")
+        subprocess.run(["umount", "-l", out], check=False)
