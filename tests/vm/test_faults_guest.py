@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -155,3 +156,22 @@ def test_a_full_data_disk_is_one_clear_error_and_the_user_gets_the_space_back(rv
     # ... and the machine is usable again.
     ok = rv("run", "--rm", "--network", "none", IMG, "echo", "ok")
     assert ok.returncode == 0 and ok.stdout == b"ok\n", ok.stderr.decode()
+
+
+def test_save_onto_a_full_host_filesystem_names_the_hosts_not_the_guests(rv, tmp_path):
+    """The archive comes out of the guest and is written on the host: a full host filesystem is named as
+    such (not the guest's data disk), and no partial archive stays."""
+    out = str(tmp_path / "out")
+    os.mkdir(out)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", out], check=True)
+    try:
+        p = rv("save", "-o", f"{out}/busybox.tar", IMG)
+        lines = p.stderr.decode().splitlines()
+        assert p.returncode == 125 and len(lines) == 2, lines
+        assert lines[0].startswith(f"Error: no space left on {out} (tmpfs, ") and \
+            lines[0].endswith(f"while writing {out}/busybox.tar"), lines
+        assert os.listdir(out) == []
+        ok = rv("run", "--rm", "--network", "none", IMG, "echo", "still fine")  # the machine is unharmed
+        assert ok.returncode == 0 and ok.stdout == b"still fine\n", ok.stderr.decode()
+    finally:
+        subprocess.run(["umount", "-l", out], check=False)
