@@ -22,7 +22,9 @@ Three steps, as in Docker + runc, each usable alone:
    makes the system call.
 
 A syscall name libseccomp does not know on an architecture is skipped (runc does the same), so one profile
-serves kernels and architectures of different ages. Standard library only (runs in the guest, where
+serves kernels and architectures of different ages; and, as runc's patchbpf, a short stub before
+libseccomp's program answers ENOSYS for syscall numbers above the highest the profile names (``enosys_stub``),
+so a kernel newer than the profile does not turn its new calls into EPERM. Standard library only (runs in the guest, where
 ``libseccomp2`` is part of the image).
 """
 
