@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from runner.diskfull import is_full
 from runner.errors import ImageError, RegistryError
 from runner.procs import write_atomic
 from runner.images import platform as platforms
@@ -219,9 +220,15 @@ def _fetch_layers(client: RegistryClient, store, repo: str, layers: list[dict], 
         futures = [pool.submit(_fetch_blob, client, store, repo, layer, emit, cancel) for layer in layers]
         for future in as_completed(futures):
             downloaded |= future.result()
-    except BaseException:
+    except BaseException as exc:
         # Stop the other downloads at their next read; each one's temp file is removed by the store.
         cancel.set()
+        if is_full(exc):
+            pool.shutdown(wait=True, cancel_futures=True)
+            # A full disk: the others' partials (kept for resuming after any other failure) would only hold
+            # on to space the user needs back; they go too.
+            for layer in layers:
+                store.drop_partial(layer["digest"])
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

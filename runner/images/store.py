@@ -281,6 +281,18 @@ class Store:
                     os.unlink(path)
             raise
 
+    def drop_partial(self, digest: str) -> None:
+        """Remove the partial download of ``digest`` unless a pull is writing it (its lock is held)."""
+        path = self.partial_path(digest)
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _same_file(fd, path):
+                    os.unlink(path)
+            finally:
+                os.close(fd)
+
     def sweep_tmp(self, max_age: float = PARTIAL_MAX_AGE) -> int:
         """Remove what killed writers left in ``tmp/``; the bytes freed.
 

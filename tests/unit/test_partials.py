@@ -141,3 +141,21 @@ def test_a_writer_whose_new_entry_was_swept_before_it_locked_it_makes_another(tm
         assert os.path.exists(path) and swept[0][0] != os.path.basename(path)  # ... and another one made and os.listdir(store._tmp) == [os.path.basename(path)]
     finally:
         os.close(lock)
+
+
+def test_drop_partial_removes_an_unheld_partial_only(tmp_path):
+    store = Store(str(tmp_path))
+    digest = "sha256:" + "d" * 64
+    path = store.partial_path(digest)
+    with open(path, "wb") as f:
+        f.write(b"x")
+    held = os.open(path, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # a pull writing it
+    try:
+        store.drop_partial(digest)
+        assert os.path.exists(path)
+    finally:
+        os.close(held)
+    store.drop_partial(digest)
+    assert not os.path.exists(path)
+    store.drop_partial(digest)  # none: nothing to do

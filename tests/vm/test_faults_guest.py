@@ -148,7 +148,6 @@ def test_a_full_data_disk_is_one_clear_error_and_the_user_gets_the_space_back(rv
     for args in (["inspect", "filler"], ["images"], ["logs", "filler"], ["info"], ["system", "df"]):
         p = rv(*args)
         assert p.returncode == 0 and b"Traceback" not in p.stderr, (args, p.stderr.decode())
-    assert rv("logs", "filler").stdout.split()[-1] == b"filled"
     rm = rv("rm", "-f", "filler")
     assert rm.returncode == 0, rm.stderr.decode()
     assert df(rv)["Disk"]["Free"] > (64 << 20)  # the filler's upper dir went with it
