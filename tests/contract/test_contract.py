@@ -40,6 +40,25 @@ def test_env_workdir_user_and_stdin(rn):
     assert text(p) == "SHOUT\n"
 
 
+def test_logs_tail_counts_lines_on_both_backends(rn):
+    """--tail N is the last N lines (Docker's json-file entries) however the writes cut them, and through the
+    agent as natively; stdout and stderr keep their streams."""
+    script = 'for i in 1 2 3 4; do printf "a$i"; printf "b$i\\nc"; done; echo E >&2; printf end'
+    p = rn("run", "--name", "contract-tail", "--network", "none", IMG, "sh", "-c", script)
+    try:
+        assert p.returncode == 0, p.stderr
+        p = rn("logs", "--tail", "2", "contract-tail")
+        assert p.returncode == 0, p.stderr
+        lines = [(1, ln) for ln in text(p).splitlines(keepends=True)] + \
+            [(2, ln) for ln in p.stderr.decode().splitlines(keepends=True)]
+        assert len(lines) == 2 and (1, "cend") in lines, lines  # the unterminated last line counts as one
+        other = [ln for ln in lines if ln != (1, "cend")]
+        assert other[0] in ((1, "ca4b4\n"), (2, "E\n")), lines  # streams are relayed apart: either came last
+        assert text(rn("logs", "-n", "1", "contract-tail")) == "cend"
+    finally:
+        rn("rm", "-f", "contract-tail")
+
+
 def test_stdout_and_stderr_stay_apart(rn):
     p = rn("run", "--rm", IMG, "sh", "-c", "echo out; echo err >&2")
     assert text(p) == "out\n"
