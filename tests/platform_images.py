@@ -8,6 +8,7 @@ architecture, and is written as a docker-save archive that ``runner load`` reads
 from __future__ import annotations
 
 import glob
+import json
 import os
 import subprocess
 import tempfile
@@ -18,6 +19,7 @@ from runner.images.store import Store
 
 DEBARCH = {"amd64": "amd64", "arm64": "arm64"}
 UNAME = {"amd64": "x86_64", "arm64": "aarch64"}
+VARIANT = {"amd64": "", "arm64": "v8"}
 
 
 def busybox_binary(arch: str, directory: str) -> str:
@@ -31,19 +33,32 @@ def busybox_binary(arch: str, directory: str) -> str:
     return default.busybox_from_deb(deb, directory)
 
 
-def busybox_archive(arch: str, name: str, out_path: str) -> str:
-    """Write a docker-save archive of a busybox image for ``arch`` named ``name`` to ``out_path``.
+def build_busybox(store: Store, arch: str, name: str | None, directory: str):
+    """Store a busybox image for ``arch`` named ``name``; returns the Image. The applet list is read from the
+    binary itself (``busybox --list``): a foreign one runs through the host's binfmt_misc emulator."""
+    busybox = busybox_binary(arch, directory)
+    with tempfile.TemporaryFile() as tar:
+        default.write_rootfs(tar, busybox, default.applets(busybox), int(os.stat(busybox).st_mtime))
+        tar.seek(0)
+        return import_rootfs(store, tar, name, {"Env": [default.DEFAULT_PATH], "Cmd": ["sh"]},
+                             platform={"architecture": arch, "os": "linux", **({"variant": VARIANT[arch]}
+                                                                               if VARIANT[arch] else {})})
 
-    The applet list is read from the binary itself (``busybox --list``): a foreign one runs through the
-    host's binfmt_misc emulator, which the aarch64 guest image build needs anyway."""
+
+def busybox_archive(arch: str, name: str, out_path: str) -> str:
+    """Write a docker-save archive of a busybox image for ``arch`` named ``name`` to ``out_path``."""
     with tempfile.TemporaryDirectory() as tmp:
-        busybox = busybox_binary(arch, tmp)
         store = Store(os.path.join(tmp, "store"))
-        with tempfile.TemporaryFile() as tar:
-            default.write_rootfs(tar, busybox, default.applets(busybox), int(os.stat(busybox).st_mtime))
-            tar.seek(0)
-            import_rootfs(store, tar, name, {"Env": [default.DEFAULT_PATH], "Cmd": ["sh"]},
-                          platform={"architecture": arch, "os": "linux", **({"variant": "v8"} if arch == "arm64" else {})})
+        build_busybox(store, arch, name, tmp)
         with open(out_path, "wb") as out:
             archive.save(store, [name], out)
     return out_path
+
+
+def layout_entry(store: Store, image, arch: str) -> dict:
+    """An image of ``store`` in the shape tests/registry/regtest_images.oci_layout takes (to push an index)."""
+    with open(store.blob_path(image.manifest_digest), "rb") as f:
+        manifest = f.read()
+    doc = json.loads(manifest)
+    return {"manifest": manifest, "digest": image.manifest_digest, "config": doc["config"]["digest"],
+            "layers": [layer["digest"] for layer in doc["layers"]], "arch": arch, "variant": VARIANT[arch]}

@@ -180,6 +180,7 @@ class Machine:
                                 "serial_log": str(self.paths.serial_log), "exists": self.paths.dir.is_dir()}
         if config:
             info.update(config.to_dict())
+            info.pop("arch", None)  # shown as guest_arch (the host's for a machine that predates --arch)
         info["shares"] = self.shared_dirs()
         record = self._live_record()
         if record is None:
