@@ -289,3 +289,21 @@ def test_killed_client_leaves_a_container_that_can_be_removed(rn):
         if client.poll() is None:
             client.kill()
         rn("rm", "-f", "contract-orphan")
+
+
+@pytest.mark.aarch64
+def test_image_of_the_other_cpu_architecture_runs_with_platform(rn, tmp_path):
+    """--platform with an image of the other architecture: natively through the host's binfmt_misc emulator
+    (qemu-user-static), in either guest through the one the guest image registers at boot."""
+    from tests.platform_images import UNAME, busybox_archive
+
+    machine = text(rn("run", "--rm", "--network", "none", IMG, "uname", "-m")).strip()
+    foreign = "arm64" if machine == "x86_64" else "amd64"
+    name = f"localhost/contract-busybox-{foreign}"
+    p = rn("load", "-i", busybox_archive(foreign, name, str(tmp_path / "image.tar")))
+    assert p.returncode == 0, p.stderr.decode()
+    try:
+        p = rn("run", "--rm", "--network", "none", "--platform", f"linux/{foreign}", name, "uname", "-m")
+        assert (p.returncode, text(p)) == (0, UNAME[foreign] + "\n"), p.stderr.decode()
+    finally:
+        rn("rmi", name)
