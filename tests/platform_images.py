@@ -33,23 +33,24 @@ def busybox_binary(arch: str, directory: str) -> str:
     return default.busybox_from_deb(deb, directory)
 
 
-def build_busybox(store: Store, arch: str, name: str | None, directory: str):
+def build_busybox(store: Store, arch: str, name: str | None, directory: str, label: str | None = None):
     """Store a busybox image for ``arch`` named ``name``; returns the Image. The applet list is read from the
-    binary itself (``busybox --list``): a foreign one runs through the host's binfmt_misc emulator."""
+    binary itself (``busybox --list``): a foreign one runs through the host's binfmt_misc emulator. ``label``:
+    the architecture the config claims instead (an image no emulator of the machine can run)."""
     busybox = busybox_binary(arch, directory)
     with tempfile.TemporaryFile() as tar:
         default.write_rootfs(tar, busybox, default.applets(busybox), int(os.stat(busybox).st_mtime))
         tar.seek(0)
         return import_rootfs(store, tar, name, {"Env": [default.DEFAULT_PATH], "Cmd": ["sh"]},
-                             platform={"architecture": arch, "os": "linux", **({"variant": VARIANT[arch]}
-                                                                               if VARIANT[arch] else {})})
+                             platform={"architecture": label or arch, "os": "linux",
+                                       **({"variant": VARIANT[arch]} if VARIANT[arch] and not label else {})})
 
 
-def busybox_archive(arch: str, name: str, out_path: str) -> str:
+def busybox_archive(arch: str, name: str, out_path: str, label: str | None = None) -> str:
     """Write a docker-save archive of a busybox image for ``arch`` named ``name`` to ``out_path``."""
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(os.path.join(tmp, "store"))
-        build_busybox(store, arch, name, tmp)
+        build_busybox(store, arch, name, tmp, label)
         with open(out_path, "wb") as out:
             archive.save(store, [name], out)
     return out_path

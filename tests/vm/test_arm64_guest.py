@@ -73,6 +73,23 @@ def test_amd64_image_runs_with_platform_and_reports_x86_64(aarch64_machine, amd6
     assert p.returncode == 125 and "not the requested platform linux/arm64/v8" in p.stderr.decode()
 
 
+def test_an_architecture_without_emulator_is_one_clear_error(aarch64_machine, tmp_path):
+    """The guest registers one emulator (amd64): a riscv64 image is refused before anything is created."""
+    rn = aarch64_machine
+    name = "localhost/claims-riscv64"
+    ok(rn("load", "-i", busybox_archive("amd64", name, str(tmp_path / "image.tar"), label="riscv64")))
+    try:
+        p = rn("run", "--name", "riscv", name, "true")
+        assert p.returncode == 125
+        lines = p.stderr.decode().splitlines()
+        assert lines[0] == (f"Error: image {name} is linux/riscv64 and this machine (linux/arm64/v8) cannot run it: "
+                            "no emulator for riscv64 is registered (binfmt_misc)"), lines
+        assert "qemu-user-static" in lines[1]
+        assert "riscv" not in ok(rn("ps", "-a"))
+    finally:
+        rn("rmi", name)
+
+
 @pytest.mark.registry
 def test_multi_arch_pull_chooses_arm64_and_platform_chooses_amd64(aarch64_machine, registry):
     from regtest_images import oci_layout, skopeo_copy
@@ -102,7 +119,8 @@ def test_machine_survives_stop_and_start_with_its_images(aarch64_machine, amd64_
     assert ok(rn("vm", "stop")) == "machine 'default' stopped\n"
     started = ok(rn("vm", "start"))  # no --arch: the machine's own
     assert started.startswith("machine 'default' is running (aarch64, "), started
-    assert json.loads(ok(rn("vm", "status", "--json")))["guest_arch"] == "aarch64"
+    status = json.loads(ok(rn("vm", "status", "--json")))
+    assert (status["guest_arch"], status["boot"]) == ("aarch64", "resume")  # the snapshot fast start
     assert AMD64_IMAGE in ok(rn("images"))
     out = ok(rn("run", "--rm", "--network", "none", "--platform", "linux/amd64", amd64_image, "uname", "-m"))
     assert out == "x86_64\n"
