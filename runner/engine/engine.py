@@ -16,7 +16,7 @@ import signal as signals
 import time
 
 from runner.stdio import Stdio, TermSize
-from runner.engine import DEFAULT_ROOT, logs, network, shim
+from runner.engine import DEFAULT_ROOT, emulation, logs, network, shim
 from runner.engine.bundle import Bundle
 from runner.engine.runtime import security
 from runner.engine.state import CREATED, RUNNING, ContainerRecord, StateStore, now
@@ -152,6 +152,7 @@ class Engine:
         runtime = self.runtime_for(cspec.runtime)  # an unknown runtime or a missing runc fails here
         security.check(cspec)  # a missing --device fails here, before anything exists
         image = self._image(cspec.image)
+        emulation.check(cspec.image, image.config, cspec.platform)  # --platform, and a foreign arch runs here
 
         def make(cid: str, name: str) -> ContainerRecord:
             hostname = cspec.hostname or cid[:12]
