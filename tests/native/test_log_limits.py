@@ -40,7 +40,7 @@ def test_endless_output_stays_under_the_log_limit_and_logs_read_across_rotation(
     cid = proc.stdout.decode().strip()
     try:
         # Rotation has happened several times over: the third file exists and lines past 20000 were written.
-        assert wait_for(lambda: os.path.exists(log_files(root, cid)[0].split('.log')[0] + '.log.2'))
+        assert wait_for(lambda: os.path.exists(os.path.join(root, "containers", cid, "container.log.2")))
         follower = subprocess.Popen([sys.executable, "-m", "runner", "--backend", "native", "logs", "-f", cid],
                                     env=dict(os.environ, RUNNER_ROOT=root, PYTHONPATH=REPO),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
