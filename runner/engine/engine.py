@@ -307,7 +307,11 @@ class Engine:
                  "HostsPath": os.path.join(etc, "hosts"), "LogPath": self.log_path(rec.id)}
         return views.container_inspect(rec, ContainerSpec.from_dict(rec.spec), config, paths)
 
-    def logs(self, ref: str, stdio: Stdio, follow: bool = False, tail: int | None = None) -> None:
+    def logs(self, ref: str, stdio: Stdio, follow: bool = False, tail: int | None = None,
+             since: float | None = None, timestamps: bool = False) -> None:
+        """Write the container's output to ``stdio``. ``since``: only output written at or after this Unix
+        time (Docker's ``--since``); ``timestamps``: each line prefixed with its RFC 3339 time and a space, as
+        ``docker logs -t`` prints it (the log keeps a time per chunk: every line of a chunk gets it)."""
         rec = self._record(ref)
         cid = rec.id
 
@@ -318,17 +322,28 @@ class Engine:
 
         path = self.log_path(cid)
         sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr}
+
+        def frames(follow_fn=None):
+            for frame in logs.read_frames(path, follow_fn):
+                if since is None or frame[1] >= since:
+                    yield frame
+
+        def emit(stream: int, ts: float, data: bytes) -> None:
+            if timestamps:
+                data = logs.with_timestamps(ts, data)
+            logs.write_all(sinks.get(stream, stdio.stdout), data)
+
         if tail is not None and tail >= 0 and not follow:  # one pass: the log may rotate meanwhile
             import collections
-            for stream, _, data in collections.deque(logs.read_frames(path), maxlen=tail):
-                logs.write_all(sinks.get(stream, stdio.stdout), data)
+            for frame in collections.deque(frames(), maxlen=tail):
+                emit(*frame)
             return
         skip = 0
         if tail is not None and tail >= 0:  # like Docker's --tail, counted in output chunks as written
-            skip = max(0, sum(1 for _ in logs.read_frames(path)) - tail)
-        for i, (stream, _, data) in enumerate(logs.read_frames(path, running if follow else None)):
+            skip = max(0, sum(1 for _ in frames()) - tail)
+        for i, frame in enumerate(frames(running if follow else None)):
             if i >= skip:
-                logs.write_all(sinks.get(stream, stdio.stdout), data)
+                emit(*frame)
 
     # ------------------------------------------------------------------ networks (runner.engine.network)
     def port(self, ref: str) -> dict:

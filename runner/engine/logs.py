@@ -197,6 +197,12 @@ def read_frames(path: str, follow: Callable[[], bool] | None = None,
             f.close()
 
 
+def with_timestamps(ts: float, data: bytes) -> bytes:
+    """Every line of ``data`` prefixed with ``ts`` as RFC 3339 with nanoseconds and a space (``logs -t``)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)).encode() + b".%09dZ " % int(ts % 1 * 1e9)
+    return b"".join(stamp + line for line in data.splitlines(keepends=True))
+
+
 def _copy_until_eof(src: int, dst: int) -> None:
     try:
         while data := os.read(src, 65536):
