@@ -162,7 +162,8 @@ class ContainerSpec(Record):
 
     _fields = ("image", "command", "entrypoint", "env", "workdir", "user", "name", "hostname", "tty",
                "interactive", "mounts", "ports", "publish_all", "network", "limits", "read_only", "auto_remove",
-               "labels", "runtime", "cap_add", "cap_drop", "privileged", "security_opt", "devices", "log_opts")
+               "labels", "runtime", "cap_add", "cap_drop", "privileged", "security_opt", "devices", "log_opts",
+               "aliases")
 
     def __init__(self, image: str, command: list[str] | None = None, entrypoint: list[str] | None = None,
                  env: list[str] = _NEW, workdir: str | None = None, user: str | None = None,
@@ -172,7 +173,7 @@ class ContainerSpec(Record):
                  read_only: bool = False, auto_remove: bool = False, labels: dict[str, str] = _NEW,
                  runtime: str | None = None, cap_add: list[str] = _NEW, cap_drop: list[str] = _NEW,
                  privileged: bool = False, security_opt: list[str] = _NEW, devices: list[str] = _NEW,
-                 log_opts: dict[str, str] = _NEW):
+                 log_opts: dict[str, str] = _NEW, aliases: list[str] = _NEW):
         self.image, self.command, self.entrypoint = image, command, entrypoint
         self.env = [] if env is _NEW else env
         self.workdir, self.user, self.name, self.hostname = workdir, user, name, hostname
@@ -192,6 +193,8 @@ class ContainerSpec(Record):
         self.security_opt = [] if security_opt is _NEW else security_opt
         self.devices = [] if devices is _NEW else devices
         self.log_opts = {} if log_opts is _NEW else log_opts
+        # More names peers on a user network know this container by (--network-alias, EndpointConfig.Aliases).
+        self.aliases = [] if aliases is _NEW else aliases
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -234,6 +237,9 @@ class ContainerSpec(Record):
             problems.append(f"invalid container name {self.name!r}: use letters, digits, '_', '.', '-'")
         if self.hostname is not None and not _HOSTNAME_RE.match(self.hostname):
             problems.append(f"invalid hostname {self.hostname!r}")
+        for alias in self.aliases:
+            if not isinstance(alias, str) or not _HOSTNAME_RE.match(alias):
+                problems.append(f"invalid network alias {alias!r}")
         if self.user is not None and not re.match(r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$", self.user):
             problems.append(f"invalid user {self.user!r}: use uid[:gid] or name[:group]")
         if self.network not in NETWORK_MODES and not _NETWORK_NAME_RE.match(str(self.network)):

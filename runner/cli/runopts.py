@@ -59,6 +59,7 @@ CREATE_OPTIONS = (
     Opt("security_opt", ("--security-opt",), MULTI,
         "seccomp=unconfined|<profile.json>, no-new-privileges[=true|false]"),
     Opt("device", ("--device",), MULTI, "add a host device: /dev/x[:/dev/y][:rwm]"),
+    Opt("network_alias", ("--network-alias",), MULTI, "another name containers on the same network reach it by"),
 )
 RUN_ONLY = (Opt("detach", ("-d", "--detach"), FLAG, "run in the background and print the id"),)
 RUN_OPTIONS = RUN_ONLY + CREATE_OPTIONS
@@ -107,7 +108,7 @@ def read_security_opts(items: list[str]) -> list[str]:
 def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, name, hostname, entrypoint,
                memory, cpus, pids_limit, volume, read_only, network, tty, interactive, rm, publish=(),
                publish_all=False, label=(), runtime=None, cap_add=(), cap_drop=(), privileged=False,
-               security_opt=(), device=(), log_opt=(), **_ignored) -> dict:
+               security_opt=(), device=(), log_opt=(), network_alias=(), **_ignored) -> dict:
     """The validated ContainerSpec (as a dict) for these option values."""
     from runner.spec import ContainerSpec, Limits, Mount, PortMapping, parse_size
     labels = {}
@@ -130,7 +131,7 @@ def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, 
                       pids=pids_limit if pids_limit is None or pids_limit > 0 else None),  # docker: <= 0 is unlimited
         read_only=read_only, auto_remove=rm, labels=labels, runtime=runtime, cap_add=list(cap_add),
         cap_drop=list(cap_drop), privileged=privileged, security_opt=read_security_opts(list(security_opt)),
-        devices=list(device), log_opts=log_opts)
+        devices=list(device), log_opts=log_opts, aliases=list(network_alias))
     return spec.validate().to_dict()
 
 

@@ -501,6 +501,7 @@ class Networks:
             else:
                 raise Conflict(f'network {record["Name"]} has no free address left ({net})')
             leases[str(addr)] = {"Id": rec.id, "Name": rec.name, "Hostname": hostname,
+                                 "Aliases": list(rec.spec.get("aliases") or []),
                                  "Shim": [os.getpid(), proc_start_time(os.getpid())]}
             self._save_leases(record["Name"], leases)
             self._write_hosts(record, leases)
@@ -520,7 +521,7 @@ class Networks:
     def _write_hosts(self, record: dict, leases: dict) -> None:
         """Rewrite the hosts file of every container on the network (only its own entry on ``bridge``)."""
         def names(lease: dict) -> list[str]:
-            return list(dict.fromkeys([lease["Name"], lease["Hostname"]]))
+            return list(dict.fromkeys([lease["Name"], lease["Hostname"], *lease.get("Aliases", [])]))
 
         peers = [] if record["Name"] == DEFAULT_NETWORK else \
             [(ip, names(lease)) for ip, lease in sorted(leases.items(), key=lambda kv: ipaddress.ip_address(kv[0]))]

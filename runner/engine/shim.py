@@ -295,6 +295,7 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             rec.finished_at = None
             rec.extra["network"] = net.settings
             rec.extra["boot_id"] = boot_id()
+        engine.journal_container("start", rec)
         net.serve()
     except (RunnerError, OSError) as exc:
         if work.pid is not None:  # the workload runs, but its bookkeeping failed: it must not live on unwatched
@@ -330,7 +331,9 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         # still reaches an attached caller, and a --rm container is still removed.
         if not is_full(exc):
             raise
+    engine.journal_container("die", rec, exitCode=str(code))
     if auto_remove:
         engine.remove_container_files(cid, background=True)
+        engine.journal_container("destroy", rec)
     _send(sync, {"exited": code})
     return code
