@@ -35,7 +35,8 @@ def create(req) -> None:
     name = req.arg("name")
     if name is not None and name.startswith("/"):
         name = name[1:]
-    spec = container_spec(req.json(), name)
+    body = req.json()
+    spec = container_spec(body, name)
     try:
         cid = req.backend.create(spec)
     except ImageNotFound as exc:
@@ -48,7 +49,17 @@ def create(req) -> None:
             owner = req.backend.inspect(name)["Id"]
         raise ApiError(409, f'Conflict. The container name "/{name}" is already in use by container "{owner}". '
                             "You have to remove (or rename) that container to be able to reuse that name.") from exc
+    size = console_size((body.get("HostConfig") or {}).get("ConsoleSize"))
+    if size is not None and spec["tty"]:
+        monitor_of(req).console_sizes[cid] = size  # API 1.42+: the terminal's size from its first moment
     req.reply({"Id": cid, "Warnings": []}, 201)
+
+
+def console_size(value) -> TermSize | None:
+    """``ConsoleSize`` [rows, cols] (API 1.42+), or None when absent or zero."""
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and 0 < v <= 65535 for v in value):
+        return TermSize(value[0], value[1])
+    return None
 
 
 def start_container(req, cid: str) -> None:
@@ -57,8 +68,9 @@ def start_container(req, cid: str) -> None:
     mon = monitor_of(req)
     session = mon.take_pending(cid)
     stdio = session.stdio() if session is not None else mon.null_stdio()
+    size = mon.console_sizes.pop(cid, None)
     try:
-        handle = req.backend.start(cid, stdio)
+        handle = req.backend.start(cid, stdio, size)
     except BaseException:
         if session is not None:
             session.close()

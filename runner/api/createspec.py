@@ -90,7 +90,19 @@ def container_spec(body: dict, name: str | None) -> dict:
         "security_opt": _str_list(host.get("SecurityOpt"), "SecurityOpt") or [],
         "devices": _devices(host), "log_opts": _log_opts(host),
     }
+    aliases = _aliases(body, spec["network"])
+    if aliases:
+        spec["aliases"] = aliases
     return spec
+
+
+def _aliases(body: dict, network: str) -> list[str]:
+    """``NetworkingConfig.EndpointsConfig[<network>].Aliases``: more names the container answers to there."""
+    endpoints = _dict(_dict(body, "NetworkingConfig"), "EndpointsConfig")
+    config = endpoints.get(network) or endpoints.get("default" if network == "bridge" else network) or {}
+    if not isinstance(config, dict):
+        raise UsageError("NetworkingConfig.EndpointsConfig entries must be objects")
+    return _str_list(config.get("Aliases"), "Aliases") or []
 
 
 def _refuse_unsupported(body: dict, host: dict) -> None:

@@ -12,7 +12,7 @@ import os
 import threading
 
 from runner.api.attach import AttachSession
-from runner.api.containers import inspect, term_size
+from runner.api.containers import console_size, inspect, term_size
 from runner.api.http import ApiError
 from runner.api.monitor import monitor_of
 from runner.api.router import route
@@ -92,7 +92,7 @@ def start(req) -> None:
         if inst.started:
             raise ApiError(409, f"Exec {inst.id} has already started")
         inst.started = True
-    size = _console_size(body.get("ConsoleSize"))
+    size = console_size(body.get("ConsoleSize"))
     if body.get("Detach"):
         _run(req, inst, monitor_of(req).null_stdio(), None, size)
         req.reply_empty(200)
@@ -108,13 +108,6 @@ def start(req) -> None:
     req.hijack(attach_content_type(req.version, tty))
     session.bind()
     session.pump()
-
-
-def _console_size(value) -> TermSize | None:
-    """``ConsoleSize`` [rows, cols] (API 1.42+): the terminal's size from the first moment."""
-    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and 0 < v <= 65535 for v in value):
-        return TermSize(value[0], value[1])
-    return None
 
 
 def _run(req, inst: ExecInstance, stdio, session, size: TermSize | None) -> None:

@@ -38,6 +38,7 @@ class Monitor:
         self._watched: set[str] = set()
         self._removed: set[str] = set()
         self._devnull: int | None = None
+        self.console_sizes: dict[str, object] = {}  # cid -> TermSize from create's ConsoleSize, for its start
 
     # ---------------------------------------------------------------- attaches waiting for start
     def add_pending(self, cid: str, session) -> None:
