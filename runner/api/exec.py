@@ -8,6 +8,7 @@ stream closed (the docker CLI, docker-py's ``exec_run``) reads the real code, ne
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -16,7 +17,7 @@ from runner.api.containers import console_size, inspect, term_size
 from runner.api.http import ApiError
 from runner.api.monitor import monitor_of
 from runner.api.router import route
-from runner.api.streams import attach_content_type
+from runner.api.streams import STDERR, attach_content_type, frame
 from runner.errors import RunnerError, UsageError
 from runner.spec import ExecSpec
 from runner.stdio import TermSize
@@ -100,12 +101,19 @@ def start(req) -> None:
     tty = inst.spec.tty
     session = AttachSession(req.connection, tty, inst.spec.interactive, inst.attach["stdout"],
                             inst.attach["stderr"])
+    # The 101 goes out before the process starts, as dockerd does it: output sent right behind the headers
+    # can land in the client's header buffer, and docker-py then reads the raw socket past it (lost output).
+    req.hijack(attach_content_type(req.version, tty))
     try:
         _run(req, inst, session.stdio(), session, size)
-    except BaseException:
-        session.discard()  # its pipes only: the connection still carries the error answer
-        raise
-    req.hijack(attach_content_type(req.version, tty))
+    except RunnerError as exc:
+        session.discard()
+        inst.exit_code = exc.exit_code if exc.exit_code in (126, 127) else 126
+        with contextlib.suppress(OSError):  # the answer has begun: the error goes into the stream
+            text = (exc.message + "\n").encode()
+            req.connection.sendall(text if tty else frame(STDERR, text))
+        session.close()
+        return
     session.bind()
     session.pump()
 
