@@ -154,6 +154,11 @@ class AttachSession:
             return
         self._closed = True
         self._bound.set()
+        with self._lock:  # the client is gone: so is the container's stdin (Docker's StdinOnce)
+            if self._in_w is not None:
+                with contextlib.suppress(OSError):
+                    os.close(self._in_w)
+                self._in_w = None
         for name in ("_out_r", "_err_r"):
             fd = getattr(self, name)
             if fd is not None:
