@@ -221,6 +221,11 @@ class AgentClient:
         if call is not None:  # else the call has ended (e.g. output after an abandoned attach): dropped
             call.inbox.put(frame, len(frame.payload))
 
+    @property
+    def failed(self) -> bool:
+        """The connection is lost: every call on it fails; a new one is needed."""
+        return self._failed.is_set()
+
     def close(self) -> None:
         with self._calls_lock:
             if self._error is None:

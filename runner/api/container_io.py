@@ -87,7 +87,9 @@ def wait_for(req, info: dict, condition: str) -> tuple[int, str] | None:
     seen = mon.exits_seen(cid)
     exited = False
     code, error = state["ExitCode"], ""
-    next_check = 0.0
+    if state["Running"]:
+        mon.watch(cid)  # a no-op for a container this server started: it watches those already
+    next_check = time.monotonic() + _CHECK_EVERY  # ``info`` is fresh: no second look at once
     while True:
         if not exited and mon.exits_seen(cid) > seen:
             exited = True

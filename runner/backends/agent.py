@@ -13,6 +13,7 @@ machine and the agent) and what the host adds around the engine's answers.
 
 from __future__ import annotations
 
+import threading
 from typing import IO, Any, Callable
 
 from runner.agent import protocol as P
@@ -34,12 +35,22 @@ class AgentBackend:
     def __init__(self, connect: Callable[[], AgentClient]):
         self._connect = connect
         self._client: AgentClient | None = None
+        self._connect_lock = threading.Lock()
 
     @property
     def client(self) -> AgentClient:
-        if self._client is None:
-            self._client = self._connect()
-        return self._client
+        """The connection, shared by every thread (calls are multiplexed on it). A long-lived caller (``runner
+        serve``) outlives connections: one that was lost (the machine restarted) is replaced on the next call;
+        calls already in flight on it have failed with the loss."""
+        client = self._client
+        if client is None or getattr(client, "failed", False):
+            with self._connect_lock:  # one connect, however many threads call at once
+                if self._client is None or getattr(self._client, "failed", False):
+                    if self._client is not None:
+                        self._client.close()
+                    self._client = self._connect()
+                client = self._client
+        return client
 
     def close(self) -> None:
         if self._client is not None:
