@@ -20,6 +20,8 @@ import time
 import urllib.request
 import uuid
 
+import pytest
+
 from tests.api.conftest import DOCKER
 from tests.helpers import wait_for
 
@@ -63,10 +65,11 @@ def _docker_in_pty(api, args: list[str], rows: int, cols: int, answer: bytes, af
                    timeout: float = 120) -> tuple[int, bytes]:
     """The docker CLI on a new pseudo-terminal of ``rows`` x ``cols``; when ``after`` appears, type ``answer``."""
     env = dict(os.environ, DOCKER_HOST=api.host, DOCKER_CONFIG=os.path.join(api.dir, "docker-config"))
+    binary = DOCKER
     pid, fd = pty.fork()
     if pid == 0:  # the child: the terminal's size is set before the CLI starts and reads it
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-        os.execve(DOCKER, [DOCKER, *args], env)
+        os.execve(binary, [binary, *args], env)
     output, answered = b"", False
     deadline = time.monotonic() + timeout
     try:
@@ -184,3 +187,19 @@ def test_docker_error_texts(api):
         assert proc.returncode == 125 and b"HostConfig.Dns is not supported" in proc.stderr
     finally:
         api.docker("rm", "-f", name)
+
+
+NEWER_DOCKER = "/usr/local/bin/docker"
+
+
+@pytest.mark.skipif(not os.path.exists(NEWER_DOCKER), reason="no newer docker CLI at /usr/local/bin/docker here")
+def test_newer_docker_cli_sizes_the_terminal_from_the_start(api, monkeypatch):
+    """A docker CLI of API 1.42+ sends ConsoleSize with create: the size is there before the first command."""
+    import tests.api.test_containers as this
+    monkeypatch.setattr(this, "DOCKER", NEWER_DOCKER)
+    proc = subprocess.run([NEWER_DOCKER, "run", "--rm", IMAGE, "echo", "new-cli"], capture_output=True, timeout=180,
+                          env=dict(os.environ, DOCKER_HOST=api.host))
+    assert proc.returncode == 0 and proc.stdout == b"new-cli\n", proc.stderr
+    code, output = _docker_in_pty(api, ["run", "-it", "--rm", IMAGE, "sh", "-c", "stty size; exit 5"],
+                                  rows=21, cols=71, answer=b"", after=b"\x00never")
+    assert b"21 71" in output and code == 5, output
