@@ -21,6 +21,16 @@ import threading
 from runner.errors import RunnerError
 
 
+_KEEP = 4096  # exits and removals remembered (a waiter asks within moments; a long-lived server must not grow)
+
+
+def _trim(table: dict) -> None:
+    """Forget the oldest half of ``table`` once it holds more than _KEEP entries."""
+    if len(table) > _KEEP:
+        for key in list(table)[:len(table) // 2]:
+            del table[key]
+
+
 class _Exit:
     __slots__ = ("count", "code", "error")
 
@@ -36,7 +46,7 @@ class Monitor:
         self._handles: dict[str, object] = {}
         self._pending: dict[str, object] = {}  # cid -> AttachSession waiting for start
         self._watched: set[str] = set()
-        self._removed: set[str] = set()
+        self._removed: dict[str, None] = {}  # insertion-ordered, so the oldest are dropped first
         self._devnull: int | None = None
         self.console_sizes: dict[str, object] = {}  # cid -> TermSize from create's ConsoleSize, for its start
 
@@ -90,6 +100,7 @@ class Monitor:
             self._watched.discard(cid)
             ex = self._exits.setdefault(cid, _Exit())
             ex.count, ex.code, ex.error = ex.count + 1, code, error
+            _trim(self._exits)
             self._cond.notify_all()
 
     def handle(self, cid: str):
@@ -131,7 +142,9 @@ class Monitor:
 
     def removed(self, cid: str) -> None:
         with self._cond:
-            self._removed.add(cid)
+            self._removed[cid] = None
+            _trim(self._removed)
+            _trim(self._exits)
             self._cond.notify_all()
 
     def is_removed(self, cid: str) -> bool:
