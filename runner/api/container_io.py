@@ -97,6 +97,7 @@ def wait_for(req, info: dict, condition: str) -> tuple[int, str] | None:
             code = 0 if code is None else code
             if condition != "removed":
                 return code, error
+            next_check = 0.0  # an --rm container is gone by the time its exit is known: look now
         if condition == "removed" and mon.is_removed(cid):
             return code, error
         if time.monotonic() >= next_check:
