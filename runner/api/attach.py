@@ -148,6 +148,11 @@ class AttachSession:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
+    def abandon(self) -> None:
+        """End a session whose pipes were never handed to a process: every fd of ours, and the connection."""
+        self.discard()
+        self.close()
+
     def close(self) -> None:
         """Close the read ends (a writer still running gets EPIPE and drops this sink) and the connection."""
         if self._closed:

@@ -42,8 +42,10 @@ def attach(req) -> None:
     mon.add_pending(cid, session)  # before the 101: the client sends its start the moment it reads that
     req.hijack(content_type)
     if not session.wait_bound():  # the client left before the start
-        mon.drop_pending(cid, session)
-        session.close()
+        if mon.drop_pending(cid, session):
+            session.abandon()
+        else:
+            session.close()  # a start took it meanwhile: the reaper closes the write ends at the exit
         return
     session.pump()
 

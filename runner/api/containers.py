@@ -73,7 +73,7 @@ def start_container(req, cid: str) -> None:
         handle = req.backend.start(cid, stdio, size)
     except BaseException:
         if session is not None:
-            session.close()
+            session.abandon()
         raise
     mon.started(cid, handle, session)
     if session is not None:

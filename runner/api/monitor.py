@@ -56,12 +56,15 @@ class Monitor:
             old = self._pending.get(cid)
             self._pending[cid] = session
         if old is not None:
-            old.close()  # one attach per start, as with a second `docker start -a`: the newest wins
+            old.abandon()  # one attach per start, as with a second `docker start -a`: the newest wins
 
-    def drop_pending(self, cid: str, session) -> None:
+    def drop_pending(self, cid: str, session) -> bool:
+        """Withdraw a pending attach; False if a start took it meanwhile (its pipes are the process's now)."""
         with self._cond:
             if self._pending.get(cid) is session:
                 del self._pending[cid]
+                return True
+            return False
 
     def take_pending(self, cid: str):
         with self._cond:

@@ -99,9 +99,13 @@ def _threads(api) -> int:
     return len(os.listdir(f"/proc/{api.proc.pid}/task"))
 
 
+def _fds(api) -> int:
+    return len(os.listdir(f"/proc/{api.proc.pid}/fd"))
+
+
 def test_client_killed_mid_attach_leaves_no_container_or_thread(api):
     assert api.docker("run", "--rm", IMAGE, "true").returncode == 0  # warm: the server's lazy threads exist
-    baseline = _threads(api)
+    baseline, fds = _threads(api), _fds(api)
     name = f"gone-{uuid.uuid4().hex[:8]}"
     client = subprocess.Popen([DOCKER, "run", "-i", "--rm", "--name", name, IMAGE, "sh", "-c",
                                "echo started; read line; echo never"],
@@ -116,6 +120,20 @@ def test_client_killed_mid_attach_leaves_no_container_or_thread(api):
     # `read` returns, and the container is reaped and (--rm) removed; the attach's threads end.
     wait_for(lambda: api.docker("inspect", name).returncode != 0, 60, "the container to be removed")
     wait_for(lambda: _threads(api) <= baseline, 30, f"the server's threads to return to {baseline}")
+    wait_for(lambda: _fds(api) <= fds, 30, f"the server's open files to return to {fds}")
+    # A client that leaves before the start: its parked attach is withdrawn, nothing is kept open.
+    name = f"never-{uuid.uuid4().hex[:8]}"
+    assert api.docker("create", "--name", name, IMAGE, "true").returncode == 0
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(api.socket)
+        sock.sendall(f"POST /containers/{name}/attach?stream=1&stdout=1 HTTP/1.1\r\nHost: d\r\n"
+                     "Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n".encode())
+        assert _read_head(sock)[0] == 101
+        sock.close()
+        wait_for(lambda: _threads(api) <= baseline and _fds(api) <= fds, 30, "the parked attach to be withdrawn")
+    finally:
+        api.docker("rm", "-f", name)
 
 
 def test_twenty_clients_at_once(api):
