@@ -107,7 +107,11 @@ def wait_for(req, info: dict, condition: str) -> tuple[int, str] | None:
             try:
                 now = req.backend.inspect(cid)
             except NotFound:
-                if condition == "removed" or exited:
+                if exited:
+                    return code, error
+                if mon.tracking(cid):
+                    continue  # removed (--rm) the moment it exited: its handle brings the code
+                if condition == "removed":
                     return code, error
                 return code, "the container was removed before its exit code was read"
             if now["State"]["Running"]:

@@ -106,6 +106,11 @@ class Monitor:
             _trim(self._exits)
             self._cond.notify_all()
 
+    def tracking(self, cid: str) -> bool:
+        """Whether a thread of this server waits for the container's exit (it will be recorded)."""
+        with self._cond:
+            return cid in self._watched
+
     def handle(self, cid: str):
         with self._cond:
             return self._handles.get(cid)
