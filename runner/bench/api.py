@@ -29,6 +29,9 @@ from runner.bench.suite import RunFailed, Sample, measure_interleaved
 IMAGE = "localhost/busybox"
 DOCKER = "/usr/bin/docker" if os.path.exists("/usr/bin/docker") else "docker"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# runner's host dependencies (typer, ...) live in the checkout's venv: the script may run under another python3
+PYTHON = os.path.join(ROOT, ".venv", "bin", "python") if os.path.exists(os.path.join(ROOT, ".venv", "bin",
+                                                                                      "python")) else sys.executable
 
 
 def _timed(argv: list[str], env: dict) -> Callable[[], Sample]:
@@ -95,7 +98,8 @@ class Server:
         while True:
             if self.proc.poll() is not None:
                 self.stop()
-                raise RuntimeError(f"{argv[0]} exited: see {log}")
+                with open(log, errors="replace") as f:
+                    raise RuntimeError(f"{argv[0]} exited: {f.read()[-600:]}")
             with contextlib.suppress(OSError, http.client.HTTPException):
                 if os.path.exists(sock) and request(sock, "GET", "/_ping")[0] == 200:
                     return
@@ -129,7 +133,7 @@ class Bench:
         return os.path.join(self.dir, name)
 
     def runner(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "runner", *args]
+        return [PYTHON, "-m", "runner", *args]
 
     def docker(self, sock: str, *args: str) -> list[str]:
         return [DOCKER, "-H", f"unix://{sock}", *args]
