@@ -69,9 +69,11 @@ def start_container(req, cid: str) -> None:
     session = mon.take_pending(cid)
     stdio = session.stdio() if session is not None else mon.null_stdio()
     size = mon.console_sizes.pop(cid, None)
+    mon.starting(cid)
     try:
         handle = req.backend.start(cid, stdio, size)
     except BaseException:
+        mon.start_failed(cid)
         if session is not None:
             session.abandon()
         raise

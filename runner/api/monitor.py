@@ -78,6 +78,17 @@ class Monitor:
             self._devnull = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
         return Stdio(None, self._devnull, self._devnull)
 
+    def starting(self, cid: str) -> None:
+        """A start of ``cid`` by this server is under way: its handle will bring the exit, so nobody else
+        needs to watch it (a waiter that sees it running before the start returned must not)."""
+        with self._cond:
+            self._watched.add(cid)
+
+    def start_failed(self, cid: str) -> None:
+        with self._cond:
+            if cid not in self._handles:
+                self._watched.discard(cid)
+
     def started(self, cid: str, handle, session=None) -> None:
         """``handle`` runs container ``cid``; a thread waits for its exit (and then ends ``session``)."""
         with self._cond:
@@ -95,12 +106,13 @@ class Monitor:
         finally:
             if session is not None:
                 session.writers_done()
-            self._record_exit(cid, code, error)
+            self._record_exit(cid, code, error, handle)
 
-    def _record_exit(self, cid: str, code: int | None, error: str = "") -> None:
+    def _record_exit(self, cid: str, code: int | None, error: str = "", handle=None) -> None:
         with self._cond:
-            self._handles.pop(cid, None)
-            self._watched.discard(cid)
+            if self._handles.get(cid) is handle:  # not a newer start's (restart)
+                self._handles.pop(cid, None)
+                self._watched.discard(cid)
             ex = self._exits.setdefault(cid, _Exit())
             ex.count, ex.code, ex.error = ex.count + 1, code, error
             _trim(self._exits)

@@ -203,3 +203,20 @@ def test_newer_docker_cli_sizes_the_terminal_from_the_start(api, monkeypatch):
     code, output = _docker_in_pty(api, ["run", "-it", "--rm", IMAGE, "sh", "-c", "stty size; exit 5"],
                                   rows=21, cols=71, answer=b"", after=b"\x00never")
     assert b"21 71" in output and code == 5, output
+
+
+def test_restart_kill_and_wait(api):
+    name = _name("rs")
+    _ok(api.docker("run", "-d", "--name", name, IMAGE, "sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"))
+    try:
+        first = _ok(api.docker("inspect", "-f", "{{.State.StartedAt}}", name))
+        _ok(api.docker("restart", "-t", "5", name))
+        assert _ok(api.docker("inspect", "-f", "{{.State.Running}} {{.State.StartedAt}}", name)) != f"true {first}"
+        assert _ok(api.docker("inspect", "-f", "{{.State.Running}}", name)) == "true\n"
+        _ok(api.docker("kill", "-s", "KILL", name))
+        assert _ok(api.docker("wait", name)) == "137\n"
+        proc = api.docker("kill", name)
+        assert proc.returncode != 0 and b"is not running" in proc.stderr
+        assert api.docker("stop", name).returncode == 0  # 304: already stopped, still a success for the CLI
+    finally:
+        api.docker("rm", "-f", name)
