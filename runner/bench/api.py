@@ -128,6 +128,11 @@ class Bench:
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)  # runner's own CLI as users run it: with bytecode
         self.env.pop("DOCKER_HOST", None)
         self.servers: list[Server] = []
+        # --vm: a machine of this run's own (RUNNER_VM_STATE_DIR), never someone else's; an existing one is
+        # used when the caller names its state directory.
+        self.own_machine = vm and not os.environ.get("RUNNER_VM_STATE_DIR")
+        if self.own_machine:
+            self.env["RUNNER_VM_STATE_DIR"] = self.path("vm-state")
 
     def path(self, name: str) -> str:
         return os.path.join(self.dir, name)
@@ -181,6 +186,10 @@ class Bench:
         finally:
             for server in reversed(self.servers):
                 server.stop()
+            if self.own_machine:  # the machine this run booted in its private state directory
+                for args in (("vm", "stop"), ("vm", "rm", "-f")):
+                    subprocess.run(self.runner("--backend", "vm", *args), env=self.env, capture_output=True,
+                                   timeout=180)
             shutil.rmtree(self.dir, ignore_errors=True)
         return results
 
