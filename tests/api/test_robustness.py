@@ -105,22 +105,25 @@ def _fds(api) -> int:
 
 def test_client_killed_mid_attach_leaves_no_container_or_thread(api):
     assert api.docker("run", "--rm", IMAGE, "true").returncode == 0  # warm: the server's lazy threads exist
-    baseline, fds = _threads(api), _fds(api)
-    name = f"gone-{uuid.uuid4().hex[:8]}"
-    client = subprocess.Popen([DOCKER, "run", "-i", "--rm", "--name", name, IMAGE, "sh", "-c",
-                               "echo started; read line; echo never"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
-                              env=dict(os.environ, DOCKER_HOST=api.host))
-    try:
-        assert client.stdout.readline() == b"started\n"
-    finally:
-        client.kill()  # SIGKILL: no goodbye to the server
-        client.wait()
-    # The container blocked reading the client's stdin: the client gone, its stdin ends (Docker's StdinOnce),
-    # `read` returns, and the container is reaped and (--rm) removed; the attach's threads end.
-    wait_for(lambda: api.docker("inspect", name).returncode != 0, 60, "the container to be removed")
-    wait_for(lambda: _threads(api) <= baseline, 30, f"the server's threads to return to {baseline}")
-    wait_for(lambda: _fds(api) <= fds, 30, f"the server's open files to return to {fds}")
+    # Through the VM the agent connection may start its one background reader thread (kept for the
+    # connection's life, by design) during the scenario: one thread more is no leak; repeating is the proof.
+    baseline, fds = _threads(api) + (1 if api.backend == "vm" else 0), _fds(api)
+    for attempt in range(2):  # twice: whatever one abandoned attach kept would add up
+        name = f"gone-{uuid.uuid4().hex[:8]}"
+        client = subprocess.Popen([DOCKER, "run", "-i", "--rm", "--name", name, IMAGE, "sh", "-c",
+                                   "echo started; read line; echo never"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.PIPE,
+                                  env=dict(os.environ, DOCKER_HOST=api.host))
+        try:
+            assert client.stdout.readline() == b"started\n"
+        finally:
+            client.kill()  # SIGKILL: no goodbye to the server
+            client.wait()
+        # The container blocked reading the client's stdin: the client gone, its stdin ends (Docker's
+        # StdinOnce), `read` returns, and the container is reaped and (--rm) removed; the attach's threads end.
+        wait_for(lambda: api.docker("inspect", name).returncode != 0, 60, "the container to be removed")
+        wait_for(lambda: _threads(api) <= baseline, 30, f"the server's threads to return to {baseline}")
+        wait_for(lambda: _fds(api) <= fds, 30, f"the server's open files to return to {fds}")
     # A client that leaves before the start: its parked attach is withdrawn, nothing is kept open.
     name = f"never-{uuid.uuid4().hex[:8]}"
     assert api.docker("create", "--name", name, IMAGE, "true").returncode == 0
