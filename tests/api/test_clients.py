@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import urllib.request
 import uuid
 
@@ -33,6 +34,10 @@ def test_docker_py_detached_container_logs_exec_stop_wait_remove(client):
         wait_for(lambda: b"oops" in ct.logs(), 30, "the container's output in its log")
         assert ct.logs(stdout=True, stderr=False) == b"hello\n"
         assert ct.logs(stdout=False, stderr=True) == b"oops\n"
+        stamped = ct.logs(stdout=True, stderr=False, timestamps=True)
+        assert stamped.endswith(b" hello\n") and stamped[:2] == b"20" and b"T" in stamped.split(b" ")[0]
+        assert ct.logs(since=int(time.time()) + 3600) == b""  # since: only output at or after that time
+        assert ct.logs(since=int(time.time()) - 3600) == b"hello\noops\n"
         result = ct.exec_run(["sh", "-c", "echo in-exec; exit 3"])
         assert result.exit_code == 3 and result.output == b"in-exec\n"
         out, err = ct.exec_run(["sh", "-c", "echo o; echo e >&2"], demux=True).output
