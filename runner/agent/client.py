@@ -222,9 +222,9 @@ class AgentClient:
             call.inbox.put(frame, len(frame.payload))
 
     @property
-    def failed(self) -> bool:
-        """The connection is lost: every call on it fails; a new one is needed."""
-        return self._failed.is_set()
+    def lost(self) -> bool:
+        """The connection failed: every call on it fails; a long-lived caller (the API server) opens another."""
+        return self._error is not None
 
     def close(self) -> None:
         with self._calls_lock:

@@ -57,6 +57,7 @@ def events(req) -> None:
             break
         wait = POLL if until is None else max(0.0, min(POLL, until - time.time() + 0.25))
         if _gone(sock, wait):
+            req._handler.close_connection = True
             return
         batch = backend.events(cursor, until_ns, filters)
     out.close()

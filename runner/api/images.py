@@ -14,6 +14,7 @@ import base64
 import binascii
 import fnmatch
 import json
+import threading
 
 from runner.api import streams
 from runner.api.http import ApiError
@@ -23,21 +24,24 @@ from runner.errors import Conflict, ImageNotFound, RunnerError, UsageError
 
 class LazyStream:
     """A response body that starts (200, chunked) with its first write, so an error before any output is
-    still a plain HTTP error; :meth:`fail` reports a later one in-band as Docker does."""
+    still a plain HTTP error; :meth:`fail` reports a later one in-band as Docker does. Writes are serialised:
+    a pull reports progress from one thread per layer."""
 
     def __init__(self, req, content_type: str = "application/json"):
         self._req = req
         self._type = content_type
         self._out = None
+        self._lock = threading.Lock()
 
     @property
     def started(self) -> bool:
         return self._out is not None
 
     def write(self, data: bytes) -> None:
-        if self._out is None:
-            self._out = self._req.stream(self._type)
-        self._out.write(data)
+        with self._lock:
+            if self._out is None:
+                self._out = self._req.stream(self._type)
+            self._out.write(data)
 
     def event(self, obj: dict) -> None:
         self.write(streams.json_line(obj))
@@ -49,9 +53,10 @@ class LazyStream:
         self.event({"errorDetail": {"message": exc.message}, "error": exc.message})
 
     def close(self) -> None:
-        if self._out is None:
-            self._out = self._req.stream(self._type)
-        self._out.close()
+        with self._lock:
+            if self._out is None:
+                self._out = self._req.stream(self._type)
+            self._out.close()
 
 
 def not_found(ref: str) -> ApiError:
@@ -102,7 +107,7 @@ def _matches(summary: dict, filters: dict[str, list[str]]) -> bool:
         if (value.lower() in ("true", "1")) != (not summary["RepoTags"]):
             return False
     refs = filters.get("reference", [])
-    if refs and not any(_ref_matches(tag, pattern) for tag in summary["RepoTags"] for pattern in refs):
+    if refs and not _matching_tags(summary, refs):
         return False
     labels = summary.get("Labels") or {}
     for want in filters.get("label", []):
@@ -110,6 +115,10 @@ def _matches(summary: dict, filters: dict[str, list[str]]) -> bool:
         if key not in labels or (eq and labels[key] != value):
             return False
     return True
+
+
+def _matching_tags(summary: dict, patterns: list[str]) -> list[str]:
+    return [tag for tag in summary["RepoTags"] if any(_ref_matches(tag, p) for p in patterns)]
 
 
 def _ref_matches(tag: str, pattern: str) -> bool:
@@ -132,7 +141,17 @@ def list_images(req) -> None:
             pivot = _call(ref, req.backend.image_inspect, ref)
             created = {i["Id"]: i["Created"] for i in images}.get(pivot["Id"], 0)
             images = [i for i in images if (i["Created"] < created if key == "before" else i["Created"] > created)]
-    req.reply([i for i in images if _matches(i, filters)])
+    refs = filters.get("reference")
+    req.reply([_only_matching(i, refs) if refs else i for i in images if _matches(i, filters)])
+
+
+def _only_matching(summary: dict, patterns: list[str]) -> dict:
+    """As dockerd: an image listed for a reference filter shows only the names (and their digests) that
+    matched."""
+    tags = _matching_tags(summary, patterns)
+    repos = {t.rsplit(":", 1)[0] for t in tags}
+    return {**summary, "RepoTags": tags,
+            "RepoDigests": [d for d in summary.get("RepoDigests") or [] if d.split("@", 1)[0] in repos]}
 
 
 @route("GET", "/images/{name*}/json")
@@ -151,7 +170,10 @@ def image_history(req) -> None:
 
 def progress_event(event: dict) -> dict:
     """The engine's progress event ``{"id", "status", "current", "total"}`` in Docker's JSON-message shape."""
-    out: dict = {"status": event.get("status", "")}
+    status = event.get("status", "")
+    if not event.get("id") and status.startswith(("Downloaded newer image", "Image is up to date")):
+        status = "Status: " + status  # dockerd's words; runner's CLI adds the prefix when it prints
+    out: dict = {"status": status}
     if "current" in event:
         out["progressDetail"] = {"current": int(event.get("current") or 0), "total": int(event.get("total") or 0)}
     elif event.get("id"):
@@ -273,12 +295,9 @@ def _save(req, refs: list[str]) -> None:
     for ref in refs:
         _call(ref, req.backend.image_inspect, ref)  # 404 before the archive begins
     out = LazyStream(req, "application/x-tar")
-    try:
-        req.backend.save(refs, out)
-    except RunnerError:
-        if not out.started:
-            raise
-        return  # mid-archive: only closing without the final chunk tells the client
+    # An error mid-archive propagates: the server then closes the connection without the final chunk, the
+    # only way left to tell the client its archive is cut short.
+    req.backend.save(refs, out)
     out.close()
 
 

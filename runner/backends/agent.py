@@ -35,17 +35,17 @@ class AgentBackend:
     def __init__(self, connect: Callable[[], AgentClient]):
         self._connect = connect
         self._client: AgentClient | None = None
-        self._connect_lock = threading.Lock()
+        self._connecting = threading.Lock()
 
     @property
     def client(self) -> AgentClient:
-        """The connection, shared by every thread (calls are multiplexed on it). A long-lived caller (``runner
-        serve``) outlives connections: one that was lost (the machine restarted) is replaced on the next call;
-        calls already in flight on it have failed with the loss."""
+        """The one connection, made on first use. Calls from many threads (the API server's) share it: the
+        client multiplexes calls by id; the lock only keeps two first calls from opening two connections. A
+        connection that was lost (the machine restarted) is replaced on the next call."""
         client = self._client
-        if client is None or getattr(client, "failed", False):
-            with self._connect_lock:  # one connect, however many threads call at once
-                if self._client is None or getattr(self._client, "failed", False):
+        if client is None or client.lost:
+            with self._connecting:
+                if self._client is None or self._client.lost:
                     if self._client is not None:
                         self._client.close()
                     self._client = self._connect()

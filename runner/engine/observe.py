@@ -16,8 +16,11 @@ import time
 from runner.engine.runtime import cgroups
 from runner.errors import UsageError
 
-_TICKS = os.sysconf("SC_CLK_TCK")
-_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _ticks() -> int:
+    """Clock ticks per second of /proc's times (looked up when used: os.sysconf is Unix only)."""
+    return os.sysconf("SC_CLK_TCK")
 
 
 def cgroup_path(cid: str) -> str:
@@ -65,9 +68,9 @@ def _ps_ef_row(pid: int, boot: float, now: float, passwd: dict[int, str]) -> lis
     if not cmd:
         with open(f"/proc/{pid}/comm") as f:
             cmd = f"[{f.read().strip()}]"
-    started = boot + start / _TICKS
-    cpu_secs = (utime + stime) // _TICKS
-    pct = int(100 * (utime + stime) / _TICKS / max(now - started, 1e-3))
+    started = boot + start / _ticks()
+    cpu_secs = (utime + stime) // _ticks()
+    pct = int(100 * (utime + stime) / _ticks() / max(now - started, 1e-3))
     stime_text = time.strftime("%H:%M" if now - started < 86400 else "%b%d", time.localtime(started))
     tty = "?" if tty_nr == 0 else f"pts/{os.minor(tty_nr)}"
     return [_uid_name(uid, passwd), str(pid), str(ppid), str(pct), stime_text, tty,
@@ -150,7 +153,7 @@ def _system_usage() -> int:
     """All CPUs' busy+idle time in nanoseconds (Docker's ``system_cpu_usage``, from /proc/stat)."""
     with open("/proc/stat") as f:
         first = f.readline().split()[1:8]
-    return sum(int(x) for x in first) * 1_000_000_000 // _TICKS
+    return sum(int(x) for x in first) * 1_000_000_000 // _ticks()
 
 
 def _cpu_from_procs(task_pids: list[int]) -> int:
@@ -162,7 +165,7 @@ def _cpu_from_procs(task_pids: list[int]) -> int:
             total += int(fields[11]) + int(fields[12])
         except (OSError, ValueError, IndexError):
             continue
-    return total * 1_000_000_000 // _TICKS
+    return total * 1_000_000_000 // _ticks()
 
 
 def _memory(cg: cgroups.Cgroup) -> dict:
@@ -286,8 +289,19 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat_mod.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
+# Mount points runner makes in every container's upper dir (bind-mounted files): Docker makes its own in an
+# "init" layer that diff leaves out, so they are no change of the container's.
+HIDDEN = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
+
+
 def classify(found: list[dict], lowers: list[str]) -> list[dict]:
-    """Fill in Kind 0 (exists in a lower layer: modified) or 1 (added) for the entries :func:`changes` left."""
+    """Fill in Kind 0 (exists in a lower layer: modified) or 1 (added) for the entries :func:`changes` left;
+    the :data:`HIDDEN` mount points go, and so does a directory that held nothing else that changed."""
+    hidden_parents = {p.rsplit("/", 1)[0] for p in HIDDEN}
+    found = [item for item in found if item["Path"] not in HIDDEN]
+    paths = [item["Path"] for item in found]
+    found = [item for item in found if item["Path"] not in hidden_parents
+             or any(p.startswith(item["Path"] + "/") for p in paths)]
     out = []
     for item in found:
         if item["Kind"] is None:

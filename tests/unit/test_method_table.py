@@ -56,6 +56,8 @@ def test_agent_backend_is_generated_for_every_method():
 
 
 class _RecordingClient:
+    lost = False  # a live connection (runner.agent.client.AgentClient.lost)
+
     def __init__(self):
         self.calls = []
 
