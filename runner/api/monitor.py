@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import threading
 
-from runner.errors import RunnerError
+from runner.errors import RunnerError, VMError
 
 
 _KEEP = 4096  # exits and removals remembered (a waiter asks within moments; a long-lived server must not grow)
@@ -101,12 +101,23 @@ class Monitor:
         code, error = None, ""
         try:
             code = handle.wait()
-        except RunnerError as exc:
-            error = exc.message
-        finally:
+        except VMError:
+            # The connection to the machine was lost, not the container: watch it on a new connection.
             if session is not None:
                 session.writers_done()
-            self._record_exit(cid, code, error, handle)
+            with self._cond:
+                if self._handles.get(cid) is handle:
+                    del self._handles[cid]
+                    self._watched.discard(cid)
+            self.watch(cid)
+            return
+        except RunnerError as exc:
+            error = exc.message
+        except Exception as exc:  # a bug: the waiters still hear of the end, the stream still closes
+            error = f"{type(exc).__name__}: {exc}"
+        if session is not None:
+            session.writers_done()
+        self._record_exit(cid, code, error, handle)
 
     def _record_exit(self, cid: str, code: int | None, error: str = "", handle=None) -> None:
         with self._cond:
