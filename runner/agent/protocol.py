@@ -445,6 +445,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _m("ps", list, Param("all", (bool,), False)),
     _m("inspect", dict, _REF),
     _m("logs", _NONE, _REF, _STDIO, Param("follow", (bool,), False), Param("tail", _nullable(int), False),
+       Param("since", _nullable(int, float), False), Param("timestamps", (bool,), False),
        kind=OUTPUT, stdio="required"),
     _m("images", list),
     _m("image_inspect", dict, _REF),

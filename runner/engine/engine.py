@@ -327,7 +327,11 @@ class Engine:
                  "HostsPath": os.path.join(etc, "hosts"), "LogPath": self.log_path(rec.id)}
         return views.container_inspect(rec, ContainerSpec.from_dict(rec.spec), config, paths)
 
-    def logs(self, ref: str, stdio: Stdio, follow: bool = False, tail: int | None = None) -> None:
+    def logs(self, ref: str, stdio: Stdio, follow: bool = False, tail: int | None = None,
+             since: float | None = None, timestamps: bool = False) -> None:
+        """Write the container's output to ``stdio``. ``since``: only output written at or after this Unix
+        time (Docker's ``--since``); ``timestamps``: each line prefixed with its RFC 3339 time and a space, as
+        ``docker logs -t`` prints it (the log keeps a time per chunk: every line of a chunk gets it)."""
         rec = self._record(ref)
         cid = rec.id
 
@@ -338,20 +342,30 @@ class Engine:
 
         path = self.log_path(cid)
         sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr}
+        def frames(follow_fn=None, idle: bool = False):
+            for frame in logs.read_frames(path, follow_fn, idle=idle):
+                if since is None or frame[0] == logs.IDLE or frame[1] >= since:
+                    yield frame
+
+        def emit(stream: int, ts: float, data: bytes) -> None:
+            if timestamps:
+                data = logs.with_timestamps(ts, data)
+            logs.write_all(sinks.get(stream, stdio.stdout), data)
+
         if tail is None or tail < 0:  # everything, as written
-            for stream, _, data in logs.read_frames(path, running if follow else None):
-                logs.write_all(sinks.get(stream, stdio.stdout), data)
+            for frame in frames(running if follow else None):
+                emit(*frame)
             return
         # Docker's --tail counts lines (its log entries), not the chunks the workload's writes happened to be.
         if not follow:  # one pass: the log may rotate meanwhile
             import collections
-            for stream, data in collections.deque(logs.lines(logs.read_frames(path)), maxlen=tail):
-                logs.write_all(sinks.get(stream, stdio.stdout), data)
+            for entry in collections.deque(logs.lines(frames()), maxlen=tail):
+                emit(*entry)
             return
-        skip = max(0, sum(1 for _ in logs.lines(logs.read_frames(path))) - tail)
-        for i, (stream, data) in enumerate(logs.lines(logs.read_frames(path, running, idle=True))):
+        skip = max(0, sum(1 for _ in logs.lines(frames())) - tail)
+        for i, entry in enumerate(logs.lines(frames(running, idle=True))):
             if i >= skip:
-                logs.write_all(sinks.get(stream, stdio.stdout), data)
+                emit(*entry)
 
     # ------------------------------------------------------------------ inspection extras (runner.engine.observe)
     def top(self, ref: str, ps_args: str | None = None) -> dict:

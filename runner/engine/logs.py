@@ -203,7 +203,7 @@ def read_frames(path: str, follow: Callable[[], bool] | None = None,
 
 
 def lines(frames: Iterator[tuple[int, float, bytes]],
-          max_line: int = MAX_LINE) -> Iterator[tuple[int, bytes]]:
+          max_line: int = MAX_LINE) -> Iterator[tuple[int, float, bytes]]:
     """The frames as Docker's json-file driver stores output: one entry per line, per stream.
 
     Why: a frame is whatever one read of the workload's pipe returned, so ``logs --tail N`` counted in
@@ -211,14 +211,15 @@ def lines(frames: Iterator[tuple[int, float, bytes]],
     (a line longer than 16 KiB becomes several entries) and logs a line once it is complete, so an entry's
     order is the order lines were completed; a trailing partial line is an entry of its own at the end, or
     as soon as the reader catches up with a live log (the ``IDLE`` marker), so ``-f`` shows a prompt at once.
+    An entry's time is that of the chunk that completed it (``logs -t``, ``--since``).
     """
-    pending: dict[int, bytes] = {}
-    for stream, _, data in frames:
+    pending: dict[int, tuple[float, bytes]] = {}
+    for stream, ts, data in frames:
         if stream == IDLE:
             for s in list(pending):
-                yield s, pending.pop(s)
+                yield (s, *pending.pop(s))
             continue
-        buf, start = pending.pop(stream, b"") + data, 0
+        buf, start = pending.pop(stream, (ts, b""))[1] + data, 0
         while True:
             nl = buf.find(b"\n", start, start + max_line)
             if nl >= 0:
@@ -227,11 +228,18 @@ def lines(frames: Iterator[tuple[int, float, bytes]],
                 end = start + max_line
             else:
                 break
-            yield stream, buf[start:end]
+            yield stream, ts, buf[start:end]
             start = end
         if start < len(buf):
-            pending[stream] = buf[start:]
-    yield from pending.items()
+            pending[stream] = (ts, buf[start:])
+    for s, (ts, data) in pending.items():
+        yield s, ts, data
+
+
+def with_timestamps(ts: float, data: bytes) -> bytes:
+    """Every line of ``data`` prefixed with ``ts`` as RFC 3339 with nanoseconds and a space (``logs -t``)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)).encode() + b".%09dZ " % int(ts % 1 * 1e9)
+    return b"".join(stamp + line for line in data.splitlines(keepends=True))
 
 
 def _copy_until_eof(src: int, dst: int) -> None:

@@ -125,11 +125,11 @@ def test_lines_split_odd_chunks_per_stream_as_dockers_json_file(tmp_path):
         writer.write(stream, chunk)
     writer.close()
     assert len(frames(path)) == 6
-    assert list(logs.lines(logs.read_frames(path))) == [
+    assert [(s, d) for s, _, d in logs.lines(logs.read_frames(path))] == [
         (1, b"ab\n"), (2, b"E1\n"), (1, b"c\n"), (1, b"d\n"), (1, b"e\n"), (2, b"E2\n"), (1, b"tail-no-newline")]
 
 
 def test_lines_cut_a_long_line_into_dockers_16k_entries_and_flush_a_partial_when_caught_up():
     frames_in = [(1, 0.0, b"x" * 40000 + b"\ny"), (logs.IDLE, 0.0, b""), (1, 0.0, b"z\n")]
-    assert [(s, len(d)) for s, d in logs.lines(iter(frames_in))] == \
+    assert [(s, len(d)) for s, _, d in logs.lines(iter(frames_in))] == \
         [(1, 16384), (1, 16384), (1, 40000 - 2 * 16384 + 1), (1, 1), (1, 2)]
