@@ -131,10 +131,13 @@ def _open_all(path: str, tries: int = 50) -> list:
     if not (a rotation happens once per max-size bytes, so a retry succeeds at once)."""
     for attempt in range(tries):
         opened = []
-        for name in _rotated(path) + [path]:
+        names = _rotated(path)
+        for name in names + [path]:
             with contextlib.suppress(FileNotFoundError):
                 opened.append((name, open(name, "rb")))
-        if attempt + 1 == tries or all(_is(name, f) for name, f in opened):
+        # The listing is checked too: listed mid-rotation (``.1`` already renamed to ``.2``, ``.1`` not yet
+        # there) and opened after it, the set would be ``.2`` and the *new* log, skipping the new ``.1``.
+        if attempt + 1 == tries or (_rotated(path) == names and all(_is(name, f) for name, f in opened)):
             return [f for _, f in opened]
         for _, f in opened:
             f.close()
