@@ -402,6 +402,8 @@ class Engine:
                                hint="remove that container or choose another name")
             with self.state.update(cid) as rec:
                 old, rec.name = rec.name, new_name
+        if os.geteuid() == 0:
+            network.Networks(self).rename(cid, new_name)  # peers on its network know it by the new name
         self.journal_container("rename", rec, oldName="/" + old)
         return old
 

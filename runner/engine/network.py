@@ -518,6 +518,19 @@ class Networks:
                     with contextlib.suppress(NotFound):
                         self._write_hosts(self.get(name), live)
 
+    def rename(self, cid: str, new_name: str) -> None:
+        """A renamed container's leases carry its new name, and its peers' hosts files say so."""
+        with self.lock():
+            for name in self.names():
+                leases = self.leases(name)
+                mine = [lease for lease in leases.values() if lease["Id"] == cid]
+                if mine:
+                    for lease in mine:
+                        lease["Name"] = new_name
+                    self._save_leases(name, leases)
+                    with contextlib.suppress(NotFound):
+                        self._write_hosts(self.get(name), self.live_leases(name))
+
     def _write_hosts(self, record: dict, leases: dict) -> None:
         """Rewrite the hosts file of every container on the network (only its own entry on ``bridge``)."""
         def names(lease: dict) -> list[str]:

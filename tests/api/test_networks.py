@@ -69,9 +69,14 @@ def test_containers_reach_each_other_by_name_and_alias(api, rn):
             assert proc.returncode == 0 and b"hello-from-peer" in proc.stdout, (target, proc.stderr)
         info = json.loads(ok(api.docker("network", "inspect", "apinet2")))[0]
         assert [c["Name"] for c in info["Containers"].values()] == ["apipeer"]
+        ok(api.docker("rename", "apipeer", "apipeer2"))  # its peers know it by the new name at once
+        proc = rn("run", "--rm", "--network", "apinet2", IMG, "wget", "-qO-", "http://apipeer2/")
+        assert proc.returncode == 0 and b"hello-from-peer" in proc.stdout, proc.stderr
+        assert [c["Name"] for c in json.loads(ok(api.docker("network", "inspect", "apinet2")))[0]
+                ["Containers"].values()] == ["apipeer2"]
         # the peer is in use: removing the network is refused until it is gone
         busy = api.docker("network", "rm", "apinet2")
-        assert busy.returncode != 0 and "apipeer" in busy.stderr.decode()
+        assert busy.returncode != 0 and "apipeer2" in busy.stderr.decode()
     finally:
         if peer:
             rn("rm", "-f", peer)
