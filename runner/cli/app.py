@@ -43,9 +43,10 @@ def main_options(
 
 
 def _register() -> None:
-    from runner.cli import containers, images, network, registry, system
+    from runner.cli import build, containers, images, network, registry, system
     from runner.cli.vm import vm_app
     containers.register(app)
+    build.register(app)
     network.register(app)
     images.register(app)
     system.register(app)
