@@ -38,7 +38,19 @@ def build(engine, stream, options: dict, progress) -> str:
             say(f"Removing intermediate container {cid[:12]}\n")
         return code, os.path.join(engine.state.dir(cid), "upper"), done
 
-    return build_image(engine.images_store, stream, options or {}, progress, run, engine._image)
+    def base(ref: str):
+        """A FROM or COPY --from image: the store's, else pulled (anonymously: the engine has no credentials;
+        ``runner pull`` first for a private image), as Docker's builder pulls a missing base image."""
+        from runner.errors import ImageNotFound
+        try:
+            return engine._image(ref)
+        except ImageNotFound:
+            if progress is not None:
+                progress({"stream": f"Pulling {ref} (not in the image store)\n"})
+            engine.pull(ref)
+            return engine._image(ref)
+
+    return build_image(engine.images_store, stream, options or {}, progress, run, base)
 
 
 def _run_attached(engine, cid: str, output) -> int:

@@ -193,8 +193,10 @@ class Builder:
                 if inst.keyword != "ARG":
                     raise _error(inst, "only ARG may come before the first FROM")
                 for key, default in self._arg_pairs(inst, {}):
-                    self.used_args.add(key) if key in self.opts.get("buildargs", {}) else None
-                    self.meta_args[key] = self.opts.get("buildargs", {}).get(key, default)
+                    given = self.opts.get("buildargs", {})
+                    if key in given:
+                        self.used_args.add(key)
+                    self.meta_args[key] = given[key] if given.get(key) is not None else default
             else:
                 self.stages[-1].instructions.append(inst)
 

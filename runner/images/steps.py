@@ -105,7 +105,8 @@ def _arg(b: Builder, stage: Stage, state: State, inst: df.Instruction) -> bool:
             value = b.meta_args[key]  # a global ARG re-declared in the stage: its value comes along
         else:
             value = None  # declared without a value: "$KEY" stays empty, RUN gets no variable
-            b.used_args.add(key) if key in given else None
+            if key in given:
+                b.used_args.add(key)
         if value is not None:
             state.args[key] = value
         else:

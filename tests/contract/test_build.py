@@ -242,3 +242,24 @@ def test_dockerfile_on_stdin_and_save_is_a_valid_oci_archive(rn, images, tmp_pat
                             timeout=60)
     assert json.loads(config.stdout)["config"]["Cmd"] == ["cat", "/f"]
     assert "sha256:" + json.loads(config.stdout)["rootfs"]["diff_ids"][-1].split(":")[1]
+
+
+@pytest.mark.root
+@pytest.mark.registry
+def test_a_missing_base_image_is_pulled(native_driver, registry, ctx):
+    """Natively only: a registry on the host's loopback is reached from the guest through the VM backend's
+    endpoint map, which a build inside the guest does not have (a real registry works on both)."""
+    rn = native_driver
+    ref = f"{registry.host}/build/base:v1"
+    assert rn("tag", IMG, ref).returncode == 0
+    try:
+        assert rn("push", ref).returncode == 0
+        assert rn("rmi", ref).returncode == 0
+        write(ctx, "Dockerfile", f"FROM {ref}\nRUN echo on-pulled > /f\n")
+        p = build(rn, ctx, "-t", "contract-build:pulled")
+        assert p.returncode == 0, p.stderr
+        assert f"Pulling {ref}" in text(p)
+        assert text(rn("run", "--rm", "contract-build:pulled", "cat", "/f")) == "on-pulled\n"
+    finally:
+        rn("rmi", "-f", ref)
+        rn("rmi", "-f", "contract-build:pulled")
