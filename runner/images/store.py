@@ -354,9 +354,10 @@ class Store:
             for layer in image.layers:
                 if not self.has_blob(layer.digest):
                     raise ImageError(f"layer {layer.digest} of image {manifest_digest} is missing from the store")
+            new = manifest_digest not in index["images"]
             entry = index["images"].setdefault(manifest_digest, {"id": image.id, "added": time.time()})
-            if intermediate:
-                entry.setdefault("intermediate", True)
+            if intermediate and new:  # an image the user has already is never hidden again
+                entry["intermediate"] = True
             elif intermediate is False and entry.pop("intermediate", None):
                 entry["added"] = time.time()  # a build's result is new to the user: listed first
             if ref is not None and ref.tag is not None:

@@ -263,3 +263,21 @@ def test_a_missing_base_image_is_pulled(native_driver, registry, ctx):
     finally:
         rn("rmi", "-f", ref)
         rn("rmi", "-f", "contract-build:pulled")
+
+
+def test_dockerfile_from_elsewhere_and_from_stdin_with_a_context(rn, ctx, images, tmp_path):
+    write(ctx, "data.txt", "ctx data\n")
+    write(ctx, "sub/Custom.dockerfile", f"FROM {IMG}\nCOPY data.txt /in-sub\n")
+    outside = tmp_path / "Outside.dockerfile"
+    outside.write_text(f"FROM {IMG}\nCOPY data.txt /outside\n")
+    images.extend(["contract-build:sub", "contract-build:outside", "contract-build:stdin-f"])
+    for args, path in ((["-f", os.path.join(ctx, "sub/Custom.dockerfile"), "-t", "contract-build:sub"], "/in-sub"),
+                       (["-f", str(outside), "-t", "contract-build:outside"], "/outside")):
+        p = build(rn, ctx, *args)
+        assert p.returncode == 0, p.stderr
+        assert text(rn("run", "--rm", args[-1], "cat", path)) == "ctx data\n"
+    p = build(rn, ctx, "-f", "-", "-t", "contract-build:stdin-f", input=f"FROM {IMG}\nCOPY data.txt /stdin\n".encode())
+    assert p.returncode == 0, p.stderr
+    assert text(rn("run", "--rm", "contract-build:stdin-f", "cat", "/stdin")) == "ctx data\n"
+    p = build(rn, ctx, "-f", str(tmp_path / "missing"))
+    assert p.returncode == 125 and "cannot read the Dockerfile" in p.stderr.decode()
