@@ -9,7 +9,6 @@ hash of the sources make the cache key together with the parent image ID; a hit 
 
 from __future__ import annotations
 
-import copy
 import json
 import posixpath
 import re
