@@ -251,6 +251,7 @@ def test_a_missing_base_image_is_pulled(native_driver, registry, ctx):
     endpoint map, which a build inside the guest does not have (a real registry works on both)."""
     rn = native_driver
     ref = f"{registry.host}/build/base:v1"
+    assert rn("run", "--rm", IMG, "true").returncode == 0  # the default image is made on first use
     assert rn("tag", IMG, ref).returncode == 0
     try:
         assert rn("push", ref).returncode == 0
