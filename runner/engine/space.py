@@ -100,7 +100,8 @@ def build_prune(engine) -> dict:
             if not engine._image_in_use(image.id):
                 store.remove(image.id, force=True)
                 deleted.append(image.id)
-    shutil.rmtree(os.path.join(store.root, "build-cache"), ignore_errors=True)
+    for name in ("build-cache", "build-contexts"):  # the cache keys and the unpacked contexts kept for rebuilds
+        shutil.rmtree(os.path.join(store.root, name), ignore_errors=True)
     return {"CachesDeleted": deleted, "SpaceReclaimed": max(0, _free(engine.root) - before)}
 
 

@@ -133,8 +133,8 @@ class Builder:
         self.progress({"step": {"n": self.step, "total": self.total, "text": text, "status": status, **extra}})
 
     # -- the whole build
-    def build(self) -> str:
-        text = self._read_dockerfile()
+    def build(self, text: str) -> str:
+        """Build the Dockerfile ``text`` (its directory is :attr:`context`); returns the image ID."""
         instructions, notes = _parse(text)
         for note in notes:
             self.say(f"[Note] {note}\n")
@@ -158,23 +158,6 @@ class Builder:
             from runner.images.reference import Reference
             self.say(f"Successfully tagged {Reference.parse(tag).familiar}\n")
         return image_id
-
-    def _read_dockerfile(self) -> str:
-        name = self.opts.get("dockerfile", "Dockerfile")
-        path = _inside(self.context, name)
-        try:
-            with open(path, "rb") as f:
-                data = f.read(4 << 20)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
-            raise BuildError(f"Cannot locate specified Dockerfile: {name}",
-                             hint="give its path with -f, or add a Dockerfile to the context") from exc
-        from runner.images.context import DOCKERIGNORE, Ignore
-        ignore = Ignore.read(self.context)
-        for kept in (name, DOCKERIGNORE):  # sent anyway; not part of what COPY sees when .dockerignore says so
-            if ignore.ignored(kept):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self.context, kept))
-        return data.decode("utf-8", "replace")
 
     def _stages(self, instructions: list[df.Instruction]) -> None:
         for inst in instructions:
