@@ -66,6 +66,7 @@ LABEL org.example.name="contract build" version=1
 WORKDIR /app
 COPY --chown=1000:1000 --chmod=750 bin/tool.sh ./tool
 COPY data/ /data/
+COPY data/*.txt data/sub/t?o.txt /globbed/
 ADD archive.tar /unpacked/
 RUN echo "$GREETING" > greeting && rm /bin/vi && mkdir -p /var/x && touch /var/x/y
 RUN ["sh", "-c", "echo exec form >> /app/greeting"]
@@ -101,15 +102,15 @@ CMD ["default-arg"]
     p = build(rn, ctx, "-t", "contract-build:all", "--build-arg", "WHO=runner")
     assert p.returncode == 0, p.stderr
     out = text(p)
-    assert "Step 1/21 : FROM ${BASE} AS base" in out and "Step 21/21 : CMD" in out
+    assert "Step 1/22 : FROM ${BASE} AS base" in out and "Step 22/22 : CMD" in out
     assert "Successfully tagged contract-build:all" in out and "[Note] ignoring the syntax directive" in out
     p = rn("run", "--rm", "contract-build:all")
     assert p.returncode == 0, p.stderr
     assert text(p) == "hello runner\nexec form\nheredoc\ninline runner\nargs: default-arg\n1000\n"
     p = rn("run", "--rm", "--entrypoint", "sh", "contract-build:all", "-c",
-           "stat -c '%a %u %g' /app/tool; ls /data /data/sub /unpacked/from-tar; ls /bin/vi; ls /var/x")
+           "stat -c '%a %u %g' /app/tool; ls /data /data/sub /unpacked/from-tar /globbed; ls /bin/vi; ls /var/x")
     assert text(p).split() == ["750", "1000", "1000", "/data:", "one.txt", "sub", "/data/sub:", "two.txt",
-                               "/unpacked/from-tar:", "file", "y"]
+                               "/globbed:", "one.txt", "two.txt", "/unpacked/from-tar:", "file", "y"]
     assert "No such file" in p.stderr.decode()  # RUN's rm became a whiteout
     config = inspect(rn, "contract-build:all")["Config"]
     assert config["Env"][-2:] == ["GREETING=hello runner", "MODE=test"]
@@ -226,11 +227,13 @@ def test_bad_input_is_refused_with_its_line(rn, ctx):
 
 def test_dockerfile_on_stdin_and_save_is_a_valid_oci_archive(rn, images, tmp_path):
     images.append("contract-build:stdin")
-    p = rn("build", "-q", "-t", "contract-build:stdin", "-",
+    iidfile = tmp_path / "iid"
+    p = rn("build", "-q", "-t", "contract-build:stdin", "--label", "from=stdin", "--iidfile", str(iidfile), "-",
            input=f"FROM {IMG}\nRUN echo from-stdin > /f\nCMD [\"cat\", \"/f\"]\n".encode())
     assert p.returncode == 0, p.stderr
     image_id = text(p).strip()
-    assert image_id.startswith("sha256:") and len(image_id) == 71
+    assert image_id.startswith("sha256:") and len(image_id) == 71 and iidfile.read_text() == image_id
+    assert inspect(rn, "contract-build:stdin")["Config"]["Labels"] == {"from": "stdin"}
     assert text(rn("run", "--rm", "contract-build:stdin")) == "from-stdin\n"
     archive = tmp_path / "built.tar"
     assert rn("save", "-o", str(archive), "contract-build:stdin").returncode == 0
