@@ -162,7 +162,7 @@ class ContainerSpec(Record):
 
     _fields = ("image", "command", "entrypoint", "env", "workdir", "user", "name", "hostname", "tty",
                "interactive", "mounts", "ports", "publish_all", "network", "limits", "read_only", "auto_remove",
-               "labels", "runtime", "cap_add", "cap_drop", "privileged", "security_opt", "devices", "log_opts")
+               "labels", "runtime", "cap_add", "cap_drop", "privileged", "security_opt", "devices", "log_opts", "platform")
 
     def __init__(self, image: str, command: list[str] | None = None, entrypoint: list[str] | None = None,
                  env: list[str] = _NEW, workdir: str | None = None, user: str | None = None,
@@ -172,7 +172,7 @@ class ContainerSpec(Record):
                  read_only: bool = False, auto_remove: bool = False, labels: dict[str, str] = _NEW,
                  runtime: str | None = None, cap_add: list[str] = _NEW, cap_drop: list[str] = _NEW,
                  privileged: bool = False, security_opt: list[str] = _NEW, devices: list[str] = _NEW,
-                 log_opts: dict[str, str] = _NEW):
+                 log_opts: dict[str, str] = _NEW, platform: str | None = None):
         self.image, self.command, self.entrypoint = image, command, entrypoint
         self.env = [] if env is _NEW else env
         self.workdir, self.user, self.name, self.hostname = workdir, user, name, hostname
@@ -192,6 +192,8 @@ class ContainerSpec(Record):
         self.security_opt = [] if security_opt is _NEW else security_opt
         self.devices = [] if devices is _NEW else devices
         self.log_opts = {} if log_opts is _NEW else log_opts
+        # --platform (linux/amd64): the image must be of it; None = whatever the local image is.
+        self.platform = platform
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -247,6 +249,12 @@ class ContainerSpec(Record):
         if self.runtime is not None and self.runtime not in RUNTIMES:
             problems.append(f"unknown or invalid runtime name: {self.runtime}: use {' or '.join(RUNTIMES)}")
         problems.extend(security_problems(self))
+        if self.platform is not None:
+            from runner.images.platform import parse_platform
+            try:
+                parse_platform(self.platform)
+            except UsageError as exc:
+                problems.append(exc.message)
         try:
             log_limits(self.log_opts)
         except UsageError as exc:

@@ -16,7 +16,7 @@ import signal as signals
 import time
 
 from runner.stdio import Stdio, TermSize
-from runner.engine import DEFAULT_ROOT, logs, network, shim
+from runner.engine import DEFAULT_ROOT, emulation, logs, network, shim
 from runner.engine.bundle import Bundle
 from runner.engine.runtime import security
 from runner.engine.state import CREATED, RUNNING, ContainerRecord, StateStore, now
@@ -152,6 +152,7 @@ class Engine:
         runtime = self.runtime_for(cspec.runtime)  # an unknown runtime or a missing runc fails here
         security.check(cspec)  # a missing --device fails here, before anything exists
         image = self._image(cspec.image)
+        emulation.check(cspec.image, image.config, cspec.platform)  # --platform, and a foreign arch runs here
 
         def make(cid: str, name: str) -> ContainerRecord:
             hostname = cspec.hostname or cid[:12]
@@ -318,15 +319,18 @@ class Engine:
 
         path = self.log_path(cid)
         sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr}
-        if tail is not None and tail >= 0 and not follow:  # one pass: the log may rotate meanwhile
-            import collections
-            for stream, _, data in collections.deque(logs.read_frames(path), maxlen=tail):
+        if tail is None or tail < 0:  # everything, as written
+            for stream, _, data in logs.read_frames(path, running if follow else None):
                 logs.write_all(sinks.get(stream, stdio.stdout), data)
             return
-        skip = 0
-        if tail is not None and tail >= 0:  # like Docker's --tail, counted in output chunks as written
-            skip = max(0, sum(1 for _ in logs.read_frames(path)) - tail)
-        for i, (stream, _, data) in enumerate(logs.read_frames(path, running if follow else None)):
+        # Docker's --tail counts lines (its log entries), not the chunks the workload's writes happened to be.
+        if not follow:  # one pass: the log may rotate meanwhile
+            import collections
+            for stream, data in collections.deque(logs.lines(logs.read_frames(path)), maxlen=tail):
+                logs.write_all(sinks.get(stream, stdio.stdout), data)
+            return
+        skip = max(0, sum(1 for _ in logs.lines(logs.read_frames(path))) - tail)
+        for i, (stream, data) in enumerate(logs.lines(logs.read_frames(path, running, idle=True))):
             if i >= skip:
                 logs.write_all(sinks.get(stream, stdio.stdout), data)
 
@@ -382,11 +386,14 @@ class Engine:
 
     @needs_space("removing image {ref}")
     def rmi(self, ref: str, force: bool = False) -> list[str]:
-        return self.images_store.remove(ref, force=force)
+        removed = self.images_store.remove(ref, force=force)
+        self.images_store.sweep_tmp()  # a user freeing space gets a killed writer's leftovers back too
+        return removed
 
     @needs_space("loading images")
     def load(self, stream: IO[bytes]) -> list[str]:
         from runner.images import archive
+        self.images_store.sweep_tmp()  # what a killed load, pull or rmi left goes first
         return archive.load(self.images_store, stream)
 
     @needs_space("saving images")
@@ -400,6 +407,7 @@ class Engine:
     def import_image(self, stream: IO[bytes], name: str, changes: list[str] | None = None) -> str:
         """``changes``: Dockerfile instructions (``--change``), applied by runner.images.dockerfile."""
         from runner.images.rootfs import import_rootfs
+        self.images_store.sweep_tmp()
         return import_rootfs(self.images_store, stream, name, changes=changes or ()).id
 
     @needs_space("building an image")

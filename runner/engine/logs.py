@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 _HEADER = struct.Struct(">BdI")
 STDOUT, STDERR = 1, 2
+IDLE = 0  # not a stream: read_frames(idle=True)'s "caught up" marker
+MAX_LINE = 16 * 1024  # Docker's log copier splits a longer line into entries of this size
 
 
 class LogWriter:
@@ -147,9 +149,10 @@ def _is(name: str, f) -> bool:
 
 
 def read_frames(path: str, follow: Callable[[], bool] | None = None,
-                poll: float = 0.05) -> Iterator[tuple[int, float, bytes]]:
+                poll: float = 0.05, idle: bool = False) -> Iterator[tuple[int, float, bytes]]:
     """Yield (stream, time, data) frames of the log and its rotated files, oldest first; with ``follow``,
-    keep waiting for more while it returns True, across rotations."""
+    keep waiting for more while it returns True, across rotations. With ``idle``, a following reader also
+    yields ``(IDLE, time, b"")`` each time it has caught up and is about to wait (see ``lines``)."""
     files = _open_all(path)
     try:
         while files:
@@ -190,11 +193,45 @@ def read_frames(path: str, follow: Callable[[], bool] | None = None,
                         follow = None
                         continue
                     return
+                if idle:
+                    yield IDLE, time.time(), b""
                 time.sleep(poll)
             files.pop(0).close()
     finally:
         for f in files:
             f.close()
+
+
+def lines(frames: Iterator[tuple[int, float, bytes]],
+          max_line: int = MAX_LINE) -> Iterator[tuple[int, bytes]]:
+    """The frames as Docker's json-file driver stores output: one entry per line, per stream.
+
+    Why: a frame is whatever one read of the workload's pipe returned, so ``logs --tail N`` counted in
+    frames depends on how the workload happened to write. Docker's copier splits each stream at newlines
+    (a line longer than 16 KiB becomes several entries) and logs a line once it is complete, so an entry's
+    order is the order lines were completed; a trailing partial line is an entry of its own at the end, or
+    as soon as the reader catches up with a live log (the ``IDLE`` marker), so ``-f`` shows a prompt at once.
+    """
+    pending: dict[int, bytes] = {}
+    for stream, _, data in frames:
+        if stream == IDLE:
+            for s in list(pending):
+                yield s, pending.pop(s)
+            continue
+        buf, start = pending.pop(stream, b"") + data, 0
+        while True:
+            nl = buf.find(b"\n", start, start + max_line)
+            if nl >= 0:
+                end = nl + 1
+            elif len(buf) - start >= max_line:
+                end = start + max_line
+            else:
+                break
+            yield stream, buf[start:end]
+            start = end
+        if start < len(buf):
+            pending[stream] = buf[start:]
+    yield from pending.items()
 
 
 def _copy_until_eof(src: int, dst: int) -> None:
