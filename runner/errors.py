@@ -13,6 +13,7 @@ Tree::
      ├─ Conflict            name in use, container running, image in use
      ├─ ImageError          malformed or unsafe image data (tar, manifest, digest)
      ├─ RegistryError       registry refused or failed (auth, 404, bad reply)
+     ├─ BuildError (1)      a Dockerfile or its build failed (syntax, a RUN's exit code, a missing source)
      ├─ ContainerStartError the container could not be created
      │    ├─ CommandNotExecutable (126)
      │    └─ CommandNotFound      (127)
@@ -71,6 +72,13 @@ class ImageError(RunnerError):
     """Image data is malformed or unsafe."""
 
 
+class BuildError(RunnerError):
+    """A build failed: the Dockerfile is wrong, a source is missing or a RUN step failed. Exit 1, as docker
+    build's."""
+
+    exit_code = 1
+
+
 class RegistryError(RunnerError):
     """A registry refused the request or replied with something invalid."""
 
@@ -109,5 +117,5 @@ class VMError(RunnerError):
 
 
 _BY_NAME = {cls.__name__: cls for cls in (
-    RunnerError, UsageError, NotFound, ImageNotFound, Conflict, ImageError, RegistryError, ContainerStartError,
+    RunnerError, UsageError, NotFound, ImageNotFound, Conflict, ImageError, RegistryError, BuildError, ContainerStartError,
     CommandNotExecutable, CommandNotFound, PlatformError, NeedsRoot, DiskFullError, VMError)}

@@ -40,10 +40,12 @@ A session, seen from both ends::
                                                           ◄── EXIT n {exit_code}        (ends the call)
     logs:                                                 ◄── DATA n stdout|stderr ... ◄── REPLY n
     load / import:   DATA n blob ... EOF n blob ──►       ◄── REPLY n
+    build:           DATA n blob ... EOF n blob ──►       ◄── PROGRESS n {...} ... (also during the upload)
+                                                          ◄── REPLY n
     save:                                                 ◄── DATA n blob ... EOF n blob ◄── REPLY n
 
 EOF on stdin is the half-close: the container reads end-of-file while its output keeps flowing. A call
-ends with exactly one REPLY (plain, logs, blob and progress calls), ERROR, or EXIT (attached calls, after
+ends with exactly one REPLY (plain, logs, blob, progress and upload-with-progress calls), ERROR, or EXIT (attached calls, after
 their REPLY and their output). Frames for a call that has ended are ignored: the client may still be
 sending stdin when the process exits. A frame that is malformed, too large, of a kind the receiver never
 accepts, or outside the handshake order ends the connection with a :class:`ProtocolError`.
@@ -357,6 +359,9 @@ def parse_reply(frame: Frame) -> tuple[Any, bool]:
 # How a method moves data besides its JSON arguments and result.
 PLAIN, ATTACH, OUTPUT, UPLOAD, DOWNLOAD, PROGRESS_CALL = "plain", "attach", "output", "upload", "download", \
     "progress"
+# An upload whose method reports progress meanwhile (build: the context goes up, the steps' output comes back).
+UPLOAD_PROGRESS = "upload_progress"
+UPLOAD_KINDS = (UPLOAD, UPLOAD_PROGRESS)
 
 def _nullable(*types: type) -> tuple[type, ...]:
     return types + (type(None),)
@@ -460,6 +465,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _m("import_image", str, _STREAM, Param("name", (str,)), Param("changes", _nullable(list), False,
              lambda v: v is None or _str_list(v)),
        kind=UPLOAD),
+    _m("build", str, _STREAM, Param("options", _nullable(dict), False), _PROGRESS, kind=UPLOAD_PROGRESS),
+    _m("build_prune", dict),
     _m("port", dict, _REF),
     _m("network_create", dict, Param("name", (str,)), Param("subnet", _nullable(str), False),
        Param("labels", _nullable(dict), False, lambda v: v is None or (len(v) <= 256 and all(

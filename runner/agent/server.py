@@ -377,7 +377,7 @@ class Call:
         self.id = call_id
         self.req = req
         # stdin (attached calls with stdin) or the uploaded tar (load, import): bytes from the client
-        self.inbox = P.Inbox(INBOX_LIMIT) if req.stdin or req.method.kind == P.UPLOAD else None
+        self.inbox = P.Inbox(INBOX_LIMIT) if req.stdin or req.method.kind in P.UPLOAD_KINDS else None
         self.handle: Any = None
         self._early: list[P.Frame] = []  # RESIZE/SIGNAL that arrived before the process existed
         self._lock = threading.Lock()
@@ -385,7 +385,7 @@ class Call:
     # -- frames from the connection thread
     def frame(self, frame: P.Frame) -> None:
         if frame.kind in (P.DATA, P.EOF):
-            expected = P.BLOB if self.req.method.kind == P.UPLOAD else P.STDIN
+            expected = P.BLOB if self.req.method.kind in P.UPLOAD_KINDS else P.STDIN
             if self.inbox is None or frame.stream != expected:
                 raise P.ProtocolError(f"{P.KIND_NAMES[frame.kind]} on stream {frame.stream} for "
                                       f"{self.req.method.name}")
@@ -457,7 +457,9 @@ class Call:
         kind, args = self.req.method.kind, dict(self.req.args)
         if kind == P.PROGRESS_CALL:
             args["progress"] = self._progress
-        elif kind == P.UPLOAD:
+        elif kind in P.UPLOAD_KINDS:
+            if kind == P.UPLOAD_PROGRESS:
+                args["progress"] = self._progress
             return self._method()(io.BufferedReader(InboxReader(self.inbox), P.CHUNK), **args)
         elif kind == P.DOWNLOAD:
             out = io.BufferedWriter(FrameWriter(self.conn, self.id), P.CHUNK)

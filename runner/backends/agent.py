@@ -114,8 +114,10 @@ class AgentBackend:
 
     def _upload(self, method: str, args: dict, local: dict) -> Any:
         """Send the caller's stream as blob frames, then wait for the reply. An early ERROR (a bad tar header)
-        stops the upload at once instead of after the whole file."""
+        stops the upload at once instead of after the whole file; PROGRESS (a build's) goes to the caller's
+        ``progress`` as it comes, during the upload too."""
         stream: IO[bytes] = local["stream"]
+        progress = local.get("progress")
         client = self.client
         call = client.begin(method, args)
         try:
@@ -124,19 +126,24 @@ class AgentBackend:
                 if early is not None:
                     if early.kind == P.ERROR:
                         raise P.parse_error(early)
+                    if early.kind == P.PROGRESS and P.METHODS[method].kind == P.UPLOAD_PROGRESS:
+                        if progress is not None:
+                            progress(early.json())
+                        continue
                     raise P.ProtocolError(f"unexpected {P.KIND_NAMES[early.kind]} during an upload")
                 data = stream.read(P.CHUNK)
                 if not data:
                     client.send_frame(P.encode(P.EOF, call.id, stream=P.BLOB))
                     break
                 client.send_frame(P.encode(P.DATA, call.id, data, P.BLOB))
-            return client.finish(call)
+            return client.finish(call, progress)
         finally:
             client.end(call)
 
 
 _BY_KIND = {P.PLAIN: AgentBackend._plain, P.PROGRESS_CALL: AgentBackend._plain, P.ATTACH: AgentBackend._attach,
-            P.OUTPUT: AgentBackend._output, P.DOWNLOAD: AgentBackend._download, P.UPLOAD: AgentBackend._upload}
+            P.OUTPUT: AgentBackend._output, P.DOWNLOAD: AgentBackend._download, P.UPLOAD: AgentBackend._upload,
+            P.UPLOAD_PROGRESS: AgentBackend._upload}
 
 
 def _bind(method: P.Method, args: tuple, kwargs: dict) -> tuple[dict, dict]:

@@ -43,10 +43,11 @@ def main_options(
 
 
 def _register() -> None:
-    from runner.cli import containers, images, inspection, network, registry, system
+    from runner.cli import build, containers, images, inspection, network, registry, system
     from runner.cli.vm import vm_app
     containers.register(app)
     inspection.register(app)
+    build.register(app)
     network.register(app)
     images.register(app)
     system.register(app)

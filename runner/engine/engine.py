@@ -572,6 +572,21 @@ class Engine:
         self.journal("image", "import", image_id, {"name": name})
         return image_id
 
+    @needs_space("building an image")
+    def build(self, stream: IO[bytes], options: dict | None = None, progress=None) -> str:
+        """Build an image from a context tar ``stream`` (a Dockerfile inside it) as Docker's classic builder;
+        ``options``: tags, dockerfile, buildargs, target, nocache, labels, network, ... (runner.images.builder
+        check_options); ``progress`` gets Docker's ``POST /build`` JSON events. Returns the image ID."""
+        self._require_root()
+        from runner.engine import build
+        return build.build(self, stream, options or {}, progress)
+
+    def build_prune(self) -> dict:
+        """Forget the build cache: remove the build's intermediate step images nobody named (and the blobs
+        only they used), as ``docker builder prune``; ``{"CachesDeleted": [...], "SpaceReclaimed": bytes}``."""
+        from runner.engine import space
+        return space.build_prune(self)
+
     # ------------------------------------------------------------------ disk space (runner.engine.space)
     def system_df(self) -> dict:
         from runner.engine import space

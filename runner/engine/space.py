@@ -75,7 +75,7 @@ def prune(engine, all_images: bool = False) -> dict:
                     networks.append(name)
     images = []
     store = engine.images_store
-    for img in store.list():
+    for img in store.list(all=True):
         if all_images or not img.names:
             with contextlib.suppress(Conflict, NotFound):
                 if not engine._image_in_use(img.id):
@@ -86,6 +86,23 @@ def prune(engine, all_images: bool = False) -> dict:
         shutil.rmtree(os.path.join(engine.state.trash, name), ignore_errors=True)
     return {"ContainersDeleted": containers, "NetworksDeleted": networks, "ImagesDeleted": images,
             "SpaceReclaimed": max(0, _free(engine.root) - before)}
+
+
+def build_prune(engine) -> dict:
+    """Remove the build cache: intermediate step images nobody named, and the cache keys naming them."""
+    import shutil
+    before = _free(engine.root)
+    store = engine.images_store
+    deleted = []
+    for digest in store.intermediates():
+        with contextlib.suppress(Conflict, NotFound):
+            image = store.resolve(store.read_json(digest)["config"]["digest"])
+            if not engine._image_in_use(image.id):
+                store.remove(image.id, force=True)
+                deleted.append(image.id)
+    for name in ("build-cache", "build-contexts"):  # the cache keys and the unpacked contexts kept for rebuilds
+        shutil.rmtree(os.path.join(store.root, name), ignore_errors=True)
+    return {"CachesDeleted": deleted, "SpaceReclaimed": max(0, _free(engine.root) - before)}
 
 
 def _free(path: str) -> int:

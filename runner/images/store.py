@@ -376,8 +376,11 @@ class Store:
         return index
 
     # -- images ----------------------------------------------------------------------------------
-    def add(self, name: str | None, manifest_digest: str) -> Image:
+    def add(self, name: str | None, manifest_digest: str, intermediate: bool | None = None) -> Image:
         """Record the image whose manifest (and all its blobs) is in the store, under ``name`` if given.
+
+        ``intermediate``: True for a build's step image (kept for the build cache, hidden from ``list``), False
+        to make such an image an ordinary one (the build's result), None to leave it as it is.
 
         A name with a digest (``repo@sha256:...``, e.g. pulled by the digest of a multi-platform index)
         is remembered as a repo digest, so that name resolves to this image later; a name moved to another
@@ -389,7 +392,12 @@ class Store:
             for layer in image.layers:
                 if not self.has_blob(layer.digest):
                     raise ImageError(f"layer {layer.digest} of image {manifest_digest} is missing from the store")
-            index["images"].setdefault(manifest_digest, {"id": image.id, "added": time.time()})
+            new = manifest_digest not in index["images"]
+            entry = index["images"].setdefault(manifest_digest, {"id": image.id, "added": time.time()})
+            if intermediate and new:  # an image the user has already is never hidden again
+                entry["intermediate"] = True
+            elif intermediate is False and entry.pop("intermediate", None):
+                entry["added"] = time.time()  # a build's result is new to the user: listed first
             if ref is not None and ref.tag is not None:
                 index["names"][ref.with_tag(ref.tag).name] = manifest_digest
             if ref is not None and ref.digest is not None:
@@ -408,11 +416,19 @@ class Store:
         index = self._read_index()
         return self._named(index, _find(index, ref))
 
-    def list(self) -> list[Image]:
-        """All images, newest first."""
+    def list(self, all: bool = False) -> list[Image]:
+        """All images, newest first; a build's intermediate step images only with ``all`` (or once named)."""
         index = self._read_index()
         order = sorted(index["images"].items(), key=lambda kv: kv[1].get("added", 0), reverse=True)
-        return [self._named(index, digest) for digest, _ in order]
+        named = set(index["names"].values())
+        return [self._named(index, digest) for digest, entry in order
+                if all or not entry.get("intermediate") or digest in named]
+
+    def intermediates(self) -> list[str]:
+        """The manifest digests of build step images nobody named (what ``builder prune`` removes)."""
+        index = self._read_index()
+        named = set(index["names"].values())
+        return [d for d, e in index["images"].items() if e.get("intermediate") and d not in named]
 
     def remove(self, ref: str, force: bool = False) -> list[str]:
         """Untag ``ref`` and delete the image once no name is left; return Docker-style report lines.

@@ -120,6 +120,17 @@ class FakeEngine:
             raise RunnerError("not a tar archive")
         return ["localhost/x:latest"]
 
+    def build(self, stream, options=None, progress=None) -> str:
+        """Reports progress *while* the context still uploads (first chunk read), then at the end."""
+        first = stream.read(1000)
+        progress({"stream": "Step 1/1 : FROM x\n"})
+        rest = stream.read()
+        self.built = first + rest
+        if options and options.get("fail"):
+            raise RunnerError("step 1/1 failed", hint="its last output lines")
+        progress({"aux": {"ID": "sha256:" + "b" * 64}})
+        return "sha256:" + "b" * 64
+
     def save(self, refs: list[str], stream) -> None:
         for ref in refs:
             stream.write(ref.encode() * 50000)
@@ -429,6 +440,21 @@ def test_logs_progress_upload_and_download(backend, engine):
     with pytest.raises(RunnerError, match="not a tar archive"):
         backend.load(io.BytesIO(b"bad" + b"x" * 2_000_000))
     assert backend.create({"image": "x"}) == "c0ffee"  # the connection survives a failed upload
+
+
+def test_build_uploads_the_context_and_streams_progress_back(backend, engine):
+    """The upload-with-progress kind: PROGRESS frames reach the caller's callback during and after the upload,
+    the context arrives whole, errors arrive unchanged and the connection survives them."""
+    context = os.urandom(3 * P.CHUNK + 123)
+    events = []
+    assert backend.build(io.BytesIO(context), {"tags": ["x"]}, events.append) == "sha256:" + "b" * 64
+    assert engine.built == context
+    assert events == [{"stream": "Step 1/1 : FROM x\n"}, {"aux": {"ID": "sha256:" + "b" * 64}}]
+    with pytest.raises(RunnerError, match="step 1/1 failed") as info:
+        backend.build(io.BytesIO(b"tar"), {"fail": True}, events.append)
+    assert info.value.hint == "its last output lines"
+    assert backend.create({"image": "x"}) == "c0ffee"
+    assert P.METHODS["build"].kind == P.UPLOAD_PROGRESS and P.METHODS["load"].kind == P.UPLOAD
 
 
 def test_connection_loss_fails_pending_calls_and_lets_the_container_run_on(engine):

@@ -374,3 +374,27 @@ def test_load_refuses_unknown_archives(store):
         archive.load(store, rootfs_tar({"hello": b"x"}))
     with pytest.raises(ImageError, match="not a valid tar"):
         archive.load(store, io.BytesIO(b"nope" * 300))
+
+
+def test_intermediate_build_images_are_hidden_until_named(tmp_path):
+    """A build's step images stay in the store for its cache but out of `images`; the result is shown."""
+    import io
+    import tarfile
+
+    from runner.images.rootfs import import_rootfs
+    store = Store(str(tmp_path / "store"))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("f")
+        tar.addfile(info, io.BytesIO(b""))
+    shown = import_rootfs(store, io.BytesIO(buf.getvalue()), None)
+    step = store.add(None, shown.manifest_digest, intermediate=True)  # already known: stays visible
+    assert [i.id for i in store.list()] == [step.id]
+    from runner.images.rootfs import canonical_json
+    manifest = store.read_json(shown.manifest_digest)
+    manifest["annotations"] = {"step": "2"}  # another manifest of the same config: a build step's image
+    other = store.add(None, store.put_bytes(canonical_json(manifest)), intermediate=True)
+    assert [i.manifest_digest for i in store.list()] == [shown.manifest_digest] and len(store.list(all=True)) == 2
+    assert store.intermediates() == [other.manifest_digest]
+    store.add("named:1", other.manifest_digest, intermediate=False)
+    assert len(store.list()) == 2 and store.intermediates() == []

@@ -1,0 +1,77 @@
+"""The engine's side of an image build: RUN steps as real containers of this engine.
+
+runner.images.build knows what a Dockerfile means; what it needs from the engine is exactly two things, given
+here: FROM images resolved as ``run`` resolves them (the offline default image is made on demand), and a
+container per RUN step, created and started through :meth:`Engine.create`/:meth:`Engine.start` like any
+other (namespaces, cgroups, seccomp, the network the build asked for; Docker's default is bridge), with the
+step's command, environment, user and working directory, its output streamed into the build's progress. The
+step's layer is the container's overlay upper directory (runner.engine.bundle), read after it exited; the
+container is removed afterwards in every case, so a failed or interrupted build leaves none behind.
+Linux only, standard library only (runs in the guest).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from runner.stdio import Stdio
+
+
+def build(engine, stream, options: dict, progress) -> str:
+    from runner.images.build import build as build_image
+    network = (options or {}).get("network") or "bridge"
+
+    def run(image_id: str, argv: list[str], env: list[str], user: str | None, workdir: str | None, output, say):
+        spec = {"image": image_id, "command": argv, "entrypoint": [], "env": env, "user": user,
+                "workdir": workdir, "network": network}
+        cid = engine.create(spec)
+        say(f" ---> Running in {cid[:12]}\n")
+        try:
+            code = _run_attached(engine, cid, output)
+        except BaseException:
+            _remove(engine, cid)
+            raise
+
+        def done() -> None:
+            _remove(engine, cid)
+            say(f"Removing intermediate container {cid[:12]}\n")
+        return code, os.path.join(engine.state.dir(cid), "upper"), done
+
+    def base(ref: str):
+        """A FROM or COPY --from image: the store's, else pulled (anonymously: the engine has no credentials;
+        ``runner pull`` first for a private image), as Docker's builder pulls a missing base image."""
+        from runner.errors import ImageNotFound
+        try:
+            return engine._image(ref)
+        except ImageNotFound:
+            if progress is not None:
+                progress({"stream": f"Pulling {ref} (not in the image store)\n"})
+            engine.pull(ref)
+            return engine._image(ref)
+
+    return build_image(engine.images_store, stream, options or {}, progress, run, base)
+
+
+def _run_attached(engine, cid: str, output) -> int:
+    """Start ``cid`` with stdout and stderr on one pipe (the order the step printed them), pass what it
+    prints to ``output`` until it exits; its exit code."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    try:
+        handle = engine.start(cid, Stdio(None, write_fd, write_fd))
+    finally:
+        os.close(write_fd)  # the shim holds its own copy: end-of-file comes when the container is gone
+    try:
+        while True:
+            data = os.read(read_fd, 65536)
+            if not data:
+                break
+            output(data)
+    finally:
+        os.close(read_fd)
+    return handle.wait()
+
+
+def _remove(engine, cid: str) -> None:
+    with contextlib.suppress(Exception):
+        engine.rm(cid, force=True)

@@ -1,0 +1,93 @@
+"""POST /build with real Docker clients: the docker CLI's classic builder (DOCKER_BUILDKIT=0) and docker-py, on
+both backends (the server streams the client's context tar into the native engine or the VM's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import pytest
+
+IMG = "localhost/busybox"
+
+
+@pytest.fixture(params=[pytest.param("native", marks=pytest.mark.root),
+                        pytest.param("vm", marks=pytest.mark.vm)])
+def served(request):
+    """(the Engine API server, the CLI driver of the same engine) of each backend."""
+    return request.getfixturevalue(f"{request.param}_api"), request.getfixturevalue(f"{request.param}_driver")
+
+
+@pytest.fixture
+def ctx(served):
+    path = tempfile.mkdtemp(prefix="runner-api-build-")
+    with open(os.path.join(path, "Dockerfile"), "w") as f:
+        f.write(f"FROM {IMG}\nARG WHO=nobody\nCOPY hello.txt /hello.txt\nRUN echo \"built for $WHO\" >> /hello.txt\n"
+                "CMD [\"cat\", \"/hello.txt\"]\n")
+    with open(os.path.join(path, "hello.txt"), "w") as f:
+        f.write("hello\n")
+    with open(os.path.join(path, "ignored.txt"), "w") as f:
+        f.write("never sent\n")
+    with open(os.path.join(path, ".dockerignore"), "w") as f:
+        f.write("ignored.txt\n")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+    _, rn = served
+    for name in ("api-build:cli", "api-build:py"):
+        rn("rmi", "-f", name)
+    rn("builder", "prune", "-f")
+
+
+def test_docker_cli_classic_build(served, ctx):
+    api, rn = served
+    p = api.docker("build", "--build-arg", "WHO=docker", "-t", "api-build:cli", ctx, env={"DOCKER_BUILDKIT": "0"})
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.decode()
+    assert "Step 1/5 : FROM localhost/busybox" in out and "Successfully tagged api-build:cli" in out
+    run = rn("run", "--rm", "api-build:cli")
+    assert run.stdout.decode() == "hello\nbuilt for docker\n", run.stderr
+    again = api.docker("build", "--build-arg", "WHO=docker", "-t", "api-build:cli", ctx, env={"DOCKER_BUILDKIT": "0"})
+    assert again.returncode == 0 and again.stdout.decode().count("Using cache") == 4, again.stdout
+    quiet = api.docker("build", "-q", "--build-arg", "WHO=docker", ctx, env={"DOCKER_BUILDKIT": "0"})
+    assert quiet.returncode == 0 and quiet.stdout.decode().strip().startswith("sha256:"), quiet.stderr
+    image_id = json.loads(rn("inspect", "api-build:cli").stdout)[0]["Id"]
+    assert quiet.stdout.decode().strip() == image_id
+    assert rn("run", "--rm", "api-build:cli", "ls", "/ignored.txt").returncode != 0
+
+
+def test_failing_build_reports_in_band_and_docker_py_builds(served, ctx):
+    import docker
+    api, rn = served
+    with open(os.path.join(ctx, "Dockerfile"), "a") as f:
+        f.write("RUN echo about to fail; exit 4\n")
+    p = api.docker("build", "-t", "api-build:cli", ctx, env={"DOCKER_BUILDKIT": "0"})
+    assert p.returncode != 0
+    assert "returned a non-zero code: 4" in p.stderr.decode() and "about to fail" in p.stdout.decode()
+    assert rn("ps", "-a", "-q").stdout == b""
+    with open(os.path.join(ctx, "Dockerfile"), "w") as f:
+        f.write(f"FROM {IMG}\nLABEL via=docker-py\nCOPY hello.txt /\n")
+    client = docker.APIClient(base_url=api.host, version="1.41")
+    events = list(client.build(path=ctx, tag="api-build:py", decode=True, labels={"extra": "1"}))
+    ids = [e["aux"]["ID"] for e in events if "aux" in e]
+    assert len(ids) == 1 and not [e for e in events if "error" in e], events
+    assert any("Successfully built" in e.get("stream", "") for e in events)
+    config = json.loads(rn("inspect", "api-build:py").stdout)[0]["Config"]
+    assert config["Labels"] == {"via": "docker-py", "extra": "1"}
+    errors = list(client.build(path=ctx, dockerfile="Missing.dockerfile", decode=True))
+    assert "Cannot locate specified Dockerfile: Missing.dockerfile" in errors[-1]["error"]
+    client.close()
+
+
+def test_buildkit_and_remote_contexts_are_refused_clearly(served, ctx):
+    api, _ = served
+    p = api.docker("build", ctx, env={"DOCKER_BUILDKIT": "1"})
+    assert p.returncode != 0
+    import docker
+    client = docker.APIClient(base_url=api.host, version="1.41")
+    with pytest.raises(docker.errors.APIError, match="remote build contexts are not supported"):
+        list(client.build(path="https://example.invalid/repo.git"))
+    prune = client.prune_builds()
+    assert isinstance(prune["SpaceReclaimed"], int) and isinstance(prune["CachesDeleted"], list)
+    client.close()
