@@ -78,6 +78,13 @@ def test_failing_build_reports_in_band_and_docker_py_builds(served, ctx):
     errors = list(client.build(path=ctx, dockerfile="Missing.dockerfile", decode=True))
     assert "Cannot locate specified Dockerfile: Missing.dockerfile" in errors[-1]["error"]
     client.close()
+    high = docker.DockerClient(base_url=api.host)  # images.build: build, then GET /images/{id}/json
+    try:
+        image, log = high.images.build(path=ctx, tag="api-build:hl")
+        assert "api-build:hl" in image.tags and image.id.startswith("sha256:")
+        assert image.labels["via"] == "docker-py"
+    finally:
+        high.close()
 
 
 def test_buildkit_and_remote_contexts_are_refused_clearly(served, ctx):
