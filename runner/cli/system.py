@@ -13,6 +13,7 @@ def info(fmt: str = typer.Option(None, "--format", help="json for machine-readab
     choice = STATE.choice
     data = {"backend": choice.backend, "backend_reason": choice.reason}
     data.update(STATE.backend.info())
+    data["api_socket"] = _api_socket()
     if isinstance(data.get("machine"), dict):
         from runner.cli.vm import _warn_if_tcg
         _warn_if_tcg(data["machine"])
@@ -26,6 +27,19 @@ def info(fmt: str = typer.Option(None, "--format", help="json for machine-readab
                 print(f"  {k}: {v}")
         else:
             print(f"{key}: {value}")
+
+
+def _api_socket() -> str:
+    """Where `runner serve` listens by default for this user, and whether a server answers there now."""
+    from runner.api.server import Address, default_host
+    from runner.cli.serve import _answers
+    from runner.errors import RunnerError
+    host = default_host()
+    try:
+        serving = _answers(Address(host))
+    except RunnerError:  # a Windows pipe: not served yet
+        serving = False
+    return f"{host} ({'serving' if serving else 'not serving: start it with runner serve -d'})"
 
 
 def version():

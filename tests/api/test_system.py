@@ -152,3 +152,12 @@ def test_detach_writes_a_pidfile_and_docker_env_prints_the_host(tmp_path):
     finally:
         os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not os.path.exists(sock) and not os.path.exists(pidfile), 30, "the detached server to exit")
+
+
+def test_info_reports_whether_the_api_socket_is_served(server, monkeypatch, tmp_path):
+    from runner.api import server as api_server
+    from runner.cli import system
+    monkeypatch.setattr(api_server, "default_host", lambda: server.host)
+    assert system._api_socket() == f"{server.host} (serving)"
+    monkeypatch.setattr(api_server, "default_host", lambda: f"unix://{tmp_path}/none.sock")
+    assert "not serving" in system._api_socket()
