@@ -141,6 +141,9 @@ class AttachSession:
     def discard(self) -> None:
         """Close every pipe but leave the connection alone (the process never started)."""
         self.writers_done()
+        self._close_readers()
+
+    def _close_readers(self) -> None:
         for name in ("_out_r", "_err_r"):
             fd = getattr(self, name)
             if fd is not None:
@@ -164,12 +167,7 @@ class AttachSession:
                 with contextlib.suppress(OSError):
                     os.close(self._in_w)
                 self._in_w = None
-        for name in ("_out_r", "_err_r"):
-            fd = getattr(self, name)
-            if fd is not None:
-                setattr(self, name, None)
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        self._close_readers()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(OSError):
