@@ -2,10 +2,10 @@
 cgroup v2), capabilities, --privileged, --device, and bad security input. Same assertions on both.
 
 Those marked ``aarch64`` also run on an aarch64 guest (the arm64 syscall table: aarch64 has no ``mkdir``, only
-``mkdirat``). Left out there: the scenarios of the syscall probe, a static x86_64 binary built by the host's gcc,
-which on an arm64 guest would run under user-mode emulation and test qemu's syscall translation instead of
-the filter (tests/vm/test_arm64_guest.py checks Seccomp: 2 and a refused unshare with busybox instead), and the
-bad-input and inspect scenarios, which are arch-independent Python."""
+``mkdirat``). The syscall probe is built for the machine's own architecture (the host's gcc, or Debian's
+aarch64 cross gcc for the arm64 guest): an x86_64 probe there would run under user-mode emulation and test
+qemu's syscall translation instead of the filter. Left out on aarch64: the bad-input and inspect scenarios,
+which are arch-independent Python."""
 
 from __future__ import annotations
 
@@ -32,27 +32,41 @@ def sh(rn, script: str, *flags: str):
     return rn("run", "--rm", "--network", "none", *flags, IMG, "sh", "-c", script)
 
 
+# The C compiler that makes a static binary for each machine architecture (scripts/apt-packages.txt).
+COMPILERS = {"x86_64": "gcc", "aarch64": "aarch64-linux-gnu-gcc"}
+
+
 @pytest.fixture(scope="session")
-def probe_tar(tmp_path_factory):
-    """A one-file image: the static syscall probe (tests/contract/syscall_probe.c) as /probe."""
-    if not shutil.which("gcc"):
-        pytest.fail("gcc is needed to build the syscall probe (scripts/apt-packages.txt lists it)")
-    d = tmp_path_factory.mktemp("probe")
-    binary = d / "probe"
-    subprocess.run(["gcc", "-static", "-Os", "-o", str(binary), os.path.join(HERE, "syscall_probe.c")], check=True)
-    tar = d / "probe.tar"
-    with tarfile.open(tar, "w") as t:
-        t.add(binary, arcname="probe")
-        info = tarfile.TarInfo("tmp")
-        info.type, info.mode = tarfile.DIRTYPE, 0o1777
-        t.addfile(info, io.BytesIO())
-    return str(tar)
+def probe_tars(tmp_path_factory):
+    """One-file images per architecture, built on first use: the static syscall probe
+    (tests/contract/syscall_probe.c) as /probe."""
+    built: dict[str, str] = {}
+
+    def get(arch: str) -> str:
+        if arch not in built:
+            cc = COMPILERS[arch] if arch != os.uname().machine else "gcc"
+            if not shutil.which(cc):
+                pytest.fail(f"{cc} is needed to build the syscall probe (scripts/apt-packages.txt lists it)")
+            d = tmp_path_factory.mktemp(f"probe-{arch}")
+            binary = d / "probe"
+            subprocess.run([cc, "-static", "-Os", "-o", str(binary), os.path.join(HERE, "syscall_probe.c")],
+                           check=True)
+            tar = d / "probe.tar"
+            with tarfile.open(tar, "w") as t:
+                t.add(binary, arcname="probe")
+                info = tarfile.TarInfo("tmp")
+                info.type, info.mode = tarfile.DIRTYPE, 0o1777
+                t.addfile(info, io.BytesIO())
+            built[arch] = str(tar)
+        return built[arch]
+    return get
 
 
 @pytest.fixture
-def probe(rn, probe_tar):
+def probe(rn, probe_tars):
     if rn.name not in _IMPORTED:
-        p = rn("import", probe_tar, PROBE)
+        arch = "aarch64" if rn.name == "vm-aarch64" else os.uname().machine
+        p = rn("import", probe_tars(arch), PROBE)
         assert p.returncode == 0, p.stderr.decode()
         _IMPORTED.add(rn.name)
 
@@ -73,6 +87,7 @@ def status_of(rn, *flags: str) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------ seccomp
 
+@pytest.mark.aarch64
 def test_default_container_is_filtered_and_ordinary_programs_work(rn, probe):
     assert status_of(rn)["Seccomp"] == "2"
     got = probe("keyctl", "add_key", "bpf", "unshare_user", "userfaultfd", "personality")
@@ -85,6 +100,7 @@ def test_default_container_is_filtered_and_ordinary_programs_work(rn, probe):
     assert text(p).split() == ["1", "sub", "pinged"]
 
 
+@pytest.mark.aarch64
 def test_syscalls_newer_than_the_profile_are_enosys_known_denied_ones_eperm(rn, probe):
     """runc's ENOSYS stub: a number above every syscall the profile names looks unimplemented (so libc falls
     back to an older call), while a known syscall the profile denies stays EPERM; 1000 is past every table."""
@@ -93,6 +109,7 @@ def test_syscalls_newer_than_the_profile_are_enosys_known_denied_ones_eperm(rn, 
     assert probe("--security-opt", "seccomp=unconfined", "nr:1000") == {"nr:1000": 38}  # the kernel's own
 
 
+@pytest.mark.aarch64
 def test_unconfined_lifts_the_filter(rn, probe):
     assert status_of(rn, "--security-opt", "seccomp=unconfined")["Seccomp"] == "0"
     got = probe("--security-opt", "seccomp=unconfined", "keyctl", "add_key")
