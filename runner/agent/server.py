@@ -116,6 +116,12 @@ def bring_up_default_network(engine: Any, root: str, ready_marker: str) -> None:
             network.Networks(engine).ensure(network.DEFAULT_NETWORK)
         except Exception as exc:  # the first container that needs it will report the problem
             log.warning("could not bring up the default network: %s", exc)
+        try:  # as dockerd at its start: what a restart policy keeps running runs again (runner.engine.restart)
+            started = engine.restore()
+            if started:
+                log.info("restart policies: started %d container(s) again", len(started))
+        except Exception as exc:
+            log.warning("could not restore containers with restart policies: %s", exc)
 
     threading.Thread(target=run, name="default-network", daemon=True).start()
 

@@ -43,10 +43,11 @@ def main_options(
 
 
 def _register() -> None:
-    from runner.cli import containers, images, network, registry, system
+    from runner.cli import containers, images, network, registry, system, volume
     from runner.cli.vm import vm_app
     containers.register(app)
     network.register(app)
+    volume.register(app)
     images.register(app)
     system.register(app)
     registry.register(app)

@@ -395,7 +395,7 @@ class Networks:
         return {ip: lease for ip, lease in self.leases(name).items() if not self._stale(lease)}
 
     # -- networks
-    def create(self, name: str, subnet: str | None = None) -> dict:
+    def create(self, name: str, subnet: str | None = None, labels: dict | None = None) -> dict:
         if not valid_name(name):
             raise UsageError(f"invalid network name {name!r}",
                              hint="use letters, digits, '_', '.', '-' (not 'none' or 'host')")
@@ -426,6 +426,8 @@ class Networks:
             record = {"Name": name, "Id": os.urandom(32).hex(), "Created": now(), "Driver": "bridge",
                       "Subnet": str(net), "Gateway": str(net.network_address + 1),
                       "Bridge": bridge_name(self.tag, index), "Index": index}
+            if labels:
+                record["Labels"] = dict(labels)
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
             write_json_atomic(self._path(name), record)
             try:

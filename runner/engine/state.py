@@ -34,7 +34,8 @@ from runner.procs import FileLock, alive, write_atomic
 from runner.procs import start_time as proc_start_time  # noqa: F401  (the shim and network import it here)
 from runner.records import Record
 
-CREATED, RUNNING, EXITED = "created", "running", "exited"
+CREATED, RUNNING, EXITED, RESTARTING = "created", "running", "exited", "restarting"
+LIVE = (RUNNING, RESTARTING)  # a shim owns the container: running, or waiting to start it again (--restart)
 _NEW: dict = {}  # marks "not given": a fresh dict per record, as a dataclass default_factory does
 
 
@@ -94,7 +95,7 @@ class ContainerRecord(Record):
 
 def _mark_dead(rec: ContainerRecord) -> bool:
     """Record that a RUNNING container whose shim and PID 1 are both gone has exited; True if it changed."""
-    if rec.status != RUNNING or alive(rec.shim_pid, rec.shim_start) or alive(rec.pid, rec.pid_start):
+    if rec.status not in LIVE or alive(rec.shim_pid, rec.shim_start) or alive(rec.pid, rec.pid_start):
         return False
     rec.status = EXITED
     rec.exit_code = 255 if rec.exit_code is None else rec.exit_code
@@ -203,7 +204,7 @@ class StateStore:
         The corrected record is returned even when it cannot be saved (a full disk): ``ps`` and ``inspect``
         must work without writing, since they are how a user finds what to remove.
         """
-        if rec.status != RUNNING or alive(rec.shim_pid, rec.shim_start):
+        if rec.status not in LIVE or alive(rec.shim_pid, rec.shim_start):
             return rec
         if alive(rec.pid, rec.pid_start):
             return rec  # the shim died but the workload runs on; it is still running
