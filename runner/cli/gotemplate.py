@@ -92,6 +92,8 @@ def parse(text: str) -> list:
         pos = m.end()
         _action(m.group(2).strip(), stack)
     tail = text[pos:]
+    if "{{" in tail:
+        raise error(f"unclosed action in {tail[tail.index('{{'):][:40]!r}")
     if pieces and pieces[-1].group(3):
         tail = tail.lstrip()
     if tail:

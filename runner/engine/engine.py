@@ -455,6 +455,23 @@ class Engine:
         from runner.engine import volumes
         return volumes.Volumes(self).prune(all, filters)
 
+    # ------------------------------------------------------------------ files (runner.engine.archive: cp, /archive)
+    def archive_stat(self, ref: str, path: str) -> dict:
+        """Docker's ``X-Docker-Container-Path-Stat`` of a container path (``HEAD /containers/{id}/archive``)."""
+        from runner.engine import archive
+        return archive.stat_of(self, self._record(ref), path)
+
+    def archive_get(self, ref: str, path: str, stream: IO[bytes]) -> None:
+        """A tar of the container's ``path`` into ``stream`` (``GET /containers/{id}/archive``, ``cp`` out)."""
+        from runner.engine import archive
+        archive.get(self, self._record(ref), path, stream)
+
+    @needs_space("copying files into container {ref}")
+    def archive_put(self, ref: str, path: str, stream: IO[bytes]) -> dict:
+        """Extract the tar from ``stream`` into the container's directory ``path`` (``PUT .../archive``)."""
+        from runner.engine import archive
+        return archive.put(self, self._record(ref), path, stream)
+
     # ------------------------------------------------------------------ restart policies at engine start
     def restore(self) -> list[str]:
         """Start again what a restart policy keeps running (``always``; ``unless-stopped`` unless its user
