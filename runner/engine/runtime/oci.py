@@ -170,10 +170,12 @@ def make_config(spec, image_config: dict | None, *, rootfs: str, container_id: s
     }
 
     mounts = [dict(m, options=list(m["options"])) for m in DEFAULT_MOUNTS]
-    for dest, source in (etc_files or {}).items():
-        mounts.append({"destination": dest, "type": "bind", "source": source, "options": ["rbind", "rprivate"]})
-    for m in sorted(spec.mounts or [], key=lambda m: _depth(m.target)):
-        mounts.append(_user_mount(m, volumes_root))
+    own = [{"destination": dest, "type": "bind", "source": source, "options": ["rbind", "rprivate"]}
+           for dest, source in (etc_files or {}).items()]
+    # By depth, the /etc files among the user's mounts: a volume on /etc must not hide /etc/hosts.
+    for m in sorted(own + [_user_mount(m, volumes_root) for m in spec.mounts or []],
+                    key=lambda m: _depth(m["destination"])):
+        mounts.append(m)
 
     namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}]
     if spec.network != "host":
