@@ -185,6 +185,11 @@ class _Put(_Stat):
             raise NotADirectoryError(20, f"extraction point {self.path} is not a directory")
         with os.fdopen(self.fd, "rb", buffering=1 << 16) as src, tarfile.open(fileobj=src, mode="r|") as tar:
             for member in tar:
+                target = os.path.join(self.path, member.name)
+                if os.path.islink(target) or (os.path.lexists(target) and not (
+                        member.isdir() and os.path.isdir(target))):
+                    if not os.path.isdir(target) or os.path.islink(target):
+                        os.unlink(target)  # as GNU tar: an existing file or link is replaced, not written through
                 tar.extract(member, self.path, set_attrs=True, numeric_owner=True)
         status({"stat": path_stat(self.path)})
 

@@ -201,8 +201,9 @@ def test_cp_both_ways_and_symlinks_never_reach_the_machine(rn, tmp_path):
         ok(rn("cp", str(host_file), "vr-cp:/renamed.txt"))
         assert ok(rn("exec", "vr-cp", "cat", "/data/sub/in.txt", "/renamed.txt")) == "from host\nfrom host\n"
         assert ok(rn("exec", "vr-cp", "stat", "-c", "%u", "/renamed.txt")).strip() == "0"
-        ok(rn("cp", str(host_file), "vr-cp:/data/escape"))  # writing to a link replaces nothing on the machine
+        ok(rn("cp", str(host_file), "vr-cp:/data/escape"))  # the link is replaced, nothing written through it
         assert secret.read_text() == "HOST SECRET\n"
+        assert ok(rn("exec", "vr-cp", "sh", "-c", "test ! -L /data/escape && cat /data/escape")) == "from host\n"
         ok(rn("stop", "-t", "0", "vr-cp"))  # a stopped container's files are reachable too
         ok(rn("cp", "vr-cp:/renamed.txt", str(tmp_path / "back.txt")))
         assert (tmp_path / "back.txt").read_text() == "from host\n"
