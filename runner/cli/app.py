@@ -52,8 +52,9 @@ def _register() -> None:
     images.register(app)
     system.register(app)
     registry.register(app)
-    from runner.cli import bench
+    from runner.cli import bench, serve
     bench.register(app)
+    serve.register(app)
     app.add_typer(vm_app, name="vm", help="Manage the Linux VM that runs containers on macOS and Windows")
 
 

@@ -556,5 +556,30 @@ class Engine:
         return {"root": self.root, "runtime": self.runtime.name,
                 "cgroups": f"v{layout.version} ({', '.join(controllers) or 'no controllers'})",
                 "version": __version__, "kernel": os.uname().release, "arch": os.uname().machine,
-                "containers": len(self.state.ids())}
+                "containers": len(self.state.ids()), "ncpu": os.cpu_count() or 1, "mem_total": _mem_total(),
+                "os": _os_name(), "hostname": os.uname().nodename, "cgroup_version": layout.version}
 
+
+
+def _mem_total() -> int:
+    """MemTotal of /proc/meminfo in bytes (0 if unreadable): Docker's ``MemTotal`` in ``/info``."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _os_name() -> str:
+    """PRETTY_NAME of os-release (Docker's ``OperatingSystem``)."""
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return "Linux"

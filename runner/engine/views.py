@@ -287,3 +287,43 @@ def volume(meta: dict, mountpoint: str) -> dict:
     return {"CreatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)) if created else "",
             "Driver": "local", "Labels": dict(meta.get("Labels") or {}), "Mountpoint": mountpoint,
             "Name": meta["Name"], "Options": dict(meta.get("Options") or {}), "Scope": "local"}
+
+
+# ------------------------------------------------------------------------------------------------ system
+
+def docker_info(info: dict, containers: list[dict], images: list[dict]) -> dict:
+    """``GET /info`` from the engine's own ``info()`` and the container and image lists (Engine API 1.44).
+
+    Numbers describe where containers really run: in the VM that is the guest's CPUs and memory."""
+    states = [c.get("State") for c in containers]
+    arch = info.get("arch", "")
+    return {
+        "ID": info.get("hostname", ""), "Name": info.get("hostname", ""),
+        "Containers": len(containers), "ContainersRunning": states.count("running"),
+        "ContainersPaused": states.count("paused"),
+        "ContainersStopped": len(states) - states.count("running") - states.count("paused"),
+        "Images": len(images), "Driver": "overlay2", "DriverStatus": [],
+        "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "null"], "Authorization": None,
+                    "Log": ["json-file"]},
+        "MemoryLimit": True, "SwapLimit": False, "CpuCfsPeriod": True, "CpuCfsQuota": True, "CPUShares": True,
+        "CPUSet": True, "PidsLimit": True, "OomKillDisable": False, "IPv4Forwarding": True,
+        "BridgeNfIptables": False, "BridgeNfIp6tables": False, "Debug": False, "NFd": 0, "NGoroutines": 0,
+        "SystemTime": iso_time(time.time()), "LoggingDriver": "json-file",
+        "CgroupDriver": "cgroupfs", "CgroupVersion": str(info.get("cgroup_version", "")),
+        "NEventsListener": 0, "KernelVersion": info.get("kernel", ""),
+        "OperatingSystem": info.get("os", "Linux"), "OSVersion": "", "OSType": "linux", "Architecture": arch,
+        "IndexServerAddress": "https://index.docker.io/v1/",
+        "RegistryConfig": {"AllowNondistributableArtifactsCIDRs": [], "AllowNondistributableArtifactsHostnames": [],
+                           "InsecureRegistryCIDRs": ["127.0.0.0/8"], "IndexConfigs": {}, "Mirrors": []},
+        "NCPU": info.get("ncpu", 1), "MemTotal": info.get("mem_total", 0), "GenericResources": None,
+        "DockerRootDir": info.get("root", ""), "HttpProxy": "", "HttpsProxy": "", "NoProxy": "",
+        "Labels": [], "ExperimentalBuild": False, "ServerVersion": info.get("version", ""),
+        "Runtimes": {"runc": {"path": "runc"}, "builtin": {"path": "runner"}},
+        "DefaultRuntime": info.get("runtime", "builtin"),
+        "Swarm": {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
+                  "Error": "", "RemoteManagers": None},
+        "LiveRestoreEnabled": True, "Isolation": "", "InitBinary": "",
+        "ContainerdCommit": {"ID": ""}, "RuncCommit": {"ID": ""}, "InitCommit": {"ID": ""},
+        "SecurityOptions": ["name=seccomp,profile=builtin", "name=cgroupns"],
+        "CDISpecDirs": [], "Warnings": None,
+    }
