@@ -88,7 +88,7 @@ class _TCP6Server(TCPServer):
 
 
 # The handler modules: importing one registers its routes (runner.api.router.route).
-HANDLER_MODULES = ("system",)
+HANDLER_MODULES = ("system", "volumes", "archive")
 
 
 def load_routes() -> None:

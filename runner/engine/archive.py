@@ -89,6 +89,8 @@ def _child(engine, rec, status_w: int, work) -> None:
         except FileNotFoundError as exc:
             status({"error": f"Could not find the file {exc.filename or ''} in container {rec.name}",
                     "kind": "notfound"})
+        except NotADirectoryError as exc:
+            status({"error": exc.strerror or str(exc), "kind": "usage"})
         except (OSError, RunnerError, ValueError, EOFError) as exc:
             import tarfile
             if isinstance(exc, tarfile.TarError) or not isinstance(exc, RunnerError):
@@ -110,6 +112,8 @@ def _status(status_r: int, rec) -> dict:
     if "error" in msg:
         if msg.get("kind") == "notfound":
             raise NotFound(msg["error"])
+        if msg.get("kind") == "usage":
+            raise UsageError(msg["error"])
         raise RunnerError(f"copying files of container {rec.name}: {msg['error']}")
     return msg
 
