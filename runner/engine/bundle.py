@@ -135,7 +135,10 @@ def prepare(store: Store, bundle: Bundle, rec: ContainerRecord, empty_dir: str, 
             from runner.engine import volumes
             data = os.path.join(volumes_root, m.source, "_data")
             if volumes.is_empty(data):
-                volumes.copy_up(rootfs, m.target, data)
+                from runner.procs import FileLock
+                with FileLock(os.path.join(volumes_root, ".lock")):  # two first starts: one copy
+                    if volumes.is_empty(data):
+                        volumes.copy_up(rootfs, m.target, data)
     uid, gid, gids = oci.resolve_user(spec.user or image.config.get("config", {}).get("User") or None, rootfs)
     config = oci.make_config(
         spec, image.config, rootfs=rootfs, container_id=rec.id,

@@ -370,7 +370,8 @@ class Engine:
                 rec = self.state.reconcile(self.state.load(cid))
                 if all or rec.status in LIVE:
                     summary = views.container_summary(rec, volumes_root=volumes_dir(self.root))
-                    if not f or flt.container_match(summary, f, ids):
+                    if not f or flt.container_match({**summary, "Health": views.health_status(rec) or "none",
+                                                     "ExitCode": rec.exit_code}, f, ids):
                         out.append((rec.created, summary))
         return [c for _, c in sorted(out, key=lambda c: c[0], reverse=True)]
 

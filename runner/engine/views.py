@@ -110,8 +110,7 @@ def container_summary(rec, now: float | None = None, volumes_root: str = "") -> 
             "Labels": dict(spec.get("labels") or {}), "State": rec.status, "Status": status,
             "HostConfig": {"NetworkMode": mode},
             "NetworkSettings": {"Networks": {mode: _endpoint(live)}},
-            "Mounts": [_mount(m, volumes_root) for m in spec.get("mounts") or []],
-            "Health": health or "none", "ExitCode": rec.exit_code}
+            "Mounts": [_mount(m, volumes_root) for m in spec.get("mounts") or []]}
 
 
 def health_status(rec) -> str:
