@@ -489,7 +489,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _m("restore", list),
     _m("archive_stat", dict, _REF, Param("path", (str,))),
     _m("archive_get", _NONE, _REF, Param("path", (str,)), _STREAM, kind=DOWNLOAD),
-    _m("archive_put", dict, _REF, Param("path", (str,)), _STREAM, kind=UPLOAD),
+    _m("archive_put", dict, _STREAM, _REF, Param("path", (str,)), kind=UPLOAD),
     _m("system_df", dict),
     _m("system_prune", dict, Param("all", (bool,), False)),
     _m("info", dict),

@@ -36,11 +36,11 @@ def get(req) -> None:
     ref, path = req.params["id"], _path(req)
     stat = req.backend.archive_stat(ref, path)  # a missing path is a clean 404 before the stream starts
     out = req.stream("application/x-tar", headers=_stat_header(stat))
-    req.backend.archive_get(ref, path, out)
+    req.backend.archive_get(ref=ref, path=path, stream=out)
     out.close()
 
 
 @route("PUT", "/containers/{id}/archive")
 def put(req) -> None:
-    req.backend.archive_put(req.params["id"], _path(req), req.body)
+    req.backend.archive_put(stream=req.body, ref=req.params["id"], path=_path(req))
     req.reply_empty(200)

@@ -66,7 +66,7 @@ def from_container(be, ctr: str, path: str, dest: str, keep_owner: bool, follow:
         path = target if target.startswith("/") else posixpath.join(posixpath.dirname(path), target)
         st = be.archive_stat(ctr, path)
     with tempfile.SpooledTemporaryFile(_SPOOL) as spool:
-        be.archive_get(ctr, path, spool)
+        be.archive_get(ref=ctr, path=path, stream=spool)
         spool.seek(0)
         if dest == "-":
             while True:
@@ -141,7 +141,7 @@ def safe_extract(tar: tarfile.TarFile, root: str, top_from: str, top_to: str | N
 
 def into_container(be, src: str, ctr: str, path: str, keep_owner: bool, follow: bool) -> None:
     if src == "-":
-        be.archive_put(ctr, path, sys.stdin.buffer)
+        be.archive_put(stream=sys.stdin.buffer, ref=ctr, path=path)
         return
     if not os.path.lexists(src):
         raise NotFound(f"could not find the file {src} on this machine")
@@ -176,7 +176,7 @@ def into_container(be, src: str, ctr: str, path: str, keep_owner: bool, follow: 
             else:
                 tar.add(src, arcname=name, filter=owner)
         spool.seek(0)
-        be.archive_put(ctr, target_dir, spool)
+        be.archive_put(stream=spool, ref=ctr, path=target_dir)
 
 
 def register(app: typer.Typer) -> None:

@@ -468,8 +468,9 @@ class Engine:
         archive.get(self, self._record(ref), path, stream)
 
     @needs_space("copying files into container {ref}")
-    def archive_put(self, ref: str, path: str, stream: IO[bytes]) -> dict:
-        """Extract the tar from ``stream`` into the container's directory ``path`` (``PUT .../archive``)."""
+    def archive_put(self, stream: IO[bytes], ref: str, path: str) -> dict:
+        """Extract the tar from ``stream`` into the container's directory ``path`` (``PUT .../archive``). The
+        stream comes first, as in every upload method (the agent passes it positionally)."""
         from runner.engine import archive
         return archive.put(self, self._record(ref), path, stream)
 
