@@ -156,7 +156,10 @@ def parse_health(cmd, interval, timeout, retries, start_period, disabled: bool) 
 
 
 def parse_mounts(volume=(), mount=(), tmpfs=()) -> list:
+    """-v, --mount and --tmpfs; a -v source starting with ``.`` is a path relative to here, as docker 23+ reads it."""
     from runner.spec import Mount
+    volume = [os.path.abspath(v.split(":", 1)[0]) + v[len(v.split(":", 1)[0]):]
+              if v.split(":", 1)[0] in (".", "..") or v.startswith(("./", "../")) else v for v in volume]
     return [Mount.parse(v) for v in volume] + [Mount.parse_mount(m) for m in mount] + \
         [Mount.parse_tmpfs(t) for t in tmpfs]
 

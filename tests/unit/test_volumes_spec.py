@@ -141,3 +141,10 @@ def test_filters():
         filters.parse_cli(["novalue"])
     assert filters.normalize({"label": {"a=1": True}}, filters.VOLUME_KEYS) == {"label": ["a=1"]}
     assert filters.named_match({"Name": "v1", "Labels": {"k": "v"}}, {"label": ["k=v"], "name": ["v"]})
+
+
+def test_relative_v_sources_are_paths_from_here(tmp_path, monkeypatch):
+    from runner.cli.runopts import parse_mounts
+    monkeypatch.chdir(tmp_path)
+    assert parse_mounts(["./data:/d:ro", ".:/all", "named:/n"]) == [
+        Mount(str(tmp_path / "data"), "/d", True), Mount(str(tmp_path), "/all"), Mount("named", "/n", type="volume")]
