@@ -284,33 +284,40 @@ class Engine:
             self._wait_exited(rec.id, None)
         return rec.name
 
-    def _wait_exited(self, cid: str, timeout: float | None) -> bool:
-        """Wait until the record says exited (or the container is gone); False on timeout."""
+    def _wait_exited(self, cid: str, timeout: float | None, live: tuple = LIVE) -> bool:
+        """Wait until the record says exited (or the container is gone); False on timeout. ``live``: the states
+        that count as not yet exited (``wait`` returns at a restarting container's exit, as docker wait does)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         pidfd = None
-        while True:
-            try:
-                rec = self.state.reconcile(self.state.load(cid))
-            except NotFound:
-                return True
-            if rec.status not in LIVE:
-                return True
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            # Sleep on the shim's pidfd: woken the moment it exits, with a short poll as a fallback.
-            if pidfd is None and rec.shim_pid:
-                with contextlib.suppress(OSError):
-                    pidfd = os.pidfd_open(rec.shim_pid)
-            step = 0.05 if remaining is None else min(0.05, remaining)
+        first_start = None
+        try:
+            while True:
+                try:
+                    rec = self.state.reconcile(self.state.load(cid))
+                except NotFound:
+                    return True
+                first_start = first_start or rec.started_at
+                if rec.status not in live or rec.started_at != first_start:  # (or a restart happened meanwhile)
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                # Sleep on the shim's pidfd: woken the moment it exits, with a short poll as a fallback.
+                if pidfd is None and rec.shim_pid:
+                    with contextlib.suppress(OSError):
+                        pidfd = os.pidfd_open(rec.shim_pid)
+                step = 0.05 if remaining is None else min(0.05, remaining)
+                if pidfd is not None:
+                    select.select([pidfd], [], [], step)
+                else:
+                    time.sleep(step)
+        finally:
             if pidfd is not None:
-                select.select([pidfd], [], [], step)
-            else:
-                time.sleep(step)
+                os.close(pidfd)  # the agent lives long: one leaked fd per stop or wait adds up
 
     def wait(self, ref: str) -> int:
         cid = self.state.resolve(ref)
-        self._wait_exited(cid, None)
+        self._wait_exited(cid, None, (RUNNING,))
         try:
             rec = self.state.load(cid)
         except NotFound as exc:

@@ -78,3 +78,14 @@ def test_attached_run_with_a_policy_returns_the_first_exit(native_root):
         assert cli(["logs", "rs-attached"], root=native_root).stdout == b"once\nonce\n"
     finally:
         cli(["rm", "-f", "rs-attached"], root=native_root)
+
+
+def test_wait_returns_at_the_exit_of_a_restarting_container(native_root):
+    try:
+        p = cli(["run", "-d", "--name", "rs-wait", "--restart", "always", IMG, "sh", "-c", "sleep 0.5; exit 5"],
+                root=native_root)
+        assert p.returncode == 0, p.stderr.decode()
+        p = cli(["wait", "rs-wait"], root=native_root, timeout=30)  # as docker wait: the next exit, not the last
+        assert (p.returncode, p.stdout.strip()) == (0, b"5")
+    finally:
+        cli(["rm", "-f", "rs-wait"], root=native_root)
