@@ -151,6 +151,24 @@ class Mount(Record):
             raise UsageError(f"invalid --mount {text!r}: a tmpfs mount takes no source")
         return mount
 
+    @classmethod
+    def from_api(cls, obj: dict) -> "Mount":
+        """An Engine API ``HostConfig.Mounts`` entry (``Type``, ``Source``, ``Target``, ``ReadOnly``,
+        ``VolumeOptions.NoCopy``, ``TmpfsOptions.SizeBytes``/``Mode``) as a Mount; for the API server."""
+        if not isinstance(obj, dict):
+            raise UsageError("invalid mount: not an object")
+        kind = obj.get("Type") or "volume"
+        if kind not in MOUNT_TYPES:
+            raise UsageError(f"invalid mount type {kind!r}: use bind, volume or tmpfs")
+        tmpfs = obj.get("TmpfsOptions") or {}
+        mount = cls(str(obj.get("Source") or ""), str(obj.get("Target") or ""), bool(obj.get("ReadOnly")), kind,
+                    nocopy=bool((obj.get("VolumeOptions") or {}).get("NoCopy")),
+                    size=tmpfs.get("SizeBytes") or None, mode=tmpfs.get("Mode"))
+        problems = mount.problems()
+        if problems:
+            raise UsageError(f"invalid mount: {problems[0]}")
+        return mount
+
     def problems(self) -> list[str]:
         out = []
         if self.type not in MOUNT_TYPES:
@@ -365,6 +383,15 @@ def restart_policy(text: str) -> tuple[str, int]:
     if count and (name != "on-failure" or not count.isdigit()):
         raise UsageError(f"invalid restart policy {text!r}: only on-failure takes a count, e.g. on-failure:3")
     return name, int(count or 0)
+
+
+def restart_text(policy: dict | None) -> str:
+    """An Engine API ``HostConfig.RestartPolicy`` (``Name``, ``MaximumRetryCount``) as ``--restart`` text."""
+    name = (policy or {}).get("Name") or "no"
+    count = (policy or {}).get("MaximumRetryCount") or 0
+    text = f"{name}:{count}" if name == "on-failure" and count else name
+    restart_policy(text)  # a UsageError for anything else
+    return text
 
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")

@@ -148,3 +148,21 @@ def test_relative_v_sources_are_paths_from_here(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert parse_mounts(["./data:/d:ro", ".:/all", "named:/n"]) == [
         Mount(str(tmp_path / "data"), "/d", True), Mount(str(tmp_path), "/all"), Mount("named", "/n", type="volume")]
+
+
+def test_api_forms_for_the_api_server():
+    from runner.spec import restart_text
+    assert Mount.from_api({"Type": "volume", "Source": "v1", "Target": "/d", "ReadOnly": True,
+                           "VolumeOptions": {"NoCopy": True}}) == Mount("v1", "/d", True, "volume", nocopy=True)
+    assert Mount.from_api({"Type": "tmpfs", "Target": "/t", "TmpfsOptions": {"SizeBytes": 1024, "Mode": 0o1777}}) == \
+        Mount("", "/t", type="tmpfs", size=1024, mode=0o1777)
+    assert Mount.from_api({"Type": "bind", "Source": "/h", "Target": "/c"}) == Mount("/h", "/c")
+    for bad in ({"Type": "npipe", "Target": "/x"}, {"Type": "bind", "Source": "rel", "Target": "/x"},
+                {"Type": "volume", "Target": "x"}, "nope"):
+        with pytest.raises(UsageError):
+            Mount.from_api(bad)
+    assert restart_text({"Name": "on-failure", "MaximumRetryCount": 3}) == "on-failure:3"
+    assert restart_text({"Name": "", "MaximumRetryCount": 0}) == "no" and restart_text(None) == "no"
+    assert restart_text({"Name": "unless-stopped"}) == "unless-stopped"
+    with pytest.raises(UsageError):
+        restart_text({"Name": "sometimes"})
