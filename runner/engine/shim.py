@@ -36,14 +36,11 @@ cannot leak a mount.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import json
 import os
 import signal
 import socket
-import struct
-import termios
 
 from runner.diskfull import disk_full_error, is_full
 from runner.stdio import Stdio, TermSize
