@@ -57,9 +57,8 @@ def check_path(path: str) -> str:
 
 def _enter(engine, rec) -> None:
     """In the child: chroot into the container's root (see the module docstring)."""
-    import tarfile  # noqa: F401  (imported before the chroot: afterwards the container's files are all there is)
-    import tarfile as t
-    t.pwd = t.grp = None  # numeric owners only: never read the container's (or anyone's) passwd through NSS
+    import tarfile  # imported before the chroot: afterwards the container's files are all there is
+    tarfile.pwd = tarfile.grp = None  # numeric owners only: never read the container's passwd through NSS
     if rec.status == "running" and rec.pid:
         root = f"/proc/{rec.pid}/root"
     else:
