@@ -96,6 +96,20 @@ class BootToken:
         return token
 
 
+def new_boot_nonce() -> None:
+    """A new boot of a saved guest state: a fresh nonce for the engine's boot id (runner.engine.state.BOOT_NONCE),
+    written before this boot's first request. Such boots share the kernel's boot_id and reuse the pids and
+    start times of the processes of an earlier boot from the same state: without it a container of a killed
+    boot could pass for alive (and a restart policy would not start it again)."""
+    from runner.engine.state import BOOT_NONCE
+    from runner.procs import write_atomic
+    try:
+        os.makedirs(os.path.dirname(BOOT_NONCE), mode=0o700, exist_ok=True)
+        write_atomic(BOOT_NONCE, os.urandom(16).hex(), 0o644, durable=False)
+    except OSError as exc:
+        log.warning("could not write the boot nonce: %s", exc)
+
+
 def bring_up_default_network(engine: Any, root: str, ready_marker: str) -> None:
     """In the background, bring up the default bridge network (bridge device, NAT), as dockerd makes docker0
     when it starts, instead of in the first ``run`` after a boot. It waits for the guest's init to say it is
@@ -766,7 +780,8 @@ def main(argv: list[str] | None = None) -> int:
     ready_w = lock = None
     try:
         token = BootToken(args.token_file,
-                          lambda: bring_up_default_network(engine, args.root, run_dir.ready_marker))
+                          lambda: (new_boot_nonce() if args.guest else None,
+                                   bring_up_default_network(engine, args.root, run_dir.ready_marker)))
         version = own_version()
         if args.daemon:
             lock = run_dir.lock()  # held (by the daemon too, after the fork) until it is ready
