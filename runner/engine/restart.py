@@ -14,7 +14,6 @@ Standard library only (runs in the guest).
 
 from __future__ import annotations
 
-import contextlib
 import time
 
 from runner.errors import NotFound, RunnerError
@@ -60,10 +59,11 @@ def wanted_at_start(rec) -> bool:
 
 def restore(engine) -> list[str]:
     """Start the stopped containers whose policy keeps them running; ids of those started."""
+    import logging
     from runner.engine.state import LIVE
     started = []
     for cid in engine.state.ids():
-        with contextlib.suppress(NotFound, ValueError, OSError, RunnerError):
+        try:
             rec = engine.state.reconcile(engine.state.load(cid))
             if rec.status in LIVE or rec.status == "created" or not wanted_at_start(rec):
                 continue
@@ -71,4 +71,6 @@ def restore(engine) -> list[str]:
                 fresh.extra.pop("manual_stop", None)  # `always` after a stop: the engine's restart undoes it
             engine.start(cid, None)
             started.append(cid)
+        except (NotFound, ValueError, OSError, RunnerError) as exc:  # the agent's log says why
+            logging.getLogger("runner.restart").warning("restart policy: cannot start %s: %s", cid[:12], exc)
     return started

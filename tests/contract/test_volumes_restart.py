@@ -221,6 +221,16 @@ def _qemu_pid(vm_driver) -> int:
     return json.loads(ok(cli(["vm", "status", "--json"], backend="vm", env=vm_driver.env)))["pid"]
 
 
+def _wait_running(rn, name: str, what: str) -> None:
+    """Wait for the agent's restore to start ``name``; on failure, say what the machine knows."""
+    try:
+        wait_for(lambda: inspect(rn, name, "{{.State.Status}}") == "running", 60, what)
+    except AssertionError as exc:
+        state = text(rn("inspect", "-f", "{{json .State}} {{.RestartCount}}", name))
+        log = text(cli(["vm", "ssh", "--", "tail", "-20", "/run/runner/agent.log"], backend="vm", env=rn.env))
+        raise AssertionError(f"{exc}\nstate: {state}\nagent log:\n{log}") from None
+
+
 @pytest.mark.vm
 def test_vm_volume_data_and_restart_policies_survive_stop_start_and_sigkill(vm_driver):
     rn = vm_driver
@@ -232,14 +242,14 @@ def test_vm_volume_data_and_restart_policies_survive_stop_start_and_sigkill(vm_d
         ok(cli(["vm", "stop"], backend="vm", env=rn.env, timeout=120))
         ok(cli(["vm", "start"], backend="vm", env=rn.env, timeout=300))
         assert ok(rn("run", "--rm", "-v", "vr-persist:/data", IMG, "cat", "/data/f")) == "durable\n"
-        wait_for(lambda: inspect(rn, "vr-always", "{{.State.Status}}") == "running", 60, "always: started at boot")
+        _wait_running(rn, "vr-always", "always: started at boot")
         assert inspect(rn, "vr-unless", "{{.State.Status}}") == "exited"
         pid = _qemu_pid(rn)
         os.kill(pid, signal.SIGKILL)
         wait_for(lambda: proc_start_time(pid) is None, 20, "QEMU to die")  # (a zombie counts as dead)
         ok(cli(["vm", "start"], backend="vm", env=rn.env, timeout=300))
         assert ok(rn("run", "--rm", "-v", "vr-persist:/data", IMG, "cat", "/data/f")) == "durable\n"
-        wait_for(lambda: inspect(rn, "vr-always", "{{.State.Status}}") == "running", 60, "always: after SIGKILL")
+        _wait_running(rn, "vr-always", "always: after SIGKILL")
     finally:
         rn("rm", "-f", "vr-always", "vr-unless")
         rn("volume", "rm", "-f", "vr-persist")
