@@ -83,16 +83,18 @@ class BootToken:
         self.path = path
         self.current = read_token(path)
         self.on_new_boot = on_new_boot
+        self._lock = threading.Lock()  # two first connections of a boot: one new boot, not two
 
     def __call__(self) -> str:
         try:
             token = read_token(self.path)
         except (OSError, VMError):  # never lose the agent to a config file being replaced right now
             return self.current
-        if token != self.current:
-            self.current = token
-            _reseed_kernel_rng()
-            self.on_new_boot()
+        with self._lock:
+            if token != self.current:
+                self.current = token
+                _reseed_kernel_rng()
+                self.on_new_boot()
         return token
 
 

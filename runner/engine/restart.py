@@ -60,17 +60,25 @@ def wanted_at_start(rec) -> bool:
 def restore(engine) -> list[str]:
     """Start the stopped containers whose policy keeps them running; ids of those started."""
     import logging
+    import os
     from runner.engine.state import LIVE
+    from runner.procs import FileLock
     started = []
-    for cid in engine.state.ids():
-        try:
-            rec = engine.state.reconcile(engine.state.load(cid))
-            if rec.status in LIVE or rec.status == "created" or not wanted_at_start(rec):
-                continue
-            with engine.state.update(cid) as fresh:
-                fresh.extra.pop("manual_stop", None)  # `always` after a stop: the engine's restart undoes it
-            engine.start(cid, None)
-            started.append(cid)
-        except (NotFound, ValueError, OSError, RunnerError) as exc:  # the agent's log says why
-            logging.getLogger("runner.restart").warning("restart policy: cannot start %s: %s", cid[:12], exc)
+    # One restore at a time (two callers at once would both start a container: its veth exists twice).
+    with FileLock(os.path.join(engine.root, "restore.lock")):
+        for cid in engine.state.ids():
+            _restore_one(engine, cid, started, logging.getLogger("runner.restart"), LIVE)
     return started
+
+
+def _restore_one(engine, cid: str, started: list, log, live) -> None:
+    try:
+        rec = engine.state.reconcile(engine.state.load(cid))
+        if rec.status in live or (rec.status == "created" and not rec.started_at) or not wanted_at_start(rec):
+            return  # (a created one that ran before: a start that failed, e.g. a restore cut short)
+        with engine.state.update(cid) as fresh:
+            fresh.extra.pop("manual_stop", None)  # `always` after a stop: the engine's restart undoes it
+        engine.start(cid, None)
+        started.append(cid)
+    except (NotFound, ValueError, OSError, RunnerError) as exc:  # the agent's log says why
+        log.warning("restart policy: cannot start %s: %s", cid[:12], exc)
