@@ -80,12 +80,12 @@ def free_bytes(path: str) -> int | None:
     return st.f_bavail * st.f_frsize
 
 
-def disk_full_error(path: str, what: str) -> DiskFullError:
+def disk_full_error(path: str, what: str, hint: str = HINT) -> DiskFullError:
     """The one error for a full filesystem at ``path`` while doing ``what`` (an -ing phrase)."""
     point, fstype = mount_of(path)
     free = free_bytes(path)
     space = f"{human_size(free)} free" if free is not None else "free space unknown"
-    return DiskFullError(f"no space left on {point} ({fstype}, {space}) while {what}", hint=HINT)
+    return DiskFullError(f"no space left on {point} ({fstype}, {space}) while {what}", hint=hint)
 
 
 @contextlib.contextmanager

@@ -259,7 +259,8 @@ class ContainerSpec(Record):
 
     _fields = ("image", "command", "entrypoint", "env", "workdir", "user", "name", "hostname", "tty",
                "interactive", "mounts", "ports", "publish_all", "network", "limits", "read_only", "auto_remove",
-               "labels", "runtime", "cap_add", "cap_drop", "privileged", "security_opt", "devices", "log_opts", "restart", "healthcheck")
+               "labels", "runtime", "cap_add", "cap_drop", "privileged", "security_opt", "devices", "log_opts",
+               "platform", "aliases", "restart", "healthcheck")
 
     def __init__(self, image: str, command: list[str] | None = None, entrypoint: list[str] | None = None,
                  env: list[str] = _NEW, workdir: str | None = None, user: str | None = None,
@@ -269,7 +270,8 @@ class ContainerSpec(Record):
                  read_only: bool = False, auto_remove: bool = False, labels: dict[str, str] = _NEW,
                  runtime: str | None = None, cap_add: list[str] = _NEW, cap_drop: list[str] = _NEW,
                  privileged: bool = False, security_opt: list[str] = _NEW, devices: list[str] = _NEW,
-                 log_opts: dict[str, str] = _NEW, restart: str = "no", healthcheck: dict | None = None):
+                 log_opts: dict[str, str] = _NEW, platform: str | None = None, aliases: list[str] = _NEW,
+                 restart: str = "no", healthcheck: dict | None = None):
         self.image, self.command, self.entrypoint = image, command, entrypoint
         self.env = [] if env is _NEW else env
         self.workdir, self.user, self.name, self.hostname = workdir, user, name, hostname
@@ -289,6 +291,10 @@ class ContainerSpec(Record):
         self.security_opt = [] if security_opt is _NEW else security_opt
         self.devices = [] if devices is _NEW else devices
         self.log_opts = {} if log_opts is _NEW else log_opts
+        # --platform (linux/amd64): the image must be of it; None = whatever the local image is.
+        self.platform = platform
+        # More names peers on a user network know this container by (--network-alias, EndpointConfig.Aliases).
+        self.aliases = [] if aliases is _NEW else aliases
         self.restart = restart  # Docker's --restart text: no, always, unless-stopped, on-failure[:N]
         self.healthcheck = healthcheck  # Docker's HealthConfig (Test, Interval, ...); None: the image's
 
@@ -333,6 +339,9 @@ class ContainerSpec(Record):
             problems.append(f"invalid container name {self.name!r}: use letters, digits, '_', '.', '-'")
         if self.hostname is not None and not _HOSTNAME_RE.match(self.hostname):
             problems.append(f"invalid hostname {self.hostname!r}")
+        for alias in self.aliases:
+            if not isinstance(alias, str) or not _HOSTNAME_RE.match(alias):
+                problems.append(f"invalid network alias {alias!r}")
         if self.user is not None and not re.match(r"^[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?$", self.user):
             problems.append(f"invalid user {self.user!r}: use uid[:gid] or name[:group]")
         if self.network not in NETWORK_MODES and not _NETWORK_NAME_RE.match(str(self.network)):
@@ -357,6 +366,12 @@ class ContainerSpec(Record):
         for check in (lambda: restart_policy(self.restart), lambda: health_problems(self.healthcheck)):
             try:
                 check()
+            except UsageError as exc:
+                problems.append(exc.message)
+        if self.platform is not None:
+            from runner.images.platform import parse_platform
+            try:
+                parse_platform(self.platform)
             except UsageError as exc:
                 problems.append(exc.message)
         try:

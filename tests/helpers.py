@@ -77,3 +77,22 @@ def wait_for(condition, timeout: float = 30.0, what: str = "the condition", inte
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+class Driver:
+    """The real CLI bound to one backend (and, for a VM, one machine's state dir): ``rn("run", ...)``."""
+
+    def __init__(self, backend: str, root: str | None, env: dict | None = None, name: str | None = None):
+        self.backend = backend
+        self.root = root
+        self.env = env or {}
+        self.name = name or backend  # tells the two VM drivers (host arch, aarch64) apart
+
+    def __call__(self, *args: str, input: bytes | None = None, timeout: float = 180):
+        return cli(list(args), root=self.root, backend=self.backend, input=input, timeout=timeout, env=self.env)
+
+    def cleanup(self) -> None:
+        proc = self("ps", "-a", "-q", "--no-trunc")
+        for cid in proc.stdout.decode().split():
+            self("rm", "-f", cid)
+        self("network", "rm", "bridge")  # the default network's bridge and NAT table

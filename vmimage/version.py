@@ -4,4 +4,4 @@ Bump when the guest contract (init, config.json keys, layout, package set) chang
 and the release asset, so hosts never mix artifacts of two contracts.
 """
 
-IMAGE_VERSION = "1"
+IMAGE_VERSION = "2"

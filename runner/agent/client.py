@@ -221,6 +221,11 @@ class AgentClient:
         if call is not None:  # else the call has ended (e.g. output after an abandoned attach): dropped
             call.inbox.put(frame, len(frame.payload))
 
+    @property
+    def lost(self) -> bool:
+        """The connection failed: every call on it fails; a long-lived caller (the API server) opens another."""
+        return self._error is not None
+
     def close(self) -> None:
         with self._calls_lock:
             if self._error is None:

@@ -141,6 +141,11 @@ class Request:
             raise UsageError("malformed Content-Length")
         self.body = BodyReader(handler.rfile, size, chunked)
 
+    @property
+    def connection(self) -> socket.socket:
+        """The client's socket (to notice a client that hung up during a long wait)."""
+        return self._handler.connection
+
     # ---------------------------------------------------------------- query and body
     def arg(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)

@@ -48,3 +48,43 @@ def info(req) -> None:
     from runner.engine.views import docker_info
     data = req.backend.info()
     req.reply(docker_info(data, req.backend.ps(all=True), req.backend.images()))
+
+
+@route("GET", "/system/df")
+def system_df(req) -> None:
+    """Docker's ``system df`` answer, from the engine's own numbers (per-image rows from the image list)."""
+    df = req.backend.system_df()
+    images = req.backend.images()
+    containers = req.backend.ps(all=True)
+    for image in images:
+        image["Containers"] = sum(1 for c in containers if c.get("ImageID") == image["Id"])
+        image["SharedSize"] = 0
+    req.reply({"LayersSize": df["Images"]["Size"], "Images": images,
+               "Containers": [{**c, "SizeRw": 0, "SizeRootFs": 0} for c in containers],
+               "Volumes": [], "BuildCache": []})
+
+
+@route("POST", "/auth")
+def auth(req) -> None:
+    """Check credentials against the registry, as ``docker login`` asks the daemon to; nothing is stored.
+
+    Runs on the host, where the client's registry is reachable as the client named it (also for the VM)."""
+    from runner.api.http import ApiError
+    from runner.errors import RegistryError, UsageError
+    from runner.images.credentials import registry_of
+    from runner.images.registry import RegistryClient
+    body = req.json()
+    username, password = body.get("username"), body.get("password")
+    token = body.get("identitytoken")
+    if not isinstance(username, str) or not (isinstance(password, str) or isinstance(token, str)):
+        raise UsageError("username and password are required")
+    server = body.get("serveraddress") or "docker.io"
+    registry = registry_of(str(server))
+    creds = {"username": username, "password": password} if password else {"identitytoken": token}
+    try:
+        RegistryClient(registry, credentials=creds).check_login()
+    except RegistryError as exc:
+        if "401" in exc.message or "denied" in exc.message or "unauthorized" in exc.message.lower():
+            raise ApiError(401, f"login attempt to {server} failed with status: 401 Unauthorized") from exc
+        raise
+    req.reply({"Status": "Login Succeeded", "IdentityToken": ""})

@@ -13,6 +13,7 @@ machine and the agent) and what the host adds around the engine's answers.
 
 from __future__ import annotations
 
+import threading
 from typing import IO, Any, Callable
 
 from runner.agent import protocol as P
@@ -34,12 +35,22 @@ class AgentBackend:
     def __init__(self, connect: Callable[[], AgentClient]):
         self._connect = connect
         self._client: AgentClient | None = None
+        self._connecting = threading.Lock()
 
     @property
     def client(self) -> AgentClient:
-        if self._client is None:
-            self._client = self._connect()
-        return self._client
+        """The one connection, made on first use. Calls from many threads (the API server's) share it: the
+        client multiplexes calls by id; the lock only keeps two first calls from opening two connections. A
+        connection that was lost (the machine restarted) is replaced on the next call."""
+        client = self._client
+        if client is None or client.lost:
+            with self._connecting:
+                if self._client is None or self._client.lost:
+                    if self._client is not None:
+                        self._client.close()
+                    self._client = self._connect()
+                client = self._client
+        return client
 
     def close(self) -> None:
         if self._client is not None:

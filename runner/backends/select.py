@@ -11,6 +11,7 @@ import sys
 
 from runner.errors import UsageError
 from runner.records import FrozenRecord
+from runner.userconfig import config_path  # noqa: F401 (callers read it from here too)
 
 BACKENDS = ("native", "vm")
 
@@ -20,36 +21,6 @@ class Choice(FrozenRecord):
 
     def __init__(self, backend: str, reason: str):
         self._init(backend=backend, reason=reason)
-
-
-def config_path() -> str:
-    """The user's config file (platformdirs' config dir), overridable with RUNNER_CONFIG."""
-    if os.environ.get("RUNNER_CONFIG"):
-        return os.environ["RUNNER_CONFIG"]
-    fast = _linux_config_dir()
-    if fast is not None:
-        return os.path.join(fast, "config.json")
-    from platformdirs import user_config_dir
-    return os.path.join(user_config_dir("runner"), "config.json")
-
-
-def _linux_config_dir() -> str | None:
-    """platformdirs' ``user_config_dir("runner")`` on Linux, without importing it (~20 ms, every call).
-
-    Only the plain XDG cases that every platformdirs version answers alike: ``$XDG_CONFIG_HOME/runner`` when
-    that is an absolute path, else ``$HOME/.config/runner`` with an absolute ``$HOME``. Anything unusual
-    (a relative XDG_CONFIG_HOME, no HOME, Android) returns None and platformdirs decides.
-    """
-    env = os.environ
-    if not sys.platform.startswith("linux") or "ANDROID_DATA" in env:
-        return None
-    xdg = env.get("XDG_CONFIG_HOME", "")
-    if xdg.strip():
-        return os.path.join(xdg, "runner") if xdg.startswith("/") else None
-    home = env.get("HOME", "")
-    if not home.startswith("/"):
-        return None
-    return os.path.join(os.path.expanduser("~/.config"), "runner")
 
 
 def _from_config() -> str | None:

@@ -131,11 +131,22 @@ def ps(
 def logs(
     container: str = typer.Argument(...),
     follow: bool = typer.Option(False, "-f", "--follow", help="follow the output until the container exits"),
-    tail: Optional[int] = typer.Option(None, "-n", "--tail", help="only the last N chunks of output"),
+    tail: str = typer.Option("all", "-n", "--tail", help="number of lines to show from the end of the logs"),
 ):
     """Show a container's output (docker logs)."""
     from runner.stdio import Stdio
-    _backend().logs(container, Stdio(None, 1, 2), follow=follow, tail=tail)
+    _backend().logs(container, Stdio(None, 1, 2), follow=follow, tail=_tail_lines(tail))
+
+
+def _tail_lines(text: str) -> int | None:
+    """docker logs --tail: "all" (or a negative number) is everything, otherwise a count of lines."""
+    if text == "all":
+        return None
+    try:
+        n = int(text)
+    except ValueError as exc:
+        raise UsageError(f'invalid value for "tail": "{text}"', hint='give a number of lines or "all"') from exc
+    return None if n < 0 else n
 
 
 def stop(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import List, Optional
 
@@ -119,18 +120,54 @@ def save(
     if output is None and sys.stdout.isatty():
         raise UsageError("refusing to write an archive to a terminal", hint="use -o FILE or redirect stdout")
     if output is None:
-        _backend().save(list(refs), sys.stdout.buffer)
+        out = _Output(sys.stdout.buffer, "/proc/self/fd/1", "standard output")
+        _backend().save(list(refs), out)
+        out.flush()
         return
     import os
     tmp = f"{output}.tmp{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
-            _backend().save(list(refs), f)
+        f = open(tmp, "wb")
+        try:
+            out = _Output(f, output)
+            _backend().save(list(refs), out)
+            out.flush()  # what is still buffered fails here, named, not in close()
+        finally:
+            with contextlib.suppress(OSError):  # flushed above; after a failure, the buffer's error is raised
+                f.close()
         os.replace(tmp, output)  # a failed save never leaves a truncated archive under the real name
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+class _Output:
+    """The archive file ``save -o`` writes. Why a wrapper: a full disk *there* must be named as such; below, the
+    engine would take any ENOSPC for its own state root's (and hint at ``system prune``, which frees nothing
+    on the output's filesystem)."""
+
+    def __init__(self, f, path: str, name: str | None = None):
+        self._f, self._path, self._name = f, path, name or path
+
+    def write(self, data) -> int:
+        with self._named():
+            return self._f.write(data)
+
+    def flush(self) -> None:
+        with self._named():
+            self._f.flush()
+
+    @contextlib.contextmanager
+    def _named(self):
+        from runner.diskfull import disk_full_error, is_full
+        try:
+            yield
+        except OSError as exc:
+            if not is_full(exc):
+                raise
+            raise disk_full_error(self._path, f"writing {self._name}",
+                                  hint="free space there, or write the archive elsewhere (-o PATH)") from exc
 
 
 def import_(

@@ -55,14 +55,12 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except Exception as exc:  # an internal failure: still one line, the traceback only with --debug
-        from runner.diskfull import disk_full_error, is_full
+        from runner.diskfull import is_full
         if is_full(exc):  # a write path without its own wording (e.g. a file the CLI writes): still clear
             if debug:
                 import traceback
                 traceback.print_exc()
-            where = exc.filename if isinstance(exc.filename, str) else os.getcwd()
-            words = [a for a in args if not a.startswith("-")][:1]
-            error = disk_full_error(where, f"running 'runner {words[0]}'" if words else "running runner")
+            error = _disk_full(exc, args)
             from runner.cli.context import print_error
             print_error(error)
             return error.exit_code
@@ -72,6 +70,30 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"Error: internal error: {type(exc).__name__}: {exc}\n")
         sys.stderr.write("Hint: run again with --debug for the traceback, and report it\n")
         return 125
+
+
+def _disk_full(exc: OSError, args: list[str]) -> RunnerError:
+    """A full filesystem met outside any write path that words it: named by the failing file, else by a
+    redirected stdout that is what filled (``runner logs c > file``), else by the working directory."""
+    from runner.diskfull import HINT, disk_full_error
+    words, skip = [], False
+    for a in args:  # the command's name: not a global option nor its value (--backend vm)
+        if not skip and not a.startswith("-"):
+            words.append(a)
+        skip = a in ("--backend", "--machine")
+    doing = f"running 'runner {words[0]}'" if words else "running runner"
+    if isinstance(exc.filename, str):
+        return disk_full_error(exc.filename, doing)
+    import stat
+    try:
+        out = os.fstat(1)
+        full = stat.S_ISREG(out.st_mode) and os.fstatvfs(1).f_bavail == 0
+    except OSError:
+        full = False
+    if full:
+        return disk_full_error("/proc/self/fd/1", "writing standard output",
+                               hint="free space there, or send the output elsewhere")
+    return disk_full_error(os.getcwd(), doing, hint=HINT)
 
 
 # The environment that chooses what runner does: kept across sudo, whose env_reset would drop it.

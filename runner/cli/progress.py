@@ -43,6 +43,8 @@ def render_line(event: dict) -> str:
     text = f"{event['id']}: {event.get('status', '')}"
     if event.get("status") in ("Downloading", "Pushing") and "current" in event:
         text += " " + bar(int(event.get("current") or 0), int(event.get("total") or 0))
+        if event.get("speed"):  # the guest image pull reports its rate (large blobs, worth knowing)
+            text += f" {human_size(int(event['speed']))}/s"
     return text
 
 

@@ -64,6 +64,8 @@ CREATE_OPTIONS = (
     Opt("log_opt", ("--log-opt",), MULTI, "log rotation: max-size=20m, max-file=5 (the defaults; max-size=-1: none)"),
     Opt("pull", ("--pull",), VALUE, "pull the image: missing, always or never", default="missing"),
     Opt("runtime", ("--runtime",), VALUE, "OCI runtime: builtin (default) or runc"),
+    Opt("platform", ("--platform",), VALUE,
+        "image platform, e.g. linux/amd64 or linux/arm64 (another CPU's images run through user-mode emulation)"),
     Opt("cap_add", ("--cap-add",), MULTI, "add a Linux capability (CAP_ optional; ALL for every one)"),
     Opt("cap_drop", ("--cap-drop",), MULTI, "drop a Linux capability (CAP_ optional; ALL for every one)"),
     Opt("privileged", ("--privileged",), FLAG,
@@ -71,6 +73,7 @@ CREATE_OPTIONS = (
     Opt("security_opt", ("--security-opt",), MULTI,
         "seccomp=unconfined|<profile.json>, no-new-privileges[=true|false]"),
     Opt("device", ("--device",), MULTI, "add a host device: /dev/x[:/dev/y][:rwm]"),
+    Opt("network_alias", ("--network-alias",), MULTI, "another name containers on the same network reach it by"),
 )
 RUN_ONLY = (Opt("detach", ("-d", "--detach"), FLAG, "run in the background and print the id"),)
 RUN_OPTIONS = RUN_ONLY + CREATE_OPTIONS
@@ -167,9 +170,9 @@ def parse_mounts(volume=(), mount=(), tmpfs=()) -> list:
 def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, name, hostname, entrypoint,
                memory, cpus, pids_limit, volume, read_only, network, tty, interactive, rm, publish=(),
                publish_all=False, label=(), runtime=None, cap_add=(), cap_drop=(), privileged=False,
-               security_opt=(), device=(), log_opt=(), mount=(), tmpfs=(), restart="no", label_file=(),
-               health_cmd=None, health_interval=None, health_timeout=None, health_retries=None,
-               health_start_period=None, no_healthcheck=False, **_ignored) -> dict:
+               security_opt=(), device=(), log_opt=(), platform=None, network_alias=(), mount=(), tmpfs=(),
+               restart="no", label_file=(), health_cmd=None, health_interval=None, health_timeout=None,
+               health_retries=None, health_start_period=None, no_healthcheck=False, **_ignored) -> dict:
     """The validated ContainerSpec (as a dict) for these option values."""
     from runner.spec import ContainerSpec, Limits, PortMapping, parse_size
     labels = parse_labels(label, label_file)
@@ -189,17 +192,18 @@ def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, 
                       pids=pids_limit if pids_limit is None or pids_limit > 0 else None),  # docker: <= 0 is unlimited
         read_only=read_only, auto_remove=rm, labels=labels, runtime=runtime, cap_add=list(cap_add),
         cap_drop=list(cap_drop), privileged=privileged, security_opt=read_security_opts(list(security_opt)),
-        devices=list(device), log_opts=log_opts, restart=restart or "no",
+        devices=list(device), log_opts=log_opts, platform=platform or None, aliases=list(network_alias),
+        restart=restart or "no",
         healthcheck=parse_health(health_cmd, health_interval, health_timeout, health_retries, health_start_period,
                                  no_healthcheck))
     return spec.validate().to_dict()
 
 
-def with_image(backend, image: str, pull: str, attempt):
+def with_image(backend, image: str, pull: str, attempt, platform: str | None = None):
     """docker's --pull around ``attempt`` (a create or run; its result is returned). 'missing' tries first and
-    pulls only when the engine answers that the image is absent, then tries again, as docker's CLI does: one
-    round trip fewer than asking first, which through the VM is a request to the guest. 'always' pulls first;
-    'never' not at all."""
+    pulls only when the engine answers that the image is absent (or, with ``platform``, not of that platform),
+    then tries again, as docker's CLI does: one round trip fewer than asking first, which through the VM is a
+    request to the guest. 'always' pulls first; 'never' not at all."""
     if pull not in ("missing", "always", "never"):
         raise UsageError(f"invalid --pull value {pull!r}", hint="use missing, always or never")
     if pull == "missing":
@@ -209,7 +213,7 @@ def with_image(backend, image: str, pull: str, attempt):
             pass  # nothing was created: pull, then the same attempt again
     if pull != "never":
         from runner.cli.images import pull_image
-        pull_image(image, platform=None, quiet=False, to_stderr=True)
+        pull_image(image, platform=platform, quiet=False, to_stderr=True)
     return attempt()
 
 
@@ -226,11 +230,11 @@ def run(opts: dict) -> int:
         from runner.cli.attach import attach
         return attach(lambda stdio, size: backend.run(spec, stdio, size), opts["tty"], opts["interactive"])
 
-    return with_image(backend, opts["image"], opts["pull"], attempt)
+    return with_image(backend, opts["image"], opts["pull"], attempt, opts.get("platform"))
 
 
 def create(opts: dict) -> str:
     from runner.cli.context import backend as get_backend
     spec = build_spec(**opts)
     backend = get_backend()
-    return with_image(backend, opts["image"], opts["pull"], lambda: backend.create(spec))
+    return with_image(backend, opts["image"], opts["pull"], lambda: backend.create(spec), opts.get("platform"))

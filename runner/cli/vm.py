@@ -51,14 +51,18 @@ def start(
     share: Optional[List[str]] = typer.Option(
         None, "--share", help="host directory to share with the VM for -v (repeatable; replaces the default "
                               "set: your home and the temp dir; kept for later starts)"),
+    arch: Optional[str] = typer.Option(
+        None, "--arch", help="guest CPU architecture at creation: aarch64 (arm64) or x86_64 (amd64); default: "
+                             "the host's. Another architecture is another machine (--name)"),
 ):
     """Boot the machine (creating it on first use) and wait until SSH into it works."""
     machine = _machine(name)
     began = time.monotonic()
-    machine.start(cpus=cpus, memory=_memory(memory), disk_size=disk_size, wait=not no_wait, shares=share or None)
+    machine.start(cpus=cpus, memory=_memory(memory), disk_size=disk_size, wait=not no_wait, shares=share or None,
+                  arch=arch)
     st = machine.status()
-    print(f"machine {machine.name!r} is {st['state']} ({st['accel']}, ssh 127.0.0.1:{st['ssh_port']}, "
-          f"{time.monotonic() - began:.1f} s)")
+    print(f"machine {machine.name!r} is {st['state']} ({st['guest_arch']}, {st['accel']}, "
+          f"ssh 127.0.0.1:{st['ssh_port']}, {time.monotonic() - began:.1f} s)")
 
 
 @vm_app.command()

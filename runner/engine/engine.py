@@ -16,7 +16,7 @@ import signal as signals
 import time
 
 from runner.stdio import Stdio, TermSize
-from runner.engine import DEFAULT_ROOT, logs, network, shim
+from runner.engine import DEFAULT_ROOT, emulation, logs, network, shim
 from runner.engine.bundle import Bundle
 from runner.engine.runtime import security
 from runner.engine.state import CREATED, LIVE, RUNNING, ContainerRecord, StateStore, now
@@ -176,6 +176,7 @@ class Engine:
         runtime = self.runtime_for(cspec.runtime)  # an unknown runtime or a missing runc fails here
         security.check(cspec)  # a missing --device fails here, before anything exists
         image = self._image(cspec.image)
+        emulation.check(cspec.image, image.config, cspec.platform)  # --platform, and a foreign arch runs here
         image_cfg = image.config.get("config") or {}
         extra = {}
         health = _effective_health(image_cfg.get("Healthcheck"), cspec.healthcheck)
@@ -206,6 +207,7 @@ class Engine:
         except BaseException:
             self.state.remove_dir(rec.id)
             raise
+        self.journal_container("create", rec)
         return rec.id
 
     @needs_space("starting container {ref}")
@@ -216,9 +218,10 @@ class Engine:
             rec = self.state.load(rec.id)
             if rec.status in LIVE:
                 raise Conflict(f"container {rec.name} is already running")
-            if rec.status != CREATED or rec.extra.get("manual_stop"):  # a fresh container (runner run) is
-                rec.status = CREATED                                     # CREATED already: nothing to write
+            if rec.status != CREATED or rec.extra.get("manual_stop") or rec.extra.get("paused"):
+                rec.status = CREATED  # (a fresh container, from runner run, is CREATED already: nothing to write)
                 rec.extra.pop("manual_stop", None)
+                rec.extra.pop("paused", None)
                 rec.extra.pop("health", None)
                 rec.extra["restart_count"] = 0
                 self.state.save(rec)
@@ -247,7 +250,13 @@ class Engine:
         rec = self._record(ref)
         if rec.status != RUNNING:
             raise Conflict(f"container {rec.name} is not running")
-        return execution.start_exec(self, rec, ExecSpec.from_dict(exec_spec), stdio, size)
+        if rec.extra.get("paused"):
+            raise Conflict(f"container {rec.id} is paused, unpause the container before exec",
+                           hint=f"runner unpause {rec.name}")
+        spec = ExecSpec.from_dict(exec_spec)
+        handle = execution.start_exec(self, rec, spec, stdio, size)
+        self.journal_container("exec_start: " + " ".join(spec.command), rec)
+        return handle
 
     def kill(self, ref: str, signal: str = "KILL") -> str:
         signum = parse_signal(signal)
@@ -259,6 +268,8 @@ class Engine:
         if rec.status == RUNNING:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.pid, signum)
+            self.journal_container("kill", rec, signal=str(signum))
+            self._thaw(rec)  # a frozen task acts on the signal once thawed (cgroup v1)
         return rec.name
 
     def _manual_stop(self, cid: str) -> None:
@@ -276,10 +287,13 @@ class Engine:
         if rec.status == RUNNING:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.pid, signals.SIGTERM)
+            self.journal_container("kill", rec, signal=str(int(signals.SIGTERM)))
+            self._thaw(rec)
             if not self._wait_exited(rec.id, timeout):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(rec.pid, signals.SIGKILL)
                 self._wait_exited(rec.id, None)
+            self.journal_container("stop", rec)
         elif rec.status in LIVE:  # between two runs (--restart): its shim sees the mark and ends
             self._wait_exited(rec.id, None)
         return rec.name
@@ -335,8 +349,10 @@ class Engine:
             if rec.status == RUNNING:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(rec.pid, signals.SIGKILL)
+                self._thaw(rec)
             self._wait_exited(rec.id, None)
         self._remove(rec.id, rec.runtime)
+        self.journal_container("destroy", rec)
         if volumes:
             self._remove_anonymous_volumes(rec.spec)
         return rec.name
@@ -351,6 +367,10 @@ class Engine:
         with contextlib.suppress(Exception):
             self.runtime_for(runtime).delete(self.bundle_dir(cid), cid)
         network.forget(self, cid)  # a lease or veth a killed shim could not release
+        from runner.engine import observe
+        from runner.engine.runtime import freezer
+        with contextlib.suppress(Exception):
+            freezer.forget(observe.cgroup_path(cid))
         self.remove_container_files(cid)
 
     def remove_container_files(self, cid: str, background: bool = False) -> None:
@@ -397,7 +417,11 @@ class Engine:
         return views.container_inspect(rec, ContainerSpec.from_dict(rec.spec), config, paths,
                                        volumes_dir(self.root))
 
-    def logs(self, ref: str, stdio: Stdio, follow: bool = False, tail: int | None = None) -> None:
+    def logs(self, ref: str, stdio: Stdio, follow: bool = False, tail: int | None = None,
+             since: float | None = None, timestamps: bool = False) -> None:
+        """Write the container's output to ``stdio``. ``since``: only output written at or after this Unix
+        time (Docker's ``--since``); ``timestamps``: each line prefixed with its RFC 3339 time and a space, as
+        ``docker logs -t`` prints it (the log keeps a time per chunk: every line of a chunk gets it)."""
         rec = self._record(ref)
         cid = rec.id
 
@@ -408,17 +432,133 @@ class Engine:
 
         path = self.log_path(cid)
         sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr}
-        if tail is not None and tail >= 0 and not follow:  # one pass: the log may rotate meanwhile
-            import collections
-            for stream, _, data in collections.deque(logs.read_frames(path), maxlen=tail):
-                logs.write_all(sinks.get(stream, stdio.stdout), data)
+        def frames(follow_fn=None, idle: bool = False):
+            for frame in logs.read_frames(path, follow_fn, idle=idle):
+                if since is None or frame[0] == logs.IDLE or frame[1] >= since:
+                    yield frame
+
+        def emit(stream: int, ts: float, data: bytes) -> None:
+            if timestamps:
+                data = logs.with_timestamps(ts, data)
+            logs.write_all(sinks.get(stream, stdio.stdout), data)
+
+        if tail is None or tail < 0:  # everything, as written
+            for frame in frames(running if follow else None):
+                emit(*frame)
             return
-        skip = 0
-        if tail is not None and tail >= 0:  # like Docker's --tail, counted in output chunks as written
-            skip = max(0, sum(1 for _ in logs.read_frames(path)) - tail)
-        for i, (stream, _, data) in enumerate(logs.read_frames(path, running if follow else None)):
+        # Docker's --tail counts lines (its log entries), not the chunks the workload's writes happened to be.
+        if not follow:  # one pass: the log may rotate meanwhile
+            import collections
+            for entry in collections.deque(logs.lines(frames()), maxlen=tail):
+                emit(*entry)
+            return
+        skip = max(0, sum(1 for _ in logs.lines(frames())) - tail)
+        for i, entry in enumerate(logs.lines(frames(running, idle=True))):
             if i >= skip:
-                logs.write_all(sinks.get(stream, stdio.stdout), data)
+                emit(*entry)
+
+    # ------------------------------------------------------------------ inspection extras (runner.engine.observe)
+    def top(self, ref: str, ps_args: str | None = None) -> dict:
+        from runner.engine import observe
+        rec = self._record(ref)
+        if rec.status != RUNNING:
+            raise Conflict(f"container {rec.id} is not running")
+        return observe.top(rec.id, ps_args)
+
+    def stats(self, ref: str) -> dict:
+        """One sample of Docker's stats JSON (the API server streams samples and fills ``precpu_stats``)."""
+        from runner.engine import observe, views
+        rec = self._record(ref)
+        return observe.stats(rec, views.iso_time(time.time()))
+
+    def changes(self, ref: str) -> list[dict]:
+        """The container's file changes against its image (Kind 0 modified, 1 added, 2 deleted)."""
+        from runner.engine import observe
+        rec = self._record(ref)
+        found = observe.changes(os.path.join(self.state.dir(rec.id), "upper"))
+        store = self.images_store
+        return observe.classify(found, store.layer_dirs(store.resolve(rec.image_id)))
+
+    def rename(self, ref: str, new_name: str) -> str:
+        """Give a container a new name (409 when another container has it); returns the old name."""
+        from runner.spec import _NAME_RE
+        new_name = new_name.lstrip("/")
+        if not _NAME_RE.match(new_name):
+            raise UsageError(f"invalid container name {new_name!r}: use letters, digits, '_', '.', '-'")
+        cid = self.state.resolve(ref)
+        with self.state.global_lock():
+            if any(self.state._name_of(i) == new_name for i in self.state.ids() if i != cid):
+                raise Conflict(f'Conflict. The container name "/{new_name}" is already in use',
+                               hint="remove that container or choose another name")
+            with self.state.update(cid) as rec:
+                old, rec.name = rec.name, new_name
+        if os.geteuid() == 0:
+            network.Networks(self).rename(cid, new_name)  # peers on its network know it by the new name
+        self.journal_container("rename", rec, oldName="/" + old)
+        return old
+
+    def pause(self, ref: str) -> str:
+        return self._set_paused(ref, True)
+
+    def unpause(self, ref: str) -> str:
+        return self._set_paused(ref, False)
+
+    def _set_paused(self, ref: str, paused: bool) -> str:
+        from runner.engine import observe
+        from runner.engine.runtime import freezer
+        self._require_root()
+        rec = self._record(ref)
+        with self.state.lock(rec.id):
+            rec = self.state.load(rec.id)
+            if rec.status != RUNNING:
+                raise Conflict(f"container {rec.id} is not running")
+            if bool(rec.extra.get("paused")) == paused:
+                raise Conflict(f"container {rec.id} is {'already' if paused else 'not'} paused")
+            freezer.set_frozen(observe.cgroup_path(rec.id), paused)
+            if paused:
+                rec.extra["paused"] = True
+            else:
+                rec.extra.pop("paused", None)
+            self.state.save(rec)
+        self.journal_container("pause" if paused else "unpause", rec)
+        return rec.name
+
+    def _thaw(self, rec: ContainerRecord) -> None:
+        """Unfreeze a paused container that is being stopped or killed."""
+        if not rec.extra.get("paused"):
+            return
+        from runner.engine import observe
+        from runner.engine.runtime import freezer
+        with contextlib.suppress(Exception):
+            freezer.set_frozen(observe.cgroup_path(rec.id), False)
+        with contextlib.suppress(NotFound, OSError):
+            with self.state.update(rec.id) as fresh:
+                fresh.extra.pop("paused", None)
+
+    def container_prune(self, labels: list | None = None, until: float | None = None) -> dict:
+        from runner.engine import space
+        return space.prune_containers(self, labels, until)
+
+    # ------------------------------------------------------------------ events (runner.engine.events)
+    def journal(self, kind: str, action: str, actor_id: str, attributes: dict | None = None) -> None:
+        from runner.engine import events
+        events.record(self.root, kind, action, actor_id, attributes)
+
+    def journal_container(self, action: str, rec: ContainerRecord, **extra: str) -> None:
+        attrs = {**(rec.spec.get("labels") or {}), "image": rec.image_ref, "name": rec.name, **extra}
+        self.journal("container", action, rec.id, attrs)
+
+    def events(self, since: int = 0, until: int | None = None, filters: dict | None = None) -> dict:
+        """Journal events with ``since < timeNano <= until`` (nanoseconds) matching Docker's ``filters``:
+        ``{"events": [...], "cursor": n}``; the next call passes ``cursor`` as ``since``. Events younger
+        than a moment are left for the next call: a writer that took its time stamp earlier may still be
+        appending, and must not fall behind a cursor that passed it."""
+        from runner.engine import events
+        settled = time.time_ns() - 200_000_000
+        bound = settled if until is None else min(until, settled)
+        found = events.read(self.root, since, bound)
+        cursor = found[-1]["timeNano"] if found else max(since, min(bound, settled))
+        return {"events": [e for e in found if events.matches(e, filters or {})], "cursor": cursor}
 
     # ------------------------------------------------------------------ networks (runner.engine.network)
     def port(self, ref: str) -> dict:
@@ -432,7 +572,9 @@ class Engine:
         if labels is not None and not (isinstance(labels, dict) and all(
                 isinstance(k, str) and k and isinstance(v, str) for k, v in labels.items())):
             raise UsageError("network labels must map non-empty strings to strings")
-        return network.Networks(self).create(name, subnet, labels)
+        created = network.Networks(self).create(name, subnet, labels)
+        self.journal("network", "create", created.get("Id", name), {"name": name, "type": "bridge"})
+        return created
 
     def network_ls(self, filters: dict | None = None) -> list[dict]:
         from runner.engine import filters as flt
@@ -494,7 +636,9 @@ class Engine:
 
     def network_rm(self, name: str) -> str:
         self._require_root()
+        found = network.Networks(self).inspect(name)
         network.Networks(self).remove(name)
+        self.journal("network", "destroy", found.get("Id", name), {"name": found.get("Name", name), "type": "bridge"})
         return name
 
     # ------------------------------------------------------------------ images
@@ -513,26 +657,49 @@ class Engine:
         registries to the address the guest reaches them at); see runner.images.registry.RegistryClient."""
         from runner.engine import views
         from runner.images.pull import pull
-        return views.image_summary(pull(self.images_store, ref, platform=platform, credentials=credentials,
-                                        progress=progress, endpoints=endpoints))
+        image = pull(self.images_store, ref, platform=platform, credentials=credentials, progress=progress,
+                     endpoints=endpoints)
+        self.journal("image", "pull", ref, {"name": ref})
+        return views.image_summary(image)
 
     def push(self, ref: str, credentials: dict | None = None, progress=None,
              endpoints: dict | None = None) -> str:
         from runner.images.push import push
-        return push(self.images_store, ref, credentials=credentials, progress=progress, endpoints=endpoints)
+        digest = push(self.images_store, ref, credentials=credentials, progress=progress, endpoints=endpoints)
+        self.journal("image", "push", ref, {"name": ref})
+        return digest
 
     @needs_space("tagging {source}")
     def tag(self, source: str, target: str) -> None:
-        self.images_store.tag(source, target)
+        image = self.images_store.tag(source, target)
+        self.journal("image", "tag", image.id, {"name": target})
 
     @needs_space("removing image {ref}")
     def rmi(self, ref: str, force: bool = False) -> list[str]:
-        return self.images_store.remove(ref, force=force)
+        lines = self.images_store.remove(ref, force=force)
+        self.images_store.sweep_tmp()  # a user freeing space gets a killed writer's leftovers back too
+        for line in lines:
+            action, _, what = line.partition(": ")
+            self.journal("image", "untag" if action == "Untagged" else "delete", what, {"name": what})
+        return lines
+
+    def image_history(self, ref: str) -> list[dict]:
+        from runner.engine import views
+        return views.image_history(self._image(ref))
+
+    @needs_space("pruning images")
+    def image_prune(self, all: bool = False, labels: list | None = None, until: float | None = None) -> dict:
+        from runner.engine import space
+        return space.prune_images(self, all, labels, until)
 
     @needs_space("loading images")
     def load(self, stream: IO[bytes]) -> list[str]:
         from runner.images import archive
-        return archive.load(self.images_store, stream)
+        self.images_store.sweep_tmp()  # what a killed load, pull or rmi left goes first
+        names = archive.load(self.images_store, stream)
+        for name in names:
+            self.journal("image", "load", name, {"name": name})
+        return names
 
     @needs_space("saving images")
     def save(self, refs: list[str], stream: IO[bytes]) -> None:
@@ -545,7 +712,10 @@ class Engine:
     def import_image(self, stream: IO[bytes], name: str, changes: list[str] | None = None) -> str:
         """``changes``: Dockerfile instructions (``--change``), applied by runner.images.dockerfile."""
         from runner.images.rootfs import import_rootfs
-        return import_rootfs(self.images_store, stream, name, changes=changes or ()).id
+        self.images_store.sweep_tmp()
+        image_id = import_rootfs(self.images_store, stream, name, changes=changes or ()).id
+        self.journal("image", "import", image_id, {"name": name})
+        return image_id
 
     # ------------------------------------------------------------------ disk space (runner.engine.space)
     def system_df(self) -> dict:

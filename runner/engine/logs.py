@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 _HEADER = struct.Struct(">BdI")
 STDOUT, STDERR = 1, 2
+IDLE = 0  # not a stream: read_frames(idle=True)'s "caught up" marker
+MAX_LINE = 16 * 1024  # Docker's log copier splits a longer line into entries of this size
 
 
 class LogWriter:
@@ -129,10 +131,13 @@ def _open_all(path: str, tries: int = 50) -> list:
     if not (a rotation happens once per max-size bytes, so a retry succeeds at once)."""
     for attempt in range(tries):
         opened = []
-        for name in _rotated(path) + [path]:
+        names = _rotated(path)
+        for name in names + [path]:
             with contextlib.suppress(FileNotFoundError):
                 opened.append((name, open(name, "rb")))
-        if attempt + 1 == tries or all(_is(name, f) for name, f in opened):
+        # The listing is checked too: listed mid-rotation (``.1`` already renamed to ``.2``, ``.1`` not yet
+        # there) and opened after it, the set would be ``.2`` and the *new* log, skipping the new ``.1``.
+        if attempt + 1 == tries or (_rotated(path) == names and all(_is(name, f) for name, f in opened)):
             return [f for _, f in opened]
         for _, f in opened:
             f.close()
@@ -147,9 +152,10 @@ def _is(name: str, f) -> bool:
 
 
 def read_frames(path: str, follow: Callable[[], bool] | None = None,
-                poll: float = 0.05) -> Iterator[tuple[int, float, bytes]]:
+                poll: float = 0.05, idle: bool = False) -> Iterator[tuple[int, float, bytes]]:
     """Yield (stream, time, data) frames of the log and its rotated files, oldest first; with ``follow``,
-    keep waiting for more while it returns True, across rotations."""
+    keep waiting for more while it returns True, across rotations. With ``idle``, a following reader also
+    yields ``(IDLE, time, b"")`` each time it has caught up and is about to wait (see ``lines``)."""
     files = _open_all(path)
     try:
         while files:
@@ -190,11 +196,53 @@ def read_frames(path: str, follow: Callable[[], bool] | None = None,
                         follow = None
                         continue
                     return
+                if idle:
+                    yield IDLE, time.time(), b""
                 time.sleep(poll)
             files.pop(0).close()
     finally:
         for f in files:
             f.close()
+
+
+def lines(frames: Iterator[tuple[int, float, bytes]],
+          max_line: int = MAX_LINE) -> Iterator[tuple[int, float, bytes]]:
+    """The frames as Docker's json-file driver stores output: one entry per line, per stream.
+
+    Why: a frame is whatever one read of the workload's pipe returned, so ``logs --tail N`` counted in
+    frames depends on how the workload happened to write. Docker's copier splits each stream at newlines
+    (a line longer than 16 KiB becomes several entries) and logs a line once it is complete, so an entry's
+    order is the order lines were completed; a trailing partial line is an entry of its own at the end, or
+    as soon as the reader catches up with a live log (the ``IDLE`` marker), so ``-f`` shows a prompt at once.
+    An entry's time is that of the chunk that completed it (``logs -t``, ``--since``).
+    """
+    pending: dict[int, tuple[float, bytes]] = {}
+    for stream, ts, data in frames:
+        if stream == IDLE:
+            for s in list(pending):
+                yield (s, *pending.pop(s))
+            continue
+        buf, start = pending.pop(stream, (ts, b""))[1] + data, 0
+        while True:
+            nl = buf.find(b"\n", start, start + max_line)
+            if nl >= 0:
+                end = nl + 1
+            elif len(buf) - start >= max_line:
+                end = start + max_line
+            else:
+                break
+            yield stream, ts, buf[start:end]
+            start = end
+        if start < len(buf):
+            pending[stream] = (ts, buf[start:])
+    for s, (ts, data) in pending.items():
+        yield s, ts, data
+
+
+def with_timestamps(ts: float, data: bytes) -> bytes:
+    """Every line of ``data`` prefixed with ``ts`` as RFC 3339 with nanoseconds and a space (``logs -t``)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)).encode() + b".%09dZ " % int(ts % 1 * 1e9)
+    return b"".join(stamp + line for line in data.splitlines(keepends=True))
 
 
 def _copy_until_eof(src: int, dst: int) -> None:

@@ -425,9 +425,7 @@ class Networks:
                 min(set(range(1, len(mine) + 2)) - {n["Index"] for n in mine})
             record = {"Name": name, "Id": os.urandom(32).hex(), "Created": now(), "Driver": "bridge",
                       "Subnet": str(net), "Gateway": str(net.network_address + 1),
-                      "Bridge": bridge_name(self.tag, index), "Index": index}
-            if labels:
-                record["Labels"] = dict(labels)
+                      "Bridge": bridge_name(self.tag, index), "Index": index, "Labels": dict(labels or {})}
             os.makedirs(self.dir, mode=0o700, exist_ok=True)
             write_json_atomic(self._path(name), record)
             try:
@@ -503,6 +501,7 @@ class Networks:
             else:
                 raise Conflict(f'network {record["Name"]} has no free address left ({net})')
             leases[str(addr)] = {"Id": rec.id, "Name": rec.name, "Hostname": hostname,
+                                 "Aliases": list(rec.spec.get("aliases") or []),
                                  "Shim": [os.getpid(), proc_start_time(os.getpid())]}
             self._save_leases(record["Name"], leases)
             self._write_hosts(record, leases)
@@ -519,10 +518,23 @@ class Networks:
                     with contextlib.suppress(NotFound):
                         self._write_hosts(self.get(name), live)
 
+    def rename(self, cid: str, new_name: str) -> None:
+        """A renamed container's leases carry its new name, and its peers' hosts files say so."""
+        with self.lock():
+            for name in self.names():
+                leases = self.leases(name)
+                mine = [lease for lease in leases.values() if lease["Id"] == cid]
+                if mine:
+                    for lease in mine:
+                        lease["Name"] = new_name
+                    self._save_leases(name, leases)
+                    with contextlib.suppress(NotFound):
+                        self._write_hosts(self.get(name), self.live_leases(name))
+
     def _write_hosts(self, record: dict, leases: dict) -> None:
         """Rewrite the hosts file of every container on the network (only its own entry on ``bridge``)."""
         def names(lease: dict) -> list[str]:
-            return list(dict.fromkeys([lease["Name"], lease["Hostname"]]))
+            return list(dict.fromkeys([lease["Name"], lease["Hostname"], *lease.get("Aliases", [])]))
 
         peers = [] if record["Name"] == DEFAULT_NETWORK else \
             [(ip, names(lease)) for ip, lease in sorted(leases.items(), key=lambda kv: ipaddress.ip_address(kv[0]))]

@@ -252,7 +252,7 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         bundle.prepare(engine.images_store, container_bundle, rec, engine.empty_dir(), net.netns_path, size,
                        os.path.join(engine.root, "volumes"))
         work.start(runtime, container_bundle.dir, cid, stdio, tty, devnull)
-        _record_running(store, cid, work, net, restarted=False)
+        engine.journal_container("start", _record_running(store, cid, work, net, restarted=False))
         net.serve()
     except (RunnerError, OSError) as exc:
         if work.pid is not None:  # the workload runs, but its bookkeeping failed: it must not live on unwatched
@@ -268,7 +268,7 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         if runtime is not None:
             runtime.delete(container_bundle.dir, cid)
         return 125
-    code, oom, delay = 0, False, 0.0
+    code, oom, delay, died = 0, False, 0.0, False
     while True:
         began = now()
         monitor = _health_monitor(engine, cid, rec)
@@ -284,6 +284,8 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         if delay is None:
             break
         _record_exit(engine, cid, code, oom, error, restarting=True)
+        engine.journal_container("die", rec, exitCode=str(code))
+        died = True
         if stdio is not None:  # the attached caller hears of the first exit; the restarts run detached
             _send(sync, {"exited": code})
             stdio = _detach_caller(stdio, sync, devnull)
@@ -293,7 +295,8 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         work = _Workload()
         try:
             work.start(runtime, container_bundle.dir, cid, None, tty, devnull)
-            _record_running(store, cid, work, net, restarted=True)
+            engine.journal_container("start", _record_running(store, cid, work, net, restarted=True))
+            died = False
         except (RunnerError, OSError) as exc:
             if work.pid is not None:
                 work.kill()
@@ -303,18 +306,26 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             break
     _detach(net)
     container_bundle.release()
-    # With --rm the record is removed right after this write, so a crash could only leave a record that
-    # is gone anyway: no fsync for it (the write itself stays atomic for concurrent readers).
-    auto_remove = bool(rec.spec.get("auto_remove"))
-    _record_exit(engine, cid, code, oom, error, restarting=False, durable=not auto_remove)
-    if auto_remove:
-        engine.remove_container_files(cid, background=True)
-        _remove_anonymous_volumes(engine, rec.spec)
+    _finish(engine, rec, code, oom, error, died)
     _send(sync, {"exited": code})
     return code
 
 
-def _record_running(store, cid: str, work: _Workload, net, restarted: bool) -> None:
+def _finish(engine, rec, code: int, oom: bool, error: str, died: bool) -> None:
+    """The last exit: recorded, told to the event journal; with --rm the container and its anonymous volumes
+    go. With --rm the record is removed right after this write, so a crash could only leave a record that is
+    gone anyway: no fsync for it (the write itself stays atomic for concurrent readers)."""
+    auto_remove = bool(rec.spec.get("auto_remove"))
+    _record_exit(engine, rec.id, code, oom, error, restarting=False, durable=not auto_remove)
+    if not died:  # (a stop between two runs: its exit was told already)
+        engine.journal_container("die", rec, exitCode=str(code))
+    if auto_remove:
+        engine.remove_container_files(rec.id, background=True)
+        engine.journal_container("destroy", rec)
+        _remove_anonymous_volumes(engine, rec.spec)
+
+
+def _record_running(store, cid: str, work: _Workload, net, restarted: bool):
     """The record says: running, this pid, this shim. A restart counts; if the user stopped the container while
     it was being started again, the new run ends at once (runner.engine.restart)."""
     # The rename of state.json survives a crash only once its directory is synced too: without it a
@@ -330,6 +341,7 @@ def _record_running(store, cid: str, work: _Workload, net, restarted: bool) -> N
             rec.extra["restart_count"] = int(rec.extra.get("restart_count") or 0) + 1
             if rec.extra.get("manual_stop"):
                 work.kill()
+    return rec
 
 
 def _health_monitor(engine, cid: str, rec):

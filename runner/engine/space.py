@@ -98,3 +98,56 @@ def _listdir(path: str) -> list[str]:
         return os.listdir(path)
     except FileNotFoundError:
         return []
+
+
+def _labels_match(labels: dict, wanted: list[str]) -> bool:
+    """Docker's ``label`` filter: every ``key`` or ``key=value`` given must be on the object."""
+    for want in wanted:
+        key, eq, value = want.partition("=")
+        if key not in labels or (eq and labels[key] != value):
+            return False
+    return True
+
+
+def prune_containers(engine, labels: list[str] | None = None, until: float | None = None) -> dict:
+    """``POST /containers/prune``: remove stopped containers (created before ``until``, carrying ``labels``)."""
+    before = _free(engine.root)
+    deleted = []
+    for cid in engine.state.ids():
+        with contextlib.suppress(NotFound, Conflict, ValueError):
+            rec = engine.state.reconcile(engine.state.load(cid))
+            if rec.status == RUNNING or (until is not None and rec.created >= until):
+                continue
+            if not _labels_match(rec.spec.get("labels") or {}, labels or []):
+                continue
+            engine._remove(rec.id, rec.runtime)
+            deleted.append(rec.id)
+            engine.journal("container", "destroy", rec.id, _container_attrs(rec))
+    return {"ContainersDeleted": deleted, "SpaceReclaimed": max(0, _free(engine.root) - before)}
+
+
+def _container_attrs(rec) -> dict:
+    return {"name": rec.name, "image": rec.image_ref, **(rec.spec.get("labels") or {})}
+
+
+def prune_images(engine, all_images: bool = False, labels: list[str] | None = None,
+                 until: float | None = None) -> dict:
+    """``POST /images/prune``: remove dangling images (``all_images``: every image no container uses)."""
+    from runner.engine.views import unix_seconds
+    before = _free(engine.root)
+    deleted: list[dict] = []
+    store = engine.images_store
+    for img in store.list():
+        if img.names and not all_images:
+            continue
+        if until is not None and unix_seconds(img.created) >= until:
+            continue
+        if not _labels_match((img.config.get("config") or {}).get("Labels") or {}, labels or []):
+            continue
+        with contextlib.suppress(Conflict, NotFound):
+            if not engine._image_in_use(img.id):
+                for line in store.remove(img.id, force=True):
+                    kind, _, what = line.partition(": ")
+                    deleted.append({kind: what})
+                engine.journal("image", "delete", img.id, {"name": img.id})
+    return {"ImagesDeleted": deleted or None, "SpaceReclaimed": max(0, _free(engine.root) - before)}

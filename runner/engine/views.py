@@ -24,6 +24,15 @@ import time
 RUNNING = "running"
 EXITED = "exited"
 RESTARTING = "restarting"
+PAUSED = "paused"
+
+
+def state_of(rec) -> str:
+    """Docker's state word: the record's status, or ``paused`` for a running container that is frozen (the
+    record stays ``running``: every rule about running containers still applies to a paused one)."""
+    if rec.status == RUNNING and rec.extra.get("paused"):
+        return PAUSED
+    return rec.status
 
 
 # ------------------------------------------------------------------------------------------------ time
@@ -47,8 +56,11 @@ def human_duration(seconds: float) -> str:
 
 def status_text(state: str, started_at: float | None, finished_at: float | None, exit_code: int | None,
                 now: float | None = None) -> str:
-    """The list entry's ``Status``: ``Up 3 minutes``, ``Exited (0) 5 seconds ago`` or ``Created``."""
+    """The list entry's ``Status``: ``Up 3 minutes``, ``Up 3 minutes (Paused)``, ``Exited (0) 5 seconds ago``
+    or ``Created``."""
     now = time.time() if now is None else now
+    if state == PAUSED:
+        return f"Up {human_duration(now - (started_at or now))} (Paused)"
     if state == RUNNING:
         return f"Up {human_duration(now - (started_at or now))}"
     if state == RESTARTING:
@@ -101,13 +113,13 @@ def container_summary(rec, now: float | None = None, volumes_root: str = "") -> 
     cmd = (spec.get("entrypoint") or []) + (spec.get("command") or [])
     live = _live_network(rec)
     mode = spec.get("network") or "none"
-    status = status_text(rec.status, rec.started_at, rec.finished_at, rec.exit_code, now)
+    status = status_text(state_of(rec), rec.started_at, rec.finished_at, rec.exit_code, now)
     health = health_status(rec)
     if health and rec.status == RUNNING:
         status += {"starting": " (health: starting)"}.get(health, f" ({health})")
     return {"Id": rec.id, "Names": ["/" + rec.name], "Image": rec.image_ref, "ImageID": rec.image_id,
             "Command": " ".join(cmd), "Created": int(rec.created), "Ports": port_list(live.get("Ports") or []),
-            "Labels": dict(spec.get("labels") or {}), "State": rec.status, "Status": status,
+            "Labels": dict(spec.get("labels") or {}), "State": state_of(rec), "Status": status,
             "HostConfig": {"NetworkMode": mode},
             "NetworkSettings": {"Networks": {mode: _endpoint(live)}},
             "Mounts": [_mount(m, volumes_root) for m in spec.get("mounts") or []]}
@@ -152,7 +164,7 @@ def network_settings(rec, spec) -> dict:
             "Ports": port_map(live.get("Ports") or []),
             **{k: endpoint[k] for k in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "IPv6Gateway",
                                         "GlobalIPv6Address", "GlobalIPv6PrefixLen", "MacAddress")},
-            "Networks": {spec.network: endpoint}}
+            "Networks": {spec.network: {**endpoint, "Aliases": list(spec.aliases) or None}}}
 
 
 def container_inspect(rec, spec, config: dict, paths: dict, volumes_root: str = "") -> dict:
@@ -161,7 +173,8 @@ def container_inspect(rec, spec, config: dict, paths: dict, volumes_root: str = 
     HostnamePath; ``volumes_root``: where named volumes live."""
     process = config.get("process", {})
     args = process.get("args") or (spec.entrypoint or []) + (spec.command or [])
-    state = {"Status": rec.status, "Running": rec.status in (RUNNING, RESTARTING), "Paused": False,
+    state = {"Status": state_of(rec), "Running": rec.status in (RUNNING, RESTARTING),
+             "Paused": state_of(rec) == PAUSED,
              "Restarting": rec.status == RESTARTING, "OOMKilled": rec.oom_killed, "Dead": False,
              "Pid": rec.pid or 0 if rec.status == RUNNING else 0,
              "ExitCode": rec.exit_code if rec.exit_code is not None else 0, "Error": rec.error,
@@ -216,7 +229,7 @@ def security_host_config(spec) -> dict:
 
 # ------------------------------------------------------------------------------------------------ images
 
-def _unix_seconds(value: float | str | None) -> int:
+def unix_seconds(value: float | str | None) -> int:
     """An image config's RFC 3339 ``created`` (nanoseconds allowed) as Unix seconds; 0 when unknown."""
     if value is None or isinstance(value, (int, float)):
         return int(value or 0)
@@ -241,7 +254,7 @@ def _repo_digests(img) -> list[str]:
 def image_summary(img) -> dict:
     """A ``GET /images/json`` entry (``SharedSize``/``Containers`` -1: not computed, as Docker by default)."""
     return {"Id": img.id, "ParentId": "", "RepoTags": img.repo_tags, "RepoDigests": _repo_digests(img),
-            "Created": _unix_seconds(img.created), "Size": img.size, "SharedSize": -1,
+            "Created": unix_seconds(img.created), "Size": img.size, "SharedSize": -1,
             "Labels": (img.config.get("config") or {}).get("Labels") or {}, "Containers": -1}
 
 
@@ -257,6 +270,26 @@ def image_inspect(img) -> dict:
             "RootFS": {"Type": (config.get("rootfs") or {}).get("type", "layers"),
                        "Layers": list((config.get("rootfs") or {}).get("diff_ids") or [])},
             "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"}}
+
+
+def image_history(img) -> list[dict]:
+    """``GET /images/{name}/history``: the config's history, newest first; each step that made a layer gets
+    that layer's size; the newest row carries the image's ID and tags, older ones ``<missing>`` as Docker
+    shows for pulled images."""
+    history = list(img.config.get("history") or [])
+    layers = list(img.layers)
+    if not history:
+        history = [{"created": img.created, "created_by": ""} for _ in layers] or [{"created": img.created}]
+    rows = []
+    sizes = iter(layer.size for layer in layers)
+    for step in history:
+        size = 0 if step.get("empty_layer") else next(sizes, 0)
+        rows.append({"Id": "<missing>", "Created": unix_seconds(step.get("created")),
+                     "CreatedBy": step.get("created_by", ""), "Tags": None, "Size": size,
+                     "Comment": step.get("comment", "")})
+    rows.reverse()
+    rows[0]["Id"], rows[0]["Tags"] = img.id, img.repo_tags or None
+    return rows
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -276,6 +309,16 @@ def network(record: dict, leases: dict, prefixlen: int, mac_for) -> dict:
             # Docker's option name, and runner's short one that `network ls` and older scripts read.
             "Options": {"com.docker.network.bridge.name": record["Bridge"], "bridge": record["Bridge"]},
             "Labels": dict(record.get("Labels") or {})}
+
+
+def builtin_network(name: str) -> dict:
+    """One of Docker's pre-defined networks (``bridge`` before runner made it, ``host``, ``none``)."""
+    import hashlib
+    return {"Name": name, "Id": hashlib.sha256(f"runner-builtin-network:{name}".encode()).hexdigest(),
+            "Created": iso_time(None), "Scope": "local", "Driver": {"none": "null"}.get(name, name),
+            "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None, "Config": []},
+            "Internal": False, "Attachable": False, "Ingress": False, "ConfigFrom": {"Network": ""},
+            "ConfigOnly": False, "Containers": {}, "Options": {}, "Labels": {}}
 
 
 # ------------------------------------------------------------------------------------------------ volumes

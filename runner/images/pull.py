@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from runner.diskfull import is_full
 from runner.errors import ImageError, RegistryError
 from runner.procs import write_atomic
 from runner.images import platform as platforms
@@ -157,7 +158,7 @@ def pull(store, ref, *, platform=None, credentials: Mapping[str, Mapping[str, st
     reference = ref if isinstance(ref, Reference) else Reference.parse(str(ref))
     wanted, explicit = _resolve_platform(platform)
     emit = progress or (lambda event: None)
-    store.sweep_tmp()  # partial downloads nobody resumed for a day go (they must not grow without bound)
+    store.sweep_tmp()  # a killed writer's leftovers, and partials nobody resumed for a day (see Store.sweep_tmp)
     client = RegistryClient(reference.registry, credentials=(credentials or {}).get(reference.registry),
                             insecure=reference.registry in set(insecure), endpoints=endpoints)
     repo = reference.repository
@@ -219,9 +220,15 @@ def _fetch_layers(client: RegistryClient, store, repo: str, layers: list[dict], 
         futures = [pool.submit(_fetch_blob, client, store, repo, layer, emit, cancel) for layer in layers]
         for future in as_completed(futures):
             downloaded |= future.result()
-    except BaseException:
+    except BaseException as exc:
         # Stop the other downloads at their next read; each one's temp file is removed by the store.
         cancel.set()
+        if is_full(exc):
+            pool.shutdown(wait=True, cancel_futures=True)
+            # A full disk: the others' partials (kept for resuming after any other failure) would only hold
+            # on to space the user needs back; they go too.
+            for layer in layers:
+                store.drop_partial(layer["digest"])
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -3,7 +3,9 @@
 Blobs go first (config and layers, in parallel), the manifest last, so a registry never holds a
 manifest whose blobs are missing. For each blob, the cheapest way that works:
 
-1. ``HEAD`` — the repository already has it: nothing to send ("Layer already exists").
+1. ``HEAD`` — the repository already has it: nothing to send ("Layer already exists"). This is also what
+   resumes a killed push, as with docker: run again, it sends only the blobs that did not reach the registry
+   (a blob cut off mid-upload is sent whole again; its unfinished upload session is the registry's to expire).
 2. Cross-repository mount — the blob was pulled from or pushed to another repository of the same
    registry (remembered by :mod:`runner.images.pull`): one ``POST ?mount=&from=`` and the registry links it
    ("Mounted from ..."). A registry that declines opens a normal upload instead, which we then use.

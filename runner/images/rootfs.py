@@ -50,11 +50,13 @@ def canonical_json(value: object) -> bytes:
 
 def import_rootfs(store: Store, fileobj: BinaryIO, name: str | None, config: dict | None = None,
                   changes: Iterable[str] = (), *, created: float | None = None,
-                  created_by: str = "runner import", comment: str | None = None) -> Image:
+                  created_by: str = "runner import", comment: str | None = None,
+                  platform: dict | None = None) -> Image:
     """Store the (possibly compressed) rootfs tar ``fileobj`` as a one-layer image named ``name``.
 
     ``config`` is the initial ``config`` section (Cmd, Env, ...); ``changes`` are applied on top;
-    ``created`` defaults to now.
+    ``created`` defaults to now; ``platform`` (``{"architecture": "arm64", "os": "linux"}``, as
+    ``docker import --platform``) defaults to this machine's.
     """
     image_config = dockerfile.apply_changes({"Env": [DEFAULT_PATH], "Cmd": ["/bin/sh"], **(config or {})}, changes)
     diff_id, size = store.ingest(decompressed(fileobj))
@@ -65,7 +67,7 @@ def import_rootfs(store: Store, fileobj: BinaryIO, name: str | None, config: dic
     history = {"created": stamp, "created_by": created_by}
     if comment:
         history["comment"] = comment
-    config_doc = {**host_platform(), "created": stamp, "config": image_config,
+    config_doc = {**(platform or host_platform()), "created": stamp, "config": image_config,
                   "rootfs": {"type": "layers", "diff_ids": [diff_id]}, "history": [history]}
     config_bytes = canonical_json(config_doc)
     manifest = {"schemaVersion": 2, "mediaType": MEDIA_OCI_MANIFEST,

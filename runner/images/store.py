@@ -7,7 +7,8 @@ Layout below the root the engine gives (``<state_root>/images``)::
                            "images": {manifest digest: {"id": config digest, "added": time}}}
     index.lock            flock'ed around every read-modify-write of index.json
     l/<hex12>/d           a layer unpacked for overlayfs (``l/<hex12>/diff_id`` says which one)
-    tmp/                  downloads and unpacks in progress (same filesystem, so renames are atomic)
+    tmp/                  downloads and unpacks in progress (same filesystem, so renames are atomic), each
+                          flock'ed by its writer so a killed writer's leftovers are told apart and swept
 
 Why this shape: a blob becomes visible only by an atomic rename after its digest and size were checked,
 so an interrupted or tampered download can never look like valid content; the index is replaced
@@ -152,13 +153,12 @@ class Store:
         """:meth:`ingest`, also telling whether the blob is new (so a caller can discard what it brought in)."""
         if expected_digest is not None:
             validate_digest(expected_digest)
-        import tempfile
 
         from runner.images import layers as layers_mod  # tarfile & co.: only writing the store needs them
         reader = layers_mod.HashingReader(fileobj)
-        fd, tmp = tempfile.mkstemp(prefix="blob-", dir=self._tmp)
+        tmp, lock = self._claim_temp("blob-")
         try:
-            with os.fdopen(fd, "wb") as out:
+            with os.fdopen(os.dup(lock), "wb") as out:
                 while True:
                     chunk = reader.read(_CHUNK)
                     if not chunk:
@@ -186,6 +186,29 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        finally:
+            os.close(lock)
+
+    def _claim_temp(self, prefix: str, directory: bool = False) -> tuple[str, int]:
+        """A new entry in ``tmp/`` (a file, or a directory) and a descriptor holding its flock until closed.
+
+        Why a lock: a writer SIGKILLed mid-way (a killed ``load``, ``pull`` or ``rmi``) leaves its temp entry
+        behind, and only a lock the kernel drops with the process tells such an orphan from one still being
+        written; ``sweep_tmp`` then removes orphans at once instead of after an hour. The sweeper removes an
+        entry only while it holds the entry's lock, so a writer that finds its new entry gone after taking the
+        lock (swept in between) simply makes another: no window where a live writer loses its file.
+        """
+        import tempfile
+        while True:
+            if directory:
+                path = tempfile.mkdtemp(prefix=prefix, dir=self._tmp)
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            else:
+                fd, path = tempfile.mkstemp(prefix=prefix, dir=self._tmp)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if _same_file(fd, path):
+                return path, fd
+            os.close(fd)
 
     # -- resumable downloads (partials) ---------------------------------------------------------------
     # A download goes to ``tmp/partial-<hex>``, named by the blob's digest and flock'ed by its one writer, so
@@ -258,11 +281,24 @@ class Store:
                     os.unlink(path)
             raise
 
-    def sweep_tmp(self, max_age: float = PARTIAL_MAX_AGE) -> int:
-        """Remove temp entries older than ``max_age`` seconds (partials: only if no pull holds them); bytes freed.
+    def drop_partial(self, digest: str) -> None:
+        """Remove the partial download of ``digest`` unless a pull is writing it (its lock is held)."""
+        path = self.partial_path(digest)
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if _same_file(fd, path):
+                    os.unlink(path)
+            finally:
+                os.close(fd)
 
-        ``max_age=0`` (``system prune``) removes every partial nobody is writing; other temp entries (an
-        unpack or a load in progress) only when older than an hour, since they carry no lock.
+    def sweep_tmp(self, max_age: float = PARTIAL_MAX_AGE) -> int:
+        """Remove what killed writers left in ``tmp/``; the bytes freed.
+
+        Partial downloads nobody holds go when older than ``max_age`` seconds (they are worth resuming until
+        then; ``system prune`` passes 0); every other entry (a killed load's or pull's blob, a killed unpack
+        or rmi) goes as soon as no live process holds its lock (see ``_claim_temp``).
         """
         freed = 0
         now = time.time()
@@ -271,23 +307,25 @@ class Store:
             partial = name.startswith(PARTIAL_PREFIX)
             with contextlib.suppress(OSError):
                 st = os.lstat(path)
-                if now - st.st_mtime < (max_age if partial else max(max_age, 3600)):
+                if partial and now - st.st_mtime < max_age:
                     continue
-                if partial:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                    try:
-                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: a pull is writing it
-                        if _same_file(fd, path):
-                            os.unlink(path)
-                            freed += st.st_blocks * 512
-                    finally:
-                        os.close(fd)
-                elif stat.S_ISDIR(st.st_mode):
-                    freed += _disk_usage(path)
-                    _rmtree(path)
-                else:
-                    os.unlink(path)
-                    freed += st.st_blocks * 512
+                if stat.S_ISLNK(st.st_mode):
+                    os.unlink(path)  # never written by runner: nothing to follow it for
+                    continue
+                flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+                fd = os.open(path, flags | (os.O_DIRECTORY if stat.S_ISDIR(st.st_mode) else 0))
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: its writer is alive
+                    if not _same_file(fd, path):
+                        continue
+                    size = _disk_usage(path)
+                    if stat.S_ISDIR(st.st_mode):
+                        _rmtree(path)
+                    else:
+                        os.unlink(path)
+                    freed += size
+                finally:
+                    os.close(fd)
         return freed
 
     def tmp_usage(self) -> tuple[int, int]:
@@ -433,14 +471,16 @@ class Store:
         for diff_id in set(diff_ids) - unpacked:
             path = self._find_layer_dir(diff_id)
             if path is not None:
-                import tempfile
                 try:
-                    gone = tempfile.mkdtemp(prefix="rm-", dir=self._tmp)
+                    gone, lock = self._claim_temp("rm-", directory=True)
                 except OSError:  # a full disk has no block for a new directory: delete in place
                     _rmtree(path)
                     continue
-                os.rename(path, os.path.join(gone, "x"))  # vanish atomically, then delete at leisure
-                _rmtree(gone)
+                try:
+                    os.rename(path, os.path.join(gone, "x"))  # vanish atomically, then delete at leisure
+                    _rmtree(gone)
+                finally:
+                    os.close(lock)
 
     def _named(self, index: dict, digest: str, image: Image | None = None) -> Image:
         """The image ``digest`` with its names and repo digests from ``index``."""
@@ -527,10 +567,8 @@ class Store:
 
     def _unpack_into(self, layer: Layer, path: str) -> bool:
         """Unpack ``layer`` and rename it to ``path``; False if another process got there first."""
-        import tempfile
-
         from runner.images import layers as layers_mod
-        tmp = tempfile.mkdtemp(prefix="unpack-", dir=self._tmp)
+        tmp, lock = self._claim_temp("unpack-", directory=True)
         try:
             os.mkdir(os.path.join(tmp, "d"), 0o755)
             with self.open_blob(layer.digest) as blob:
@@ -548,6 +586,7 @@ class Store:
         finally:
             if os.path.exists(tmp):
                 _rmtree(tmp)
+            os.close(lock)
 
 
 def _find(index: dict, ref: str) -> str:

@@ -10,7 +10,8 @@ A guest image is four files built by ``vmimage/`` (see vmimage/README.md for the
 They live in ``<platformdirs user cache>/runner/vmimage/<IMAGE_VERSION>/<arch>/``. Every artifact's sha256
 is checked against the manifest before it is handed to QEMU, so a partial download or a flipped bit is
 found here, with a clear message, instead of as a guest that hangs or panics under TCG. The images are
-built on Linux only (mmdebstrap); macOS and Windows hosts take the artifacts published with each release.
+built on Linux only (mmdebstrap); macOS and Windows hosts pull them from a registry as an OCI artifact
+(runner.vm.artifact), pinned by digest per runner release.
 Stdlib only; platformdirs is imported lazily so importing this module stays cheap.
 """
 
@@ -22,6 +23,7 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from runner.errors import PlatformError, VMError
 
@@ -165,16 +167,20 @@ def build(arch: str, out_dir: str | os.PathLike, force: bool = False) -> Artifac
 
 
 def _download_hint(directory: Path | str) -> str:
-    # No release publishes the artifacts yet (README: platform status): they are built on Linux and copied.
-    return (f"build it on a Linux machine (`runner vm image build`, as root, needs mmdebstrap) and copy its "
+    return ("pull a published guest with `runner vm image pull REF` (or set RUNNER_GUEST_IMAGE / the config's "
+            "vm.image), "
+            f"or build it on a Linux machine (`runner vm image build`, as root, needs mmdebstrap) and copy its "
             f"vmimage/{IMAGE_VERSION}/<arch> cache directory's files into {directory} (or set {CACHE_ENV})")
 
 
-def ensure(arch: str | None = None, build_if_missing: bool = True) -> Artifacts:
-    """Return verified artifacts for ``arch``; on Linux (if allowed) rebuild a missing, corrupt or stale one.
+def ensure(arch: str | None = None, build_if_missing: bool = True,
+           fetch: Callable[[str], bool] | None = None) -> Artifacts:
+    """Return verified artifacts for ``arch``; if missing or broken, first ``fetch(arch)`` (the registry pull of
+    runner.vm.artifact_pull.ensure, which returns False when no guest reference is configured), else on Linux
+    (if allowed) rebuild a missing, corrupt or stale one.
 
-    Verification happens on every call, before QEMU is started: it costs a few hundred ms of hashing,
-    far less than debugging a guest booted from a truncated kernel.
+    Verification happens on every call, before QEMU is started: it costs a few hundred ms of hashing
+    (once: then a stamp remembers it), far less than debugging a guest booted from a truncated kernel.
     """
     if not arch:
         from runner.vm.accel import host_arch
@@ -185,16 +191,23 @@ def ensure(arch: str | None = None, build_if_missing: bool = True) -> Artifacts:
     try:
         artifacts = verify(directory, arch)
     except VMError as problem:
+        if fetch is not None and fetch(arch):
+            return verify(directory, arch)
         if can_build:
             return build(arch, directory, force=True)
         raise VMError(problem.message, hint=_download_hint(directory)) from problem
-    if can_build and _recipe_changed(artifacts):
+    if can_build and not _pulled(directory) and _recipe_changed(artifacts):
         # A developer edited vmimage/ (init, package list): boot what the source says, not a stale image.
         try:
             return build(arch, directory)
         except PlatformError:
             return artifacts  # cannot build here (not root, tools missing): the intact old image still boots
     return artifacts
+
+
+def _pulled(directory: Path) -> bool:
+    """A pulled guest is what its publisher built: a changed local recipe does not rebuild over it."""
+    return (directory / ".source.json").is_file()
 
 
 def _recipe_changed(artifacts: Artifacts) -> bool:

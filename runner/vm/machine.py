@@ -42,13 +42,34 @@ class Machine:
 
     def __init__(self, name: str = layout.DEFAULT_MACHINE, guest_arch: str | None = None,
                  root: Path | None = None, warn: Callable[[str], None] | None = None):
-        from runner.vm.accel import host_arch
+        from runner.vm.qemu_cmd import normalize_arch
 
         self.name = name
         self.paths = MachinePaths.for_name(name, root)
-        self.guest_arch = guest_arch or host_arch()
+        # The architecture asked for (vm start --arch); None = the machine's own, or the host's for a new one.
+        self._wanted_arch = normalize_arch(guest_arch) if guest_arch else None
         self.warn = warn or (lambda message: None)  # the CLI passes its own: it is the one owner of output
         self._proc: subprocess.Popen | None = None  # set when this process started QEMU (to reap it)
+
+    @property
+    def guest_arch(self) -> str:
+        """The guest's CPU architecture: the one asked for, else the machine's stored one, else the host's.
+
+        Like podman machine (one architecture per named machine), a machine keeps the architecture it was
+        created with: its data disk holds that architecture's images. Another architecture is another machine
+        (``--name``); :meth:`start` refuses a mismatch instead of silently booting the other guest."""
+        from runner.vm.accel import host_arch
+
+        return self._wanted_arch or self.existing_arch() or host_arch()
+
+    def existing_arch(self) -> str | None:
+        """The architecture this machine was created with, or None when it does not exist yet. A machine
+        created before the architecture was stored (config.json without ``arch``) is of the host's."""
+        from runner.vm.accel import host_arch
+
+        if not self.paths.config.exists() and not self.paths.data_disk.exists():
+            return None
+        return (self.config().arch if self.paths.config.exists() else None) or host_arch()
 
     def __repr__(self) -> str:
         return f"Machine({self.name!r})"
@@ -56,15 +77,20 @@ class Machine:
     # ---- public API -------------------------------------------------------------------------------------
 
     def start(self, cpus: int | None = None, memory: int | None = None, disk_size: str | None = None,
-              wait: bool = True, timeout: float | None = None, shares: list[str] | None = None) -> "Machine":
+              wait: bool = True, timeout: float | None = None, shares: list[str] | None = None,
+              arch: str | None = None) -> "Machine":
         """Boot the machine if it is not running (creating it on first use) and, with ``wait``, block until
         SSH works. ``memory`` is in MiB. Sizes given for an existing machine replace its stored ones, except
-        the disk size, which is fixed when the data disk is created. ``shares``: host directories to share
-        (replacing the stored or default set, see :mod:`runner.vm.shares`)."""
+        the disk size and ``arch``, which are fixed when the machine is created. ``shares``: host directories
+        to share (replacing the stored or default set, see :mod:`runner.vm.shares`)."""
         from runner.vm import shares as vmshares
+        from runner.vm.qemu_cmd import normalize_arch
 
+        if arch:
+            self._wanted_arch = normalize_arch(arch)
         wanted_shares = tuple(vmshares.check_dirs(shares)) if shares else None
         with self._locked():
+            self._check_arch()
             record = self._live_record()
             launched = record is None
             if record is None:
@@ -73,7 +99,7 @@ class Machine:
             elif any(v is not None for v in (cpus, memory, disk_size, wanted_shares)):
                 stored = self.config()
                 wanted = MachineConfig(cpus or stored.cpus, memory or stored.memory_mib,
-                                       disk_size or stored.disk_size, wanted_shares or stored.shares)
+                                       disk_size or stored.disk_size, wanted_shares or stored.shares, stored.arch)
                 if wanted != stored:
                     raise Conflict(f"machine {self.name!r} is running with {_describe(stored)}",
                                    hint=f"stop it first: runner vm stop --name {self.name}")
@@ -93,6 +119,17 @@ class Machine:
                     record = self._launch(config, fast=True, resume=False)
                     Readiness(self, record, timeout, self.warn).wait()
         return self
+
+    def _check_arch(self) -> None:
+        """An existing machine of another architecture is refused with the way to get the one asked for."""
+        existing = self.existing_arch()
+        if self._wanted_arch is None or existing is None or existing == self._wanted_arch:
+            return
+        flag = "" if self.name == layout.DEFAULT_MACHINE else f" --name {self.name}"
+        raise Conflict(f"machine {self.name!r} is an {existing} machine, not {self._wanted_arch}",
+                       hint=f"use another machine for {self._wanted_arch} (runner vm start --name "
+                            f"{self._wanted_arch} --arch {self._wanted_arch}), or remove this one first "
+                            f"(runner vm rm{flag}); the architecture is fixed when a machine is created")
 
     # ---- shared host directories (runner.vm.shares) ---------------------------------------------------
     def shared_dirs(self) -> list[str]:
@@ -143,6 +180,7 @@ class Machine:
                                 "serial_log": str(self.paths.serial_log), "exists": self.paths.dir.is_dir()}
         if config:
             info.update(config.to_dict())
+            info.pop("arch", None)  # shown as guest_arch (the host's for a machine that predates --arch)
         info["shares"] = self.shared_dirs()
         record = self._live_record()
         if record is None:
@@ -239,7 +277,7 @@ class Machine:
                         shares: tuple[str, ...] | None = None) -> MachineConfig:
         stored = self.config()
         config = MachineConfig(cpus or stored.cpus, memory or stored.memory_mib,
-                               disk_size or stored.disk_size, shares or stored.shares).validate()
+                               disk_size or stored.disk_size, shares or stored.shares, self.guest_arch).validate()
         if self.paths.data_disk.exists() and parse_size(config.disk_size) != parse_size(stored.disk_size):
             raise UsageError(f"machine {self.name!r} already has a {stored.disk_size} data disk",
                              hint="the disk size is fixed when the machine is created; "
@@ -248,12 +286,13 @@ class Machine:
 
     def _launch(self, config: MachineConfig, fast: bool = False, resume: bool = True) -> dict:
         """Prepare every file and start QEMU detached; returns the run record (not yet ready)."""
-        from runner.vm import accel, boot, image, snapshot
+        from runner.vm import accel, artifact_pull, boot, snapshot
 
         self._clean_runtime()
         layout.write_private(self.paths.config, json.dumps(config.to_dict(), indent=2) + "\n")
         qemu = accel.find_qemu(self.guest_arch)
-        artifacts = image.ensure(self.guest_arch)
+        # First start on a host without a guest: pulled from the configured/pinned registry reference.
+        artifacts = artifact_pull.ensure(self.guest_arch, progress=artifact_pull.status_lines(self.warn))
         client_key, host_key = self.keys()
         if not self.paths.data_disk.exists():
             self._create_data_disk(qemu, config.disk_size)

@@ -49,13 +49,17 @@ def normalize_arch(arch: str) -> str:
 
 @dataclass(frozen=True)
 class MachineConfig:
-    """The user-chosen size of a machine; stored in the machine's config.json and kept across restarts."""
+    """The user-chosen size and CPU architecture of a machine; stored in the machine's config.json and kept
+    across restarts."""
 
     cpus: int = 2
     memory_mib: int = 2048
     disk_size: str = "20G"
     # Host directories shared over 9p (real absolute paths); None = the defaults (runner.vm.shares).
     shares: tuple[str, ...] | None = None
+    # The guest's architecture (x86_64 / aarch64), fixed when the machine is created like its disk: the data
+    # disk holds images of that architecture. None: a machine created before this was stored = the host's.
+    arch: str | None = None
 
     def validate(self) -> "MachineConfig":
         problems = []
@@ -65,6 +69,8 @@ class MachineConfig:
             problems.append(f"--memory must be at least 256 MiB (got {self.memory_mib})")
         if not parse_size(self.disk_size):
             problems.append(f"--disk-size {self.disk_size!r} is not a size like 20G or 512M")
+        if self.arch is not None and self.arch not in ("x86_64", "aarch64"):
+            problems.append(f"--arch {self.arch!r} is not x86_64 or aarch64")
         if problems:
             raise UsageError("; ".join(problems))
         return self
@@ -73,13 +79,17 @@ class MachineConfig:
         out: dict = {"cpus": self.cpus, "memory_mib": self.memory_mib, "disk_size": self.disk_size}
         if self.shares is not None:
             out["shares"] = list(self.shares)
+        if self.arch is not None:
+            out["arch"] = self.arch
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "MachineConfig":
         shares = data.get("shares")
+        arch = data.get("arch")
         return cls(int(data["cpus"]), int(data["memory_mib"]), str(data["disk_size"]),
-                   tuple(str(s) for s in shares) if isinstance(shares, list) else None)
+                   tuple(str(s) for s in shares) if isinstance(shares, list) else None,
+                   normalize_arch(str(arch)) if arch else None)
 
 
 def parse_size(text: str) -> int | None:

@@ -14,27 +14,11 @@ import tempfile
 
 import pytest
 
-from tests.helpers import cli
+from tests.helpers import Driver, cli
 
 # The registry fixtures of tests/registry (a real docker-registry on 127.0.0.1), reused as they are.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "registry"))
 from tests.registry.conftest import registry, tmp_root  # noqa: E402,F401
-
-
-class Driver:
-    def __init__(self, backend: str, root: str | None, env: dict | None = None):
-        self.backend = backend
-        self.root = root
-        self.env = env or {}
-
-    def __call__(self, *args: str, input: bytes | None = None, timeout: float = 180):
-        return cli(list(args), root=self.root, backend=self.backend, input=input, timeout=timeout, env=self.env)
-
-    def cleanup(self) -> None:
-        proc = self("ps", "-a", "-q", "--no-trunc")
-        for cid in proc.stdout.decode().split():
-            self("rm", "-f", cid)
-        self("network", "rm", "bridge")  # the default network's bridge and NAT table
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +44,23 @@ def vm_driver(guest_image):
         shutil.rmtree(state, ignore_errors=True)
 
 
-@pytest.fixture(params=[pytest.param("native", marks=pytest.mark.root),
-                        pytest.param("vm", marks=pytest.mark.vm)])
+@pytest.fixture(scope="session")
+def vm_aarch64_driver(aarch64_machine):
+    """The aarch64 machine (tests/conftest.py) for the scenarios marked ``aarch64``."""
+    return aarch64_machine
+
+
+def pytest_generate_tests(metafunc):
+    """Every scenario runs natively and on the host-arch VM; those marked ``aarch64`` also on an aarch64
+    machine (under TCG on x86_64 hosts, so a subset: see the marker's note in pyproject.toml)."""
+    if "rn" not in metafunc.fixturenames:
+        return
+    params = [pytest.param("native", marks=pytest.mark.root), pytest.param("vm", marks=pytest.mark.vm)]
+    if metafunc.definition.get_closest_marker("aarch64"):
+        params.append(pytest.param("vm_aarch64", marks=pytest.mark.vm, id="vm-aarch64"))
+    metafunc.parametrize("rn", params, indirect=True)
+
+
+@pytest.fixture
 def rn(request):
     return request.getfixturevalue(f"{request.param}_driver")

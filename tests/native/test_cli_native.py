@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -198,3 +199,39 @@ def test_not_root_is_a_clear_error(native_root, tmp_path):
                         "runner", "run", "--rm", IMG, "true"], capture_output=True, env=env, cwd=str(tmp_path))
     assert p.returncode == 125
     assert p.stderr.decode().startswith("Error: ") and "root" in p.stderr.decode()
+
+
+@pytest.mark.parametrize("runtime", ["builtin", "runc"])
+def test_privileged_gets_every_host_device_also_in_subdirectories(native_root, runtime):
+    """--privileged as Docker (runc's host device walk): every device node under the host's /dev, nested ones
+    too (/dev/net/tun, /dev/mapper/..., here a scratch directory), with the host's numbers; not symlinks, not
+    what is in pts/shm/mqueue-like directories."""
+    import uuid
+    scratch = f"/dev/runner-test-{uuid.uuid4().hex[:8]}"
+    os.makedirs(f"{scratch}/deeper/shm")
+    try:
+        os.mknod(f"{scratch}/deeper/nullish", 0o620 | 0o020000, os.makedev(1, 3))  # a char device: /dev/null's
+        os.mknod(f"{scratch}/deeper/shm/hidden", 0o600 | 0o020000, os.makedev(1, 5))
+        os.symlink("/dev/null", f"{scratch}/link")
+        expected = set()
+        for base, dirs, files in os.walk("/dev"):
+            dirs[:] = [d for d in dirs if d not in ("pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev")]
+            if base != "/dev":
+                for name in files:
+                    st = os.lstat(os.path.join(base, name))
+                    if name != "console" and (st.st_mode & 0o170000) in (0o020000, 0o060000):
+                        expected.add(f"{os.path.join(base, name)} {os.major(st.st_rdev):x}:{os.minor(st.st_rdev):x}")
+        assert f"{scratch}/deeper/nullish 1:3" in expected and len(expected) >= 2
+        script = ("find /dev -mindepth 2 \\( -type c -o -type b \\) ! -path '/dev/pts/*' ! -path '/dev/shm/*' "
+                  "! -path '/dev/mqueue/*' -exec stat -c '%n %t:%T' {} +; ls -l " + scratch)
+        p = run(native_root, "run", "--rm", "--network", "none", "--runtime", runtime, "--privileged", IMG,
+                "sh", "-c", script)
+        assert p.returncode == 0, p.stderr.decode()
+        lines = text(p).splitlines()
+        got = {line for line in lines if line.startswith("/dev/")}
+        assert got == expected, (sorted(got ^ expected))
+        assert not any("link" in line for line in lines)  # the symlink is not a device
+        p = run(native_root, "run", "--rm", "--network", "none", "--runtime", runtime, IMG, "ls", scratch)
+        assert p.returncode != 0  # not without --privileged
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -9,10 +9,11 @@ import json
 import os
 import re
 import subprocess
+import sys
 
 import pytest
 
-from tests.helpers import cli, wait_for
+from tests.helpers import REPO, cli, wait_for
 
 pytestmark = pytest.mark.root
 IMG = "localhost/busybox"
@@ -176,3 +177,51 @@ def test_system_prune_works_on_a_full_disk_and_gives_the_space_back(small_root):
         assert df.returncode == 0 and json.loads(df.stdout)["Disk"]["Mount"] == mnt
     finally:
         os.unlink(filler)
+
+
+def small_tmpfs(path: str, size: str = "256k") -> str:
+    os.mkdir(path)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", path], check=True)
+    return path
+
+
+def test_save_into_a_full_filesystem_names_that_filesystem_not_runners(native_root, tmp_path):
+    """`save -o` (or `save >`) onto a full filesystem elsewhere: the error names that filesystem and the file,
+    with a hint that helps there (pruning runner's store would not), and no partial archive stays."""
+    out = small_tmpfs(str(tmp_path / "out"))
+    try:
+        proc = run(native_root, "save", "-o", f"{out}/busybox.tar", IMG)
+        lines = proc.stderr.decode().splitlines()
+        assert proc.returncode == 125 and len(lines) == 2, lines
+        assert lines[0].startswith(f"Error: no space left on {out} (tmpfs, ") and \
+            lines[0].endswith(f"while writing {out}/busybox.tar"), lines
+        assert lines[1] == "Hint: free space there, or write the archive elsewhere (-o PATH)", lines
+        assert os.listdir(out) == []  # the temp archive went, nothing under the real name either
+        with open(f"{out}/piped.tar", "wb") as f:  # `runner save IMG > file`
+            proc = subprocess.run([sys.executable, "-m", "runner", "--backend", "native", "save", IMG], stdout=f,
+                                  stderr=subprocess.PIPE, env=dict(os.environ, RUNNER_ROOT=native_root,
+                                                                   PYTHONPATH=REPO), timeout=120)
+        assert proc.returncode == 125 and proc.stderr.decode().splitlines()[0].endswith(
+            "while writing standard output"), proc.stderr.decode()
+    finally:
+        subprocess.run(["umount", "-l", out], check=False)
+
+
+def test_output_redirected_onto_a_full_filesystem_is_named_as_such(native_root, tmp_path):
+    """`runner logs c > file` on a full filesystem: no write path of runner's words that, so the last resort
+    names the redirected stdout's filesystem, not the working directory or runner's root."""
+    out = small_tmpfs(str(tmp_path / "out"), "64k")
+    try:
+        p = run(native_root, "run", "--name", "chatty", "--network", "none", IMG, "sh", "-c",
+                "i=0; while [ $i -lt 3000 ]; do echo a line of the chatty container $i; i=$((i+1)); done")
+        assert p.returncode == 0, p.stderr.decode()
+        with open(f"{out}/logs.txt", "wb") as f:
+            proc = subprocess.run([sys.executable, "-m", "runner", "--backend", "native", "logs", "chatty"],
+                                  stdout=f, stderr=subprocess.PIPE, timeout=120,
+                                  env=dict(os.environ, RUNNER_ROOT=native_root, PYTHONPATH=REPO))
+        lines = proc.stderr.decode().splitlines()
+        assert proc.returncode == 125 and len(lines) == 2, lines
+        assert lines[0].startswith(f"Error: no space left on {out} (tmpfs, 0B free) while writing standard output")
+    finally:
+        run(native_root, "rm", "-f", "chatty")
+        subprocess.run(["umount", "-l", out], check=False)

@@ -207,3 +207,111 @@ def test_a_pull_into_a_full_disk_fails_in_one_line_and_leaves_no_partial(proxy, 
         assert cli(["images", "-q"], root=root).stdout == b""
     finally:
         subprocess.run(["umount", "-l", mnt], check=False)
+
+
+class UploadProxy:
+    """Forwards every request to ``upstream`` keeping the Host header (so the Location URLs the registry
+    builds point back here); records (method, path) of what it forwards; ``hold`` = a digest whose closing upload PUT is held
+    unanswered (its body read, nothing forwarded: the blob is never committed) until the proxy closes."""
+
+    def __init__(self, upstream: str):
+        self.upstream, self.requests, self.hold = upstream, [], None
+        self.held = threading.Event()
+        self.release = threading.Event()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _any(self):
+                proxy._forward(self)
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _any
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def _forward(self, req):
+        body = req.rfile.read(int(req.headers.get("Content-Length") or 0))
+        if req.command == "PUT" and self.hold and f"digest={self.hold.replace(':', '%3A')}" in req.path:
+            self.held.set()  # not recorded: it never reaches the registry
+            self.release.wait(60)  # the test kills the push meanwhile
+            req.close_connection = True
+            return
+        self.requests.append((req.command, req.path))
+        conn = http.client.HTTPConnection(self.upstream, timeout=30)
+        headers = {k: v for k, v in req.headers.items() if k.lower() != "connection"}
+        conn.request(req.command, req.path, body=body if body or req.command in ("POST", "PUT", "PATCH") else None,
+                     headers=headers)
+        reply = conn.getresponse()
+        data = reply.read()
+        req.send_response(reply.status)
+        for key, value in reply.getheaders():
+            if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                req.send_header(key, value)
+        if req.command != "HEAD":
+            req.send_header("Content-Length", str(len(data)))
+        req.send_header("Connection", "close")
+        req.end_headers()
+        if req.command != "HEAD":
+            req.wfile.write(data)
+        conn.close()
+        req.close_connection = True
+
+    def uploads(self) -> list[str]:
+        """Digests of the blobs whose upload was finished (the closing PUT ?digest=...)."""
+        import urllib.parse
+        out = []
+        for method, path in self.requests:
+            if method == "PUT" and "/blobs/uploads/" in path:
+                out += urllib.parse.parse_qs(urllib.parse.urlsplit(path).query).get("digest", [])
+        return out
+
+    def close(self):
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_a_killed_push_run_again_uploads_only_the_missing_blobs(registry, tmp_path):
+    """As docker: every blob is checked with HEAD before its upload, so a push killed after some layers
+    reached the registry sends only the others when run again (a half-sent blob starts over: registries
+    drop an unfinished upload session, and docker does not resume one either)."""
+    from runner.images.store import Store
+    proxy = UploadProxy(registry.host)
+    try:
+        root = str(tmp_path / "root")
+        name = f"{proxy.host}/pushresume/img:1"
+        built = build_image(Store(os.path.join(root, "images")), name,
+                            [{"big": os.urandom(3 << 20)}, {"a": b"first\n"}, {"b": b"second\n"}])
+        big, small = built["layers"][0], built["layers"][1:] + [built["config"]]
+        proxy.hold = big
+        env = dict(os.environ, RUNNER_ROOT=root, PYTHONPATH=REPO)
+        first = subprocess.Popen([sys.executable, "-m", "runner", "--backend", "native", "push", name],
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            # Killed while the big layer's upload waits for its answer and the small blobs are in.
+            wait_for(lambda: proxy.held.is_set() and sorted(proxy.uploads()) == sorted(small),
+                     what="the small blobs uploaded and the big one held")
+        finally:
+            first.send_signal(signal.SIGKILL)
+            first.wait()
+            first.stdout.close()
+            first.stderr.close()
+        assert "/manifests/" not in " ".join(path for _, path in proxy.requests)  # the manifest never went
+        proxy.hold = None
+        proxy.requests.clear()
+        again = cli(["push", name], root=root)
+        assert again.returncode == 0, again.stderr.decode()
+        assert proxy.uploads() == [big]  # only the missing blob was sent again
+        heads = {path.rsplit("/", 1)[-1] for method, path in proxy.requests if method == "HEAD"}
+        assert heads >= set(small) | {big}
+        assert again.stdout.decode().count("Layer already exists") == 2, again.stdout.decode()
+        pulled = cli(["pull", "-q", name], root=str(tmp_path / "other"))
+        assert pulled.returncode == 0, pulled.stderr.decode()
+    finally:
+        proxy.close()

@@ -104,7 +104,8 @@ class FakeEngine:
     def ps(self, all: bool = False) -> list[dict]:
         return [{"Id": "c0ffee", "all": all}]
 
-    def logs(self, ref: str, stdio: Stdio, follow: bool = False, tail: int | None = None) -> None:
+    def logs(self, ref: str, stdio: Stdio, follow: bool = False, tail: int | None = None,
+             since: float | None = None, timestamps: bool = False) -> None:
         os.write(stdio.stdout, b"out line\n")
         os.write(stdio.stderr, b"err line\n")
 

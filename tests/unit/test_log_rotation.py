@@ -113,3 +113,23 @@ def test_a_rotation_between_the_reader_opening_files_neither_skips_nor_repeats(t
     writer.close()
     assert len(opens) > 3  # the first set was found inconsistent and opened again
     assert got == list(range(got[0], number)), got  # consecutive up to the newest line: no gap, no repeat
+
+
+def test_lines_split_odd_chunks_per_stream_as_dockers_json_file(tmp_path):
+    """--tail counts lines: output written in odd chunks (a line across writes, several lines in one write,
+    stdout and stderr interleaved mid-line) reads back as one entry per line, per stream."""
+    path = str(tmp_path / "container.log")
+    writer = logs.LogWriter(path)
+    for stream, chunk in ((logs.STDOUT, b"a"), (logs.STDOUT, b"b\nc"), (logs.STDERR, b"E1\nE"),
+                          (logs.STDOUT, b"\nd\ne\n"), (logs.STDERR, b"2\n"), (logs.STDOUT, b"tail-no-newline")):
+        writer.write(stream, chunk)
+    writer.close()
+    assert len(frames(path)) == 6
+    assert [(s, d) for s, _, d in logs.lines(logs.read_frames(path))] == [
+        (1, b"ab\n"), (2, b"E1\n"), (1, b"c\n"), (1, b"d\n"), (1, b"e\n"), (2, b"E2\n"), (1, b"tail-no-newline")]
+
+
+def test_lines_cut_a_long_line_into_dockers_16k_entries_and_flush_a_partial_when_caught_up():
+    frames_in = [(1, 0.0, b"x" * 40000 + b"\ny"), (logs.IDLE, 0.0, b""), (1, 0.0, b"z\n")]
+    assert [(s, len(d)) for s, _, d in logs.lines(iter(frames_in))] == \
+        [(1, 16384), (1, 16384), (1, 40000 - 2 * 16384 + 1), (1, 1), (1, 2)]

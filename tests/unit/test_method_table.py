@@ -16,7 +16,7 @@ from runner.backends.base import Backend
 ROOT = Path(__file__).resolve().parents[2]
 # Public Engine methods that are the engine's own plumbing (called by the shim or the store), not Backend calls.
 ENGINE_INTERNAL = {"runtime", "runtime_for", "images_store", "bundle", "bundle_dir", "empty_dir", "log_path",
-                   "remove_container_files"}
+                   "remove_container_files", "journal", "journal_container"}
 
 
 def _engine_methods() -> dict[str, list[str]]:
@@ -56,6 +56,8 @@ def test_agent_backend_is_generated_for_every_method():
 
 
 class _RecordingClient:
+    lost = False  # a live connection (runner.agent.client.AgentClient.lost)
+
     def __init__(self):
         self.calls = []
 

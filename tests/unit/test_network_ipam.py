@@ -138,7 +138,7 @@ def store(tmp_path, monkeypatch):
 
 
 def _rec(cid: str, name: str):
-    return types.SimpleNamespace(id=cid, name=name)
+    return types.SimpleNamespace(id=cid, name=name, spec={})
 
 
 def test_create_chooses_free_subnets_and_indexes(store):

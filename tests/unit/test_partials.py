@@ -4,6 +4,7 @@ pull in tests/registry/test_resume.py)."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import io
 import os
@@ -93,3 +94,68 @@ def test_sweep_removes_old_partials_and_prune_all_unheld_ones(tmp_path):
     assert store.tmp_usage()[0] == 1
     store.sweep_tmp(0)
     assert store.tmp_usage() == (0, 0)
+
+
+def test_sweep_removes_a_dead_writers_temp_entries_at_once_and_never_a_live_ones(tmp_path):
+    """A killed load/unpack/rmi leaves an unlocked temp entry: gone at the next sweep, whatever its age; an
+    entry whose writer is alive (its lock held) stays, and so does a fresh partial (worth resuming)."""
+    store = Store(str(tmp_path))
+    live_file, live_lock = store._claim_temp("blob-")
+    live_dir, dir_lock = store._claim_temp("unpack-", directory=True)
+    dead_file, lock = store._claim_temp("blob-")
+    os.write(lock, b"x" * 5000)
+    os.close(lock)  # as the kernel does for a SIGKILLed writer
+    dead_dir, lock = store._claim_temp("rm-", directory=True)
+    os.makedirs(os.path.join(dead_dir, "x", "y"))
+    os.close(lock)
+    fresh_partial = store.partial_path("sha256:" + "c" * 64)
+    with open(fresh_partial, "wb") as f:
+        f.write(b"p")
+    try:
+        assert store.sweep_tmp() > 0
+        assert sorted(os.listdir(store._tmp)) == sorted(os.path.basename(p)
+                                                         for p in (live_file, live_dir, fresh_partial))
+    finally:
+        os.close(live_lock)
+        os.close(dir_lock)
+    store.sweep_tmp(0)
+    assert store.tmp_usage() == (0, 0)
+
+
+def test_a_writer_whose_new_entry_was_swept_before_it_locked_it_makes_another(tmp_path, monkeypatch):
+    store = Store(str(tmp_path))
+    real_flock, swept = fcntl.flock, []
+
+    def flock_after_a_sweep(fd, op):
+        if not swept:  # the sweeper wins the race for the writer's first, still unlocked entry
+            swept.append(os.listdir(store._tmp))
+            store.sweep_tmp()
+            swept.append(os.listdir(store._tmp))
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_sweep)
+    path, lock = store._claim_temp("blob-")
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    try:
+        assert len(swept[0]) == 1 and swept[1] == []  # the first entry was swept ...
+        assert os.path.exists(path) and swept[0][0] != os.path.basename(path)  # ... and another one made and os.listdir(store._tmp) == [os.path.basename(path)]
+    finally:
+        os.close(lock)
+
+
+def test_drop_partial_removes_an_unheld_partial_only(tmp_path):
+    store = Store(str(tmp_path))
+    digest = "sha256:" + "d" * 64
+    path = store.partial_path(digest)
+    with open(path, "wb") as f:
+        f.write(b"x")
+    held = os.open(path, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # a pull writing it
+    try:
+        store.drop_partial(digest)
+        assert os.path.exists(path)
+    finally:
+        os.close(held)
+    store.drop_partial(digest)
+    assert not os.path.exists(path)
+    store.drop_partial(digest)  # none: nothing to do

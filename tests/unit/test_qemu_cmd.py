@@ -59,6 +59,9 @@ def head(binary, machine, accel, cpu):
     ("darwin", "arm64", "aarch64", "tcg", head("qemu-system-aarch64", "virt", "tcg,thread=multi", "cortex-a72")),
     ("darwin", "x86_64", "x86_64", "hvf", head("qemu-system-x86_64", "q35", "hvf", "host")),
     ("darwin", "arm64", "x86_64", "tcg", head("qemu-system-x86_64", "q35,pit=off", "tcg,thread=multi", "max")),
+    # runner vm start --arch: the other architecture's guest under TCG on a Linux host of either arch
+    ("linux", "aarch64", "x86_64", "tcg", head("qemu-system-x86_64", "q35,pit=off", "tcg,thread=multi", "max")),
+    ("linux", "aarch64", "aarch64", "tcg", head("qemu-system-aarch64", "virt", "tcg,thread=multi", "cortex-a72")),
 ])
 def test_unix_hosts(host_os, host_arch, guest, accel, expected_head):
     console = "ttyS0" if guest == "x86_64" else "ttyAMA0"
@@ -118,6 +121,8 @@ def test_windows_refuses_shares():
     ("linux", "x86_64", "x86_64", "hvf"),      # hvf is macOS only
     ("darwin", "arm64", "aarch64", "kvm"),     # kvm is Linux only
     ("darwin", "arm64", "x86_64", "hvf"),      # no hardware acceleration across architectures
+    ("linux", "x86_64", "aarch64", "kvm"),
+    ("linux", "aarch64", "x86_64", "kvm"),
     ("linux", "x86_64", "x86_64", "bogus"),
 ])
 def test_impossible_combinations(host_os, host_arch, guest, accel):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes.util
 import json
+import os
 import struct
 
 import pytest
@@ -313,3 +314,62 @@ def test_inspect_host_config_shape():
     assert views.security_host_config(spec) == {
         "CapAdd": ["NET_ADMIN"], "CapDrop": None, "Privileged": False, "SecurityOpt": None,
         "Devices": [{"PathOnHost": "/dev/null", "PathInContainer": "/dev/n", "CgroupPermissions": "r"}]}
+
+
+def _errno_under_filter(bpf: bytes, numbers: list[int]) -> list[int]:
+    """Install ``bpf`` in a forked child (no_new_privs lets an unprivileged task do it) and return the errno
+    each raw system call number gives there: the kernel's verdict on the program, without root."""
+    import ctypes
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
+            prepared = seccomp.Prepared(bpf)
+            prepared.install()
+            libc.syscall.restype = ctypes.c_long
+            out = []
+            for nr in numbers:
+                ctypes.set_errno(0)
+                rc = libc.syscall(ctypes.c_long(nr), 0, 0, 0, 0, 0, 0)
+                out.append(str(ctypes.get_errno() if rc < 0 else 0))
+            os.write(w, " ".join(out).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return [int(x) for x in data.split()]
+
+
+@needs_libseccomp
+def test_enosys_stub_makes_syscalls_above_the_profile_enosys_against_the_kernel():
+    arch = seccomp.machine_arch()  # this machine's: the filter is installed here, in a child
+    f = seccomp.to_oci(seccomp.load_default(), caps.DOCKER_DEFAULT_CAPS, arch)
+    lib = seccomp._lib()
+    last = seccomp.last_syscalls(lib, f, arch)[arch]
+    assert 435 <= last < 1000  # clone3 (435 on x86_64 and arm64) is in the profile; nothing is numbered near 1000
+    keyctl, getpid = (lib.seccomp_syscall_resolve_name(n) for n in (b"keyctl", b"getpid"))
+    bpf = seccomp.compile_bpf(f, arch)
+    # Above the profile's highest: ENOSYS; a known one the profile denies: EPERM; an allowed one works.
+    assert _errno_under_filter(bpf, [last + 1, 1000, keyctl, getpid]) == [38, 38, 1, 0]
+    # The stub is what makes the difference: libseccomp's program alone says EPERM for 1000.
+    stub = seccomp.enosys_stub(lib, f, arch)
+    assert bpf.startswith(stub) and _errno_under_filter(bpf[len(stub):], [1000]) == [1]
+
+
+@needs_libseccomp
+def test_no_enosys_stub_when_the_default_lets_calls_through_or_is_enosys_already():
+    lib = seccomp._lib()
+    allow = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": [],
+             "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}
+    assert seccomp.enosys_stub(lib, allow, X86) == b""
+    enosys = {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 38, "architectures": [],
+              "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}
+    assert seccomp.enosys_stub(lib, enosys, X86) == b""
+    arm = seccomp.to_oci(seccomp.load_default(), caps.DOCKER_DEFAULT_CAPS, ARM)
+    # 32-bit ARM's private calls (set_tls, 0xf0005) do not raise its limit: the program rules on them.
+    assert seccomp.last_syscalls(lib, arm, ARM)["SCMP_ARCH_ARM"] < 0xf0000

@@ -22,7 +22,9 @@ Three steps, as in Docker + runc, each usable alone:
    makes the system call.
 
 A syscall name libseccomp does not know on an architecture is skipped (runc does the same), so one profile
-serves kernels and architectures of different ages. Standard library only (runs in the guest, where
+serves kernels and architectures of different ages; and, as runc's patchbpf, a short stub before
+libseccomp's program answers ENOSYS for syscall numbers above the highest the profile names (``enosys_stub``),
+so a kernel newer than the profile does not turn its new calls into EPERM. Standard library only (runs in the guest, where
 ``libseccomp2`` is part of the image).
 """
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import struct
 
 from runner.errors import ContainerStartError, UsageError
 
@@ -192,6 +195,7 @@ def _lib():
         for fn in ("seccomp_arch_add", "seccomp_arch_remove"):
             getattr(lib, fn).argtypes = (ctypes.c_void_p, ctypes.c_uint32)
         lib.seccomp_syscall_resolve_name.argtypes = (ctypes.c_char_p,)
+        lib.seccomp_syscall_resolve_name_arch.argtypes = (ctypes.c_uint32, ctypes.c_char_p)
         lib.seccomp_rule_add_array.argtypes = (ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint,
                                                ctypes.POINTER(_ArgCmp))
         lib.seccomp_export_bpf.argtypes = (ctypes.c_void_p, ctypes.c_int)
@@ -264,26 +268,108 @@ def compile_bpf(oci: dict, arch: str) -> bytes:
                     rc = lib.seccomp_rule_add_array(ctx, action, nr, len(conds), arr)
                     if rc < 0:
                         raise ContainerStartError(f"seccomp: cannot add a rule for {name}: {os.strerror(-rc)}")
-        fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
-        try:
-            rc = lib.seccomp_export_bpf(ctx, fd)
-            if rc < 0:
-                raise ContainerStartError(f"seccomp: exporting the filter failed: {os.strerror(-rc)}")
-            os.lseek(fd, 0, os.SEEK_SET)
-            chunks = []
-            while True:
-                b = os.read(fd, 1 << 16)
-                if not b:
-                    break
-                chunks.append(b)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
+        return enosys_stub(lib, oci, arch) + _export(lib, ctx)
     finally:
         lib.seccomp_release(ctx)
 
 
+def _export(lib, ctx) -> bytes:
+    fd = os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC)
+    try:
+        rc = lib.seccomp_export_bpf(ctx, fd)
+        if rc < 0:
+            raise ContainerStartError(f"seccomp: exporting the filter failed: {os.strerror(-rc)}")
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while b := os.read(fd, 1 << 16):
+            chunks.append(b)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------ the ENOSYS stub
+
+_X32_BIT = 0x40000000
+_ARM_PRIVATE = 0x0f0000  # __ARM_NR_BASE: 32-bit ARM's own calls live far above the table's end
+_SOCK_FILTER = struct.Struct("=HBBI")  # struct sock_filter: code, jt, jf, k (host byte order, as the kernel)
+_LD_ABS, _JEQ, _JGT, _JGE, _JSET, _RET = 0x20, 0x15, 0x25, 0x35, 0x45, 0x06  # BPF_LD|W|ABS, BPF_JMP|J*|K, RET|K
+
+
+def last_syscalls(lib, oci: dict, arch: str) -> dict[str, int]:
+    """The highest syscall number the filter names, per architecture of the filter (SCMP_ARCH_* -> nr);
+    libseccomp's x32 numbers carry the x32 bit. Names an architecture lacks, and the negative pseudo numbers
+    of multiplexed calls (x86's socketcall family), do not count."""
+    out = {}
+    for name in dict.fromkeys([arch] + list(oci.get("architectures") or [])):
+        token = _arch_token(lib, name)
+        nrs = [lib.seccomp_syscall_resolve_name_arch(token, n.encode())
+               for call in oci.get("syscalls") or [] for n in call.get("names") or []]
+        nrs = [nr for nr in nrs if nr >= 0 and not (name == "SCMP_ARCH_ARM" and nr >= _ARM_PRIVATE)]
+        if nrs:
+            out[name] = max(nrs)
+    return out
+
+
+def enosys_stub(lib, oci: dict, arch: str) -> bytes:
+    """Classic BPF put before libseccomp's program: a syscall numbered above every one the profile names
+    returns ENOSYS instead of the default action's EPERM. Why, as runc's patchbpf: a syscall newer than the
+    profile (added to the kernel after the profile was written) must look *unimplemented*, so that libc and
+    programs fall back to the older call (glibc's clone3 -> clone, statx -> fstatat, ...); EPERM would look
+    like a refusal and break them. Syscalls the profile knows, and unknown ones below its highest, keep the
+    default action. Not added when the default action lets calls through, or already returns ENOSYS.
+
+    Layout, per architecture of the filter (jumps are relative, forward only)::
+
+        ld  [4]                      ; seccomp_data.arch
+        jeq AUDIT_ARCH, 0, <next arch>
+        ld  [0]                      ; seccomp_data.nr
+        (x86_64: jset X32_BIT, <x32 check or the program>, 0; arm: jge ARM_PRIVATE, <the program>, 0)
+        jgt LAST, <ret ENOSYS>, <the program>
+        ...
+        ret ERRNO(ENOSYS)
+        <libseccomp's program, unchanged: it loads what it needs itself>
+    """
+    if oci["defaultAction"] in ("SCMP_ACT_ALLOW", "SCMP_ACT_LOG") or \
+            (oci["defaultAction"] == "SCMP_ACT_ERRNO" and oci.get("defaultErrnoRet") == _ENOSYS):
+        return b""
+    last = last_syscalls(lib, oci, arch)
+    x32 = last.pop("SCMP_ARCH_X32", None)  # x32 calls arrive as AUDIT_ARCH_X86_64 with the x32 bit set
+    blocks = []  # per arch: instructions with symbolic targets "prog" / "enosys" / "next"
+    for name, top in last.items():
+        block = [(_LD_ABS, "", "", 4), (_JEQ, 0, "next", _arch_token(lib, name)), (_LD_ABS, "", "", 0)]
+        if name == "SCMP_ARCH_X86_64":
+            # With x32 in the filter its calls get their own limit; without, libseccomp's program rules on them.
+            block.append((_JSET, 1 if x32 is not None else "prog", 0, _X32_BIT))
+            block.append((_JGT, "enosys", "prog", top))
+            if x32 is not None:
+                block.append((_JGT, "enosys", "prog", x32))
+        else:
+            if name == "SCMP_ARCH_ARM":  # ARM's private calls (set_tls, cacheflush ...): the program rules
+                block.append((_JGE, "prog", 0, _ARM_PRIVATE))
+            block.append((_JGT, "enosys", "prog", top))
+        blocks.append(block)
+    if not blocks:
+        return b""
+    size = sum(len(b) for b in blocks) + 1
+    out, pos = [], 0
+    for n, block in enumerate(blocks):
+        nxt = pos + len(block) if n + 1 < len(blocks) else size  # after the last arch: the program
+        for i, (code, jt, jf, k) in enumerate(block):
+            here = pos + i + 1  # jumps count from the next instruction
+            def target(t):
+                if isinstance(t, int):
+                    return t
+                return {"prog": size, "enosys": size - 1, "next": nxt}[t] - here if t else 0
+            out.append(_SOCK_FILTER.pack(code, target(jt), target(jf), k))
+        pos = nxt
+    out.append(_SOCK_FILTER.pack(_RET, 0, 0, ACTIONS["SCMP_ACT_ERRNO"] | _ENOSYS))
+    return b"".join(out)
+
+
 _MEMO: dict[str, bytes] = {}
+# Part of the cache key: a program cached by an older runner (e.g. without the ENOSYS stub) is not reused.
+_PROGRAM_FORMAT = b"enosys-stub-1"
 
 
 def _sha256_hex(data: bytes) -> str:
@@ -304,7 +390,7 @@ def cached_bpf(oci: dict, arch: str | None = None, cache_dir: str | None = CACHE
     """``compile_bpf`` through the memory and disk caches (see the module docstring)."""
     arch = arch or machine_arch()
     raw = json.dumps(oci, sort_keys=True, separators=(",", ":")).encode()
-    key = _sha256_hex(raw + b"\0" + arch.encode())
+    key = _sha256_hex(raw + b"\0" + arch.encode() + b"\0" + _PROGRAM_FORMAT)
     if key in _MEMO:
         return _MEMO[key]
     path = os.path.join(cache_dir, key + ".bpf") if cache_dir else None

@@ -12,7 +12,7 @@ so the built-in runtime and runc enforce the same thing:
 * seccomp: the default profile (or the ``seccomp=<JSON>`` one) resolved for the final bounding set and the
   machine's architecture (see runner.engine.runtime.seccomp); none with ``seccomp=unconfined`` or privileged.
 * privileged (as Docker): no masked or read-only /proc paths, /sys and the cgroup mount writable, every device
-  allowed in the cgroup, and the host's device nodes in the container's /dev.
+  allowed in the cgroup, and the host's device nodes in the container's /dev, subdirectories included.
 * ``--device /dev/x[:/dev/y][:rwm]``: the host node's type and numbers become a node in the container and a
   cgroup rule with those permissions, so exactly that device is usable.
 
@@ -31,6 +31,8 @@ from runner.spec import normalize_cap, parse_device, security_opt_split
 
 # Host /dev entries a privileged container does not get (Docker leaves these to its own mounts).
 _SKIP_HOST_DEV = ("console", "ptmx", "tty", "pts", "shm", "mqueue", "core", "fd", "stdin", "stdout", "stderr")
+# Directories under /dev that hold no pass-through devices, at any depth (runc's list).
+_SKIP_DEV_DIRS = ("pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev")
 
 
 def own_bounding() -> int:
@@ -101,20 +103,37 @@ def host_device(path: str, ctr_path: str | None = None) -> dict:
             "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
 
 
-def host_devices(root: str = "/dev") -> list[dict]:
-    """Every character and block device directly in the host's /dev (what a privileged container sees)."""
+def host_devices(root: str = "/dev", _top: str | None = None) -> list[dict]:
+    """Every character and block device under the host's /dev, subdirectories included (/dev/net/tun,
+    /dev/mapper/*, /dev/input/*, /dev/snd/*, /dev/cpu/N/*): what a privileged Docker container sees. The
+    walk is runc's (libcontainer/devices GetDevices, which moby calls for --privileged): symlinks, fifos
+    and sockets are not devices, the pseudo-filesystem and bookkeeping directories (pts, shm, fd, mqueue,
+    .lxc, .lxd-mounts, .udev) are skipped at any depth; at the top, the nodes the runtime makes itself
+    (console, ptmx, tty, ...) are left to it."""
+    top = root if _top is None else _top
     out = []
     try:
-        names = sorted(os.listdir(root))
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError:
         return out
-    for name in names:
-        if name in _SKIP_HOST_DEV:
+    for entry in entries:
+        if root == top and entry.name in _SKIP_HOST_DEV or entry.name == "console":
             continue
         try:
-            out.append(host_device(os.path.join(root, name)))
+            if entry.is_symlink():
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                if entry.name not in _SKIP_DEV_DIRS:
+                    out.extend(host_devices(entry.path, top))
+                continue
+        except OSError:
+            continue
+        try:
+            dev = host_device(entry.path)
         except ContainerStartError:
-            continue  # directories, symlinks, sockets: not device nodes
+            continue  # fifos, sockets, plain files, or gone meanwhile: not device nodes
+        dev["path"] = "/dev/" + os.path.relpath(entry.path, top)
+        out.append(dev)
     return out
 
 

@@ -1,0 +1,121 @@
+"""The container API's pure parts: the create body → ContainerSpec mapping and the list filters.
+(The real paths are tested with the docker CLI, docker-py and testcontainers in tests/api/.)"""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.api.containers import matches
+from runner.api.createspec import container_spec
+from runner.errors import UsageError
+from runner.spec import ContainerSpec
+
+# What the docker CLI 20.10 sends for `docker run --rm -it -p 127.0.0.1::80 -e A=1 --name web busybox sh`
+# (zero values included: they must not be mistaken for requests).
+CLI_BODY = {
+    "Hostname": "", "Domainname": "", "User": "", "AttachStdin": True, "AttachStdout": True, "AttachStderr": True,
+    "ExposedPorts": {"80/tcp": {}}, "Tty": True, "OpenStdin": True, "StdinOnce": True, "Env": ["A=1"],
+    "Cmd": ["sh"], "Image": "busybox", "Volumes": {}, "WorkingDir": "", "Entrypoint": None, "OnBuild": None,
+    "Labels": {},
+    "HostConfig": {"Binds": None, "ContainerIDFile": "", "LogConfig": {"Type": "", "Config": {}},
+                   "NetworkMode": "default", "PortBindings": {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]},
+                   "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0}, "AutoRemove": True,
+                   "VolumeDriver": "", "VolumesFrom": None, "CapAdd": None, "CapDrop": None, "CgroupnsMode": "",
+                   "Dns": [], "DnsOptions": [], "DnsSearch": [], "ExtraHosts": None, "GroupAdd": None,
+                   "IpcMode": "", "Cgroup": "", "Links": None, "OomScoreAdj": 0, "PidMode": "", "Privileged": False,
+                   "PublishAllPorts": False, "ReadonlyRootfs": False, "SecurityOpt": None, "UTSMode": "",
+                   "UsernsMode": "", "ShmSize": 0, "ConsoleSize": [0, 0], "Isolation": "", "CpuShares": 0,
+                   "Memory": 0, "NanoCpus": 0, "CgroupParent": "", "BlkioWeight": 0, "CpuPeriod": 0,
+                   "CpuQuota": 0, "CpusetCpus": "", "CpusetMems": "", "Devices": [], "DeviceCgroupRules": None,
+                   "DeviceRequests": None, "KernelMemory": 0, "MemoryReservation": 0, "MemorySwap": 0,
+                   "MemorySwappiness": -1, "OomKillDisable": False, "PidsLimit": None, "Ulimits": None,
+                   "MaskedPaths": None, "ReadonlyPaths": None},
+    "NetworkingConfig": {"EndpointsConfig": {}},
+}
+
+
+def test_the_docker_cli_body_maps_onto_runner_run_fields():
+    spec = container_spec(CLI_BODY, "web")
+    ContainerSpec.from_dict(spec).validate()  # what the engine will check
+    assert spec["image"] == "busybox" and spec["command"] == ["sh"] and spec["entrypoint"] is None
+    assert spec["env"] == ["A=1"] and spec["tty"] and spec["interactive"] and spec["auto_remove"]
+    assert spec["name"] == "web" and spec["network"] == "bridge" and spec["hostname"] is None
+    assert spec["ports"] == [{"container_port": 80, "host_port": 0, "host_ip": "127.0.0.1", "protocol": "tcp"}]
+    assert spec["limits"] == {"memory": None, "cpus": None, "pids": None} and spec["log_opts"] == {}
+
+
+def test_resources_security_mounts_and_networks():
+    body = {"Image": "i", "Entrypoint": [""], "Cmd": "echo", "NetworkDisabled": False,
+            "ExposedPorts": {"53/udp": {}, "80/tcp": {}},
+            "HostConfig": {"Memory": 64 * 1024 * 1024, "CpuQuota": 50000, "CpuPeriod": 100000, "PidsLimit": -1,
+                           "Binds": ["/srv:/data:ro"], "Mounts": [{"Type": "bind", "Source": "/a", "Target": "/b"}],
+                           "PublishAllPorts": True, "PortBindings": {"80/tcp": None},
+                           "CapAdd": ["NET_ADMIN"], "Devices": [{"PathOnHost": "/dev/fuse", "PathInContainer": "",
+                                                                 "CgroupPermissions": "rw"}],
+                           "LogConfig": {"Type": "json-file", "Config": {"max-size": "1m"}}, "Runtime": "runc"},
+            "NetworkingConfig": {"EndpointsConfig": {"backend": {"Aliases": ["db"]}}}}
+    spec = container_spec(body, None)
+    assert spec["entrypoint"] == [] and spec["command"] == ["echo"]
+    assert spec["limits"] == {"memory": 64 * 1024 * 1024, "cpus": 0.5, "pids": None}
+    assert [(m["source"], m["target"], m["readonly"]) for m in spec["mounts"]] == \
+        [("/srv", "/data", True), ("/a", "/b", False)]
+    assert sorted((p["container_port"], p["protocol"]) for p in spec["ports"]) == [(53, "udp"), (80, "tcp")]
+    assert spec["network"] == "backend" and spec["aliases"] == ["db"]
+    assert spec["devices"] == ["/dev/fuse:/dev/fuse:rw"] and spec["cap_add"] == ["NET_ADMIN"]
+    assert spec["log_opts"] == {"max-size": "1m"} and spec["runtime"] == "runc"
+    assert container_spec({"Image": "i", "NetworkDisabled": True}, None)["network"] == "none"
+    assert container_spec({"Image": "i", "HostConfig": {"NetworkMode": "host"}}, None)["network"] == "host"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"HostConfig": {"VolumesFrom": ["x"]}}, "HostConfig.VolumesFrom"),
+    ({"HostConfig": {"NetworkMode": "container:other"}}, "HostConfig.NetworkMode"),
+    ({"HostConfig": {"LogConfig": {"Type": "syslog"}}}, "LogConfig.Type"),
+    ({"StopSignal": "SIGUSR1"}, "Config.StopSignal"),
+])
+def test_meaningful_unsupported_fields_are_refused_by_name(body, field):
+    with pytest.raises(UsageError) as info:
+        container_spec({"Image": "i", **body}, None)
+    assert field in info.value.message
+
+
+def test_volumes_tmpfs_restart_and_healthcheck_map_to_the_spec():
+    """What compose and docker send for volumes, restart policies and healthchecks (runner.engine.volumes,
+    restart, health do the work)."""
+    spec = container_spec({"Image": "i", "Volumes": {"/anon": {}, "/data": {}},
+                           "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 10 ** 9, "Retries": 0},
+                           "HostConfig": {"Binds": ["named:/data:ro", "/h:/b"], "Tmpfs": {"/t": "size=1m"},
+                                          "Mounts": [{"Type": "volume", "Source": "v2", "Target": "/v"}],
+                                          "RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2}}}, None)
+    assert [(m["type"], m["source"], m["target"], m["readonly"]) for m in spec["mounts"]] == [
+        ("volume", "named", "/data", True), ("bind", "/h", "/b", False), ("volume", "v2", "/v", False),
+        ("tmpfs", "", "/t", False), ("volume", "", "/anon", False)]
+    assert spec["restart"] == "on-failure:2"
+    assert spec["healthcheck"] == {"Test": ["CMD-SHELL", "true"], "Interval": 10 ** 9}
+    assert container_spec({"Image": "i"}, None)["restart"] == "no"
+    for bad in ({"HostConfig": {"RestartPolicy": {"Name": "sometimes"}}},
+                {"HostConfig": {"Mounts": [{"Type": "npipe", "Target": "/x"}]}}, {"Healthcheck": "x"}):
+        with pytest.raises(UsageError):
+            container_spec({"Image": "i", **bad}, None)
+
+
+@pytest.mark.parametrize("body", [{}, {"Image": ""}, {"Image": "i", "Cmd": [1]}, {"Image": "i", "HostConfig": []},
+                                  {"Image": "i", "HostConfig": {"PortBindings": {"8000-8010/tcp": None}}},
+                                  {"Image": "i", "HostConfig": {"Memory": "lots"}}])
+def test_malformed_bodies_are_usage_errors(body):
+    with pytest.raises(UsageError):
+        container_spec(body, None)
+
+
+def test_list_filters_as_docker():
+    c = {"Id": "abc123", "Names": ["/web-1"], "State": "running", "Image": "busybox:latest",
+         "ImageID": "sha256:feed", "Labels": {"app": "web", "tier": "front"}}
+    assert matches(c, {}) and matches(c, {"id": ["abc"]}) and not matches(c, {"id": ["bc"]})
+    assert matches(c, {"name": ["web"]}) and matches(c, {"name": ["^web-1$"]}) and not matches(c, {"name": ["db"]})
+    assert matches(c, {"status": ["exited", "running"]}) and not matches(c, {"status": ["exited"]})
+    assert matches(c, {"label": ["app=web", "tier"]}) and not matches(c, {"label": ["app=web", "tier=back"]})
+    assert matches(c, {"ancestor": ["busybox"]}) and matches(c, {"ancestor": ["sha256:feed"]})
+    assert matches(c, {"ancestor": ["docker.io/library/busybox:latest"]})
+    assert not matches(c, {"ancestor": ["alpine"]})
+    with pytest.raises(UsageError):
+        matches(c, {"name": ["("]})
