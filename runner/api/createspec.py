@@ -16,11 +16,11 @@ from runner.records import asdict
 # refused. (Zero values are what clients send by default: `"Dns": []`, `"Tmpfs": null`, ...) Tuning knobs
 # that do not change behaviour a test could see (MemorySwappiness: -1, OomScoreAdj, ShmSize, BlkioWeight) are
 # ignored like unknown fields: the docker CLI sends some of them with non-zero defaults.
-_UNSUPPORTED_HOST = ("VolumesFrom", "Links", "Tmpfs", "ExtraHosts", "Dns", "DnsSearch", "DnsOptions",
+_UNSUPPORTED_HOST = ("VolumesFrom", "Links", "ExtraHosts", "Dns", "DnsSearch", "DnsOptions",
                      "Sysctls", "Ulimits", "GroupAdd", "CgroupParent", "VolumeDriver", "StorageOpt",
                      "DeviceRequests", "DeviceCgroupRules", "UsernsMode", "PidMode", "UTSMode", "CpusetCpus",
                      "CpusetMems", "Init")
-_UNSUPPORTED_CONFIG = ("Volumes", "OnBuild", "Shell")
+_UNSUPPORTED_CONFIG = ("OnBuild", "Shell")
 _IPC_OK = ("", "private", "shareable")
 _LOG_DRIVERS = ("", "json-file", "local")
 
@@ -81,7 +81,7 @@ def container_spec(body: dict, name: str | None) -> dict:
         "name": name or None, "hostname": _opt_str(body.get("Hostname"), "Hostname"),
         "tty": bool(body.get("Tty")), "interactive": bool(body.get("OpenStdin")),
         "labels": dict(labels), "network": _network(body, host),
-        "mounts": _mounts(host), "ports": _ports(body, host), "publish_all": bool(host.get("PublishAllPorts")),
+        "mounts": _mounts(host, body), "ports": _ports(body, host), "publish_all": bool(host.get("PublishAllPorts")),
         "limits": _limits(host), "read_only": bool(host.get("ReadonlyRootfs")),
         "auto_remove": bool(host.get("AutoRemove")), "runtime": _opt_str(host.get("Runtime"), "Runtime"),
         "cap_add": _str_list(host.get("CapAdd"), "CapAdd") or [],
@@ -89,6 +89,7 @@ def container_spec(body: dict, name: str | None) -> dict:
         "privileged": bool(host.get("Privileged")),
         "security_opt": _str_list(host.get("SecurityOpt"), "SecurityOpt") or [],
         "devices": _devices(host), "log_opts": _log_opts(host),
+        "restart": _restart(host), "healthcheck": _health(body),
     }
     aliases = _aliases(body, spec["network"])
     if aliases:
@@ -114,12 +115,6 @@ def _refuse_unsupported(body: dict, host: dict) -> None:
             raise _unsupported(f"Config.{key}")
     if host.get("IpcMode") not in (None, *_IPC_OK):
         raise _unsupported("HostConfig.IpcMode")
-    restart = host.get("RestartPolicy") or {}
-    if isinstance(restart, dict) and restart.get("Name") not in (None, "", "no"):
-        raise _unsupported("HostConfig.RestartPolicy")
-    health = body.get("Healthcheck") or {}
-    if isinstance(health, dict) and health.get("Test") not in (None, [], ["NONE"]):
-        raise _unsupported("Config.Healthcheck")
     stop = body.get("StopSignal")
     if stop not in (None, "", "SIGTERM", "TERM", "15"):
         raise _unsupported("Config.StopSignal")
@@ -144,18 +139,45 @@ def _network(body: dict, host: dict) -> str:
     return mode
 
 
-def _mounts(host: dict) -> list[dict]:
+def _mounts(host: dict, body: dict | None = None) -> list[dict]:
+    """``Binds`` (bind or named volume, ``-v``'s syntax), ``Mounts`` (bind, volume, tmpfs), ``Tmpfs``
+    (``{path: options}``) and ``Config.Volumes`` (anonymous volumes where nothing else is mounted)."""
     from runner.spec import Mount
-    out = [asdict(Mount.parse(b)) for b in _str_list(host.get("Binds"), "HostConfig.Binds") or []]
-    for m in host.get("Mounts") or []:
-        if not isinstance(m, dict):
-            raise UsageError("HostConfig.Mounts entries must be objects")
-        if m.get("Type", "bind") != "bind":
-            raise _unsupported(f"HostConfig.Mounts of type {m.get('Type')!r}")
-        if not isinstance(m.get("Source"), str) or not isinstance(m.get("Target"), str):
-            raise UsageError("HostConfig.Mounts: a bind mount needs Source and Target")
-        out.append(asdict(Mount(m["Source"], m["Target"], bool(m.get("ReadOnly")))))
-    return out
+    out = [Mount.parse(b) for b in _str_list(host.get("Binds"), "HostConfig.Binds") or []]
+    mounts = host.get("Mounts") or []
+    if not isinstance(mounts, list):
+        raise UsageError("HostConfig.Mounts must be a list")
+    out += [Mount.from_api(m) for m in mounts]
+    tmpfs = _dict(host, "Tmpfs")
+    for path, opts in tmpfs.items():
+        if not isinstance(opts, str):
+            raise UsageError("HostConfig.Tmpfs values must be strings")
+        out.append(Mount.parse_tmpfs(f"{path}:{opts}" if opts else path))
+    taken = {m.target.rstrip("/") for m in out}
+    for path in sorted(_dict(body or {}, "Volumes")):
+        if path.rstrip("/") not in taken:
+            out.append(Mount.parse(path))
+    return [asdict(m) for m in out]
+
+
+def _restart(host: dict) -> str:
+    from runner.spec import restart_text
+    policy = host.get("RestartPolicy")
+    if policy is not None and not isinstance(policy, dict):
+        raise UsageError("HostConfig.RestartPolicy must be an object")
+    return restart_text(policy)
+
+
+def _health(body: dict) -> dict | None:
+    """``Config.Healthcheck`` as Docker's HealthConfig; absent or an empty test: the image's."""
+    from runner.spec import HEALTH_KEYS
+    health = body.get("Healthcheck")
+    if health is None:
+        return None
+    if not isinstance(health, dict):
+        raise UsageError("Config.Healthcheck must be an object")
+    health = {k: v for k, v in health.items() if k in HEALTH_KEYS and v not in (None, 0)}
+    return health or None
 
 
 def _port_key(key: str) -> tuple[int, str]:

@@ -89,7 +89,7 @@ class _TCP6Server(TCPServer):
 
 # The handler modules: importing one registers its routes (runner.api.router.route).
 HANDLER_MODULES = ("system", "images", "networks", "events", "inspection", "containers", "container_io", "exec",
-                   "build")
+                   "build", "volumes", "archive")
 
 
 def load_routes() -> None:
