@@ -216,7 +216,7 @@ def test_boot_failure_names_the_failed_requirement(state_dir, artifacts, tmp_pat
     empty.write_bytes(b"")
     broken = image.Artifacts(arch=artifacts.arch, kernel=artifacts.kernel, initrd=empty, rootfs=None,
                              manifest=artifacts.manifest, kernel_version="", cmdline="")
-    monkeypatch.setattr(image, "ensure", lambda arch: broken)
+    monkeypatch.setattr(image, "ensure", lambda arch, **_: broken)
     m = Machine("t5")
     with pytest.raises(VMError) as err:
         m.start(cpus=1, memory=512, disk_size="1G", timeout=120)
