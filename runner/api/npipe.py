@@ -85,8 +85,8 @@ class PipeSocket:
     """What http.server and the hijacking handlers use of a socket, over one connected pipe end.
 
     ``pipe`` has ``read(n) -> bytes`` (b"" at the end: the client closed, or sent its zero-length
-    half-close message), ``write(data) -> int`` (BrokenPipeError when the client is gone), ``close_write()``
-    and ``close()``. On Windows it is :class:`_WinPipe`; the tests use a socket pair.
+    half-close message), ``write(data) -> int`` (BrokenPipeError when the client is gone), ``close_write()``,
+    ``peer_closed()`` and ``close()``. On Windows it is :class:`_WinPipe`; the tests use a socket pair.
     """
 
     def __init__(self, pipe, peer: str = "npipe"):
@@ -165,6 +165,18 @@ class PipeSocket:
     def fileno(self) -> int:
         raise io.UnsupportedOperation("a named pipe connection has no socket descriptor to poll")
 
+    def peer_closed(self, timeout: float = 0) -> bool:
+        """Whether the client has closed its end, waiting up to ``timeout`` for it: what the handlers ask a
+        socket with poll/select (a pipe cannot be polled, so its state is peeked every 50 ms)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not (self._closed or self._pipe.peer_closed()):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return True
+
 
 class _WinPipe:
     """One connected server end of a message-mode pipe, overlapped: a read and a write may wait at once."""
@@ -207,6 +219,13 @@ class _WinPipe:
                 raise BrokenPipeError(errno.EPIPE, "the client closed the named pipe") from exc
             raise
         return written
+
+    def peer_closed(self) -> bool:
+        try:
+            self._w.PeekNamedPipe(self.handle, 0)
+            return False
+        except OSError:  # ERROR_BROKEN_PIPE: the client closed its handle
+            return True
 
     def close_write(self) -> None:
         ov, err = self._w.WriteFile(self.handle, b"", overlapped=True)

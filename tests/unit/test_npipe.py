@@ -44,6 +44,12 @@ class SocketPipe:
         self.closed = True
         self.sock.close()
 
+    def peer_closed(self) -> bool:
+        import select
+        poller = select.poll()
+        poller.register(self.sock, select.POLLHUP)
+        return any(ev & select.POLLHUP for _, ev in poller.poll(0))
+
 
 @pytest.mark.parametrize("text, expected", [
     ("npipe:////./pipe/runner_engine", r"\\.\pipe\runner_engine"),
@@ -176,3 +182,19 @@ def test_an_unknown_route_over_the_adapter_is_a_json_404():
         assert head.startswith(b"HTTP/1.1 404") and "message" in json.loads(body)
     finally:
         theirs.close()
+
+
+def test_the_handlers_ask_a_pipe_whether_its_client_left_without_polling_a_descriptor():
+    from runner.api.attach import client_gone
+    from runner.api.events import _gone
+
+    ours, theirs = socket.socketpair()
+    conn = npipe.PipeSocket(SocketPipe(ours))
+    try:
+        assert not client_gone(conn) and not _gone(conn, 0.1) and not conn.peer_closed()
+        theirs.shutdown(socket.SHUT_WR)  # half-closed only: still there
+        assert not client_gone(conn)
+        theirs.close()
+        assert client_gone(conn) and _gone(conn, 5)
+    finally:
+        conn.close()
