@@ -148,7 +148,7 @@ def keep_reserve(path: str, size: int, mode: int = 0o600) -> None:
             return
     tmp = f"{spare}.{os.getpid()}"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), mode)
         try:
             # Real zeros, not ftruncate: a sparse file would need new blocks when written later.
             _write_all(fd, bytes(size))
@@ -164,7 +164,7 @@ def write_via_reserve(path: str, data: bytes) -> bool:
     """Replace ``path`` with ``data`` through its spare; False if there is no spare big enough."""
     spare = reserve_path(path)
     try:
-        fd = os.open(spare, os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(spare, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         return False
     try:
@@ -197,4 +197,8 @@ def write_or_reserve(path: str, data: bytes, write, spare_size: int = RESERVE_MI
 def _write_all(fd: int, data: bytes) -> None:
     view, offset = memoryview(data), 0
     while offset < len(view):
-        offset += os.pwrite(fd, view[offset:], offset)
+        if hasattr(os, "pwrite"):
+            offset += os.pwrite(fd, view[offset:], offset)
+        else:  # Windows
+            os.lseek(fd, offset, os.SEEK_SET)
+            offset += os.write(fd, view[offset:])

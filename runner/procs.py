@@ -6,8 +6,9 @@ or a reboot a pid may belong to anything, so a pid is always paired with its sta
 Their state files all need "a reader sees the old or the new file, never half of one" (:func:`write_atomic`)
 and "one caller at a time" (:class:`FileLock`), released by the kernel when the holder dies.
 
-Standard library only (shipped into the VM guest). The per-OS parts import what they need when called:
-``fcntl`` does not exist on Windows, ``ctypes`` and ``subprocess`` are slow imports the Linux path never needs.
+Standard library only (shipped into the VM guest). Locks use ``flock`` wherever ``fcntl`` exists and
+``msvcrt.locking`` where it does not (Windows); the rest of the per-OS parts import what they need when called
+(``ctypes`` and ``subprocess`` are slow imports the Linux path never needs).
 """
 
 from __future__ import annotations
@@ -22,7 +23,18 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: subprocess is imported where a process is started
     import subprocess
 
+try:
+    import fcntl as _fcntl  # a built-in module: importing it costs nothing measurable
+except ImportError:  # Windows
+    _fcntl = None
+
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)  # Windows has none (and no fork that could leak the fd)
+
+#: Whether a file must be closed before it is renamed or removed, and its lock dies with that close: so on
+#: Windows, whose C runtime opens files without FILE_SHARE_DELETE and whose ``msvcrt.locking`` is the only
+#: lock (no ``flock``). Where ``flock`` exists, files are renamed while still open and locked (POSIX allows
+#: it), so no other process can take the lock between the last check and the rename.
+CLOSE_BEFORE_RENAME = _fcntl is None
 
 
 # ---------------------------------------------------------------------------------------------- identity
@@ -169,7 +181,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str, mode: int = 0o600, 
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    if sync_dir:
+    if sync_dir and hasattr(os, "O_DIRECTORY"):  # Windows cannot open, so not fsync, a directory
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC)
         try:
             os.fsync(dfd)
@@ -194,13 +206,11 @@ class FileLock:
     def acquire(self) -> "FileLock":
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _CLOEXEC, self.mode)
         try:
-            if self.timeout is None and os.name != "nt":
-                import fcntl
-
-                fcntl.flock(fd, fcntl.LOCK_EX)
+            if self.timeout is None:
+                lock_fd(fd)
             else:
                 deadline = time.monotonic() + (self.timeout or 0)
-                while not _try_lock(fd):
+                while not lock_fd(fd, wait=False):
                     if time.monotonic() >= deadline and self.timeout is not None:
                         raise self.error(self.busy, hint="wait for it to finish, then try again")
                     time.sleep(0.1)
@@ -214,7 +224,7 @@ class FileLock:
         fd, self._fd = self._fd, None
         if fd is None:
             return
-        if os.name == "nt":
+        if _fcntl is None:
             import msvcrt
 
             os.lseek(fd, 0, os.SEEK_SET)
@@ -227,19 +237,25 @@ class FileLock:
         self.release()
 
 
-def _try_lock(fd: int) -> bool:
-    if os.name == "nt":
-        import msvcrt
+def lock_fd(fd: int, wait: bool = True) -> bool:
+    """Lock the open regular file ``fd`` exclusively until it is closed; False when ``wait`` is off and another
+    process holds it. ``flock`` where the OS has it (one blocking call); else ``msvcrt.locking`` on byte 0,
+    polled every 0.1 s because its blocking mode gives up after 10 s. A Windows lock is mandatory: only the
+    holder's handle may read or write byte 0 meanwhile, which suits files that one writer owns."""
+    if _fcntl is not None:
+        try:
+            _fcntl.flock(fd, _fcntl.LOCK_EX if wait else _fcntl.LOCK_EX | _fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+    import msvcrt
 
+    while True:
+        os.lseek(fd, 0, os.SEEK_SET)
         try:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
             return True
         except OSError:
-            return False
-    import fcntl
-
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
+            if not wait:
+                return False
+        time.sleep(0.1)

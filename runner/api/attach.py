@@ -31,6 +31,8 @@ _RDHUP = getattr(select, "POLLRDHUP", 0x2000)
 
 def client_gone(sock: socket.socket) -> bool:
     """Whether the peer has closed the connection entirely (not merely half-closed it)."""
+    if hasattr(sock, "peer_closed"):  # a Windows named pipe (runner.api.npipe): no descriptor to poll
+        return sock.peer_closed()
     poller = select.poll()
     poller.register(sock.fileno(), _HUP)
     return any(ev & _HUP for _, ev in poller.poll(0))

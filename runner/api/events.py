@@ -24,6 +24,8 @@ FILTERS = {"type", "event", "action", "container", "image", "network", "label", 
 
 def _gone(sock: socket.socket, timeout: float) -> bool:
     """Wait up to ``timeout`` for the client to close its end; True when it did."""
+    if hasattr(sock, "peer_closed"):  # a Windows named pipe (runner.api.npipe): no descriptor to select
+        return sock.peer_closed(timeout)
     try:
         readable, _, _ = select.select([sock], [], [], timeout)
         if not readable:

@@ -3,7 +3,8 @@
 One thread per connection (docker clients hold connections open for attach, logs -f and events, and 20 at
 once must work); the backend is shared. The socket is created ``0600`` from its first moment (umask around
 the bind, inside a ``0700``-or-root-owned directory), or ``0660`` with a group, because whoever can write it
-controls containers as root. TCP only on loopback: the API has no authentication of its own.
+controls containers as root. TCP only on loopback: the API has no authentication of its own. On Windows the
+default is the named pipe ``//./pipe/runner_engine`` (runner.api.npipe, with its own access list).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class Address:
                 raise UsageError(f"refusing to serve the Engine API on {self.host}: it is not a loopback address",
                                  hint="the API has no authentication; use 127.0.0.1 or ::1, or a unix socket")
         elif parts.scheme == "npipe":
-            raise PlatformError("named pipes are not supported yet", hint="use a unix socket or tcp://127.0.0.1:PORT")
+            from runner.api.npipe import pipe_name
+            self.path = pipe_name(text)  # parsed on every OS; listening on one needs Windows
         else:
             raise UsageError(f"invalid --host {text!r}", hint="use unix:///path/docker.sock or tcp://127.0.0.1:PORT")
 
@@ -104,6 +106,12 @@ def make_server(address: Address, backend, context: dict | None = None, group: s
     load_routes()
     if address.scheme == "unix":
         server = _bind_unix(address.path, group)
+    elif address.scheme == "npipe":
+        if group is not None:
+            raise UsageError("--group applies to unix sockets", hint="the pipe's access list is fixed: SYSTEM, "
+                                                                     "Administrators and the owner")
+        from runner.api.npipe import PipeServer
+        server = PipeServer(address.path, Handler)
     else:
         cls = _TCP6Server if ":" in address.host else TCPServer
         server = cls((address.host.strip("[]"), address.port), Handler)

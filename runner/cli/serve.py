@@ -70,7 +70,12 @@ def _detach(address, group: str | None, pidfile: str | None) -> None:
     from runner.cli.context import STATE
     from runner.errors import RunnerError
     from runner.procs import spawn_detached
-    base = address.path if address.scheme == "unix" else os.path.join(_state_dir(), f"tcp-{address.port}")
+    if address.scheme == "unix":
+        base = address.path
+    elif address.scheme == "npipe":  # \\.\pipe\NAME is no directory for a pid file
+        base = os.path.join(_state_dir(), "npipe-" + address.path.rsplit("\\", 1)[-1])
+    else:
+        base = os.path.join(_state_dir(), f"tcp-{address.port}")
     pidfile = pidfile or base + ".pid"
     log = base + ".log"
     os.makedirs(os.path.dirname(log), exist_ok=True)
@@ -97,6 +102,12 @@ def _detach(address, group: str | None, pidfile: str | None) -> None:
 
 def _answers(address) -> bool:
     import socket
+    if address.scheme == "npipe":
+        try:  # opening the pipe is connecting to it (the server sees a client that leaves at once)
+            with open(address.path, "r+b", buffering=0):
+                return True
+        except OSError:
+            return False
     if address.scheme == "unix":
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         target = address.path
@@ -114,7 +125,7 @@ def _answers(address) -> bool:
 
 
 def _state_dir() -> str:
-    if os.geteuid() == 0:
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
         return "/run/runner"
     import platformdirs
     return platformdirs.user_runtime_dir("runner")

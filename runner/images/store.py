@@ -16,13 +16,18 @@ atomically (temp, fsync, rename) under a lock, so concurrent CLI calls and kille
 half-written index; unpacked layers are shared between images by diff_id and kept under short paths
 because overlayfs takes all its lowerdirs in one page of mount options. An image is a manifest digest;
 its ID is the config digest, as in Docker. Standard library only: this runs in the VM guest too.
+
+Portable blob path: the host pulls the VM guest through this store on macOS and Windows too, so pulling,
+verifying and sweeping blobs need no ``fcntl`` (locks come from runner.procs), no ``pread``/``pwrite``/
+``fchmod`` (seek + read/write, chmod by path) and, where open files cannot be renamed or removed
+(``CLOSE_BEFORE_RENAME``: Windows), close them first. Where flock exists the behaviour is unchanged:
+renames happen while the lock is held. Unpacking layers (overlayfs) and removing images stay Linux-only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import io
 import json
 import os
@@ -31,7 +36,7 @@ import stat
 import time
 
 from runner.errors import Conflict, ImageError, ImageNotFound, NotFound, UsageError
-from runner.procs import FileLock, write_atomic
+from runner.procs import CLOSE_BEFORE_RENAME, FileLock, lock_fd, write_atomic
 from runner.images.digest import sha256_digest, validate_digest
 from runner.images.reference import Reference
 from runner.records import FrozenRecord, Record
@@ -66,7 +71,11 @@ _SHORT_LEN = 12
 _ID_PREFIX_RE = re.compile(r"(?:sha256:)?([0-9a-f]{12,64})")
 PARTIAL_PREFIX = "partial-"
 PARTIAL_MAX_AGE = 24 * 3600  # a partial download nobody resumed within a day is removed by the next pull
-_FULL = (errno.ENOSPC, errno.EDQUOT)
+_FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+# Flags Windows lacks are 0 there; O_BINARY exists only there (without it os.open'ed files translate newlines).
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_BINARY = getattr(os, "O_BINARY", 0)
 _NOT_FOUND_HINT = "pull it with 'runner pull NAME' or load it with 'runner load -i FILE'"
 
 
@@ -176,18 +185,22 @@ class Store:
                 raise ImageError(f"blob content does not match its digest: expected {expected_digest}, got {digest}")
             path = self.blob_path(digest)
             if os.path.isfile(path):
+                lock = _close_first(lock)
                 os.unlink(tmp)
                 return digest, size, False
             os.chmod(tmp, 0o644)
-            os.rename(tmp, path)
+            lock = _close_first(lock)
+            os.replace(tmp, path)
             _fsync_dir(self._blobs)
             return digest, size, True
         except BaseException:
+            lock = _close_first(lock)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
         finally:
-            os.close(lock)
+            if lock is not None:
+                os.close(lock)
 
     def _claim_temp(self, prefix: str, directory: bool = False) -> tuple[str, int]:
         """A new entry in ``tmp/`` (a file, or a directory) and a descriptor holding its flock until closed.
@@ -202,10 +215,10 @@ class Store:
         while True:
             if directory:
                 path = tempfile.mkdtemp(prefix=prefix, dir=self._tmp)
-                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # Linux only (unpack, rmi)
             else:
                 fd, path = tempfile.mkstemp(prefix=prefix, dir=self._tmp)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            lock_fd(fd)
             if _same_file(fd, path):
                 return path, fd
             os.close(fd)
@@ -228,70 +241,83 @@ class Store:
         """
         while True:
             path = self.partial_path(digest)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | _CLOEXEC | _BINARY, 0o600)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # a concurrent pull of the same blob waits here
-                if _same_file(fd, path):  # not removed by the writer we waited for
-                    if self.has_blob(digest):
+                lock_fd(fd)  # a concurrent pull of the same blob waits here
+                if not _same_file(fd, path):  # removed by the writer we waited for
+                    continue
+                if self.has_blob(digest):
+                    fd = _close_first(fd)
+                    with contextlib.suppress(FileNotFoundError, PermissionError):  # Windows: reopened meanwhile
                         os.unlink(path)
-                        return False
-                    return self._resume(fd, path, digest, size, fetch)
+                    return False
+                try:
+                    self._resume(fd, digest, size, fetch)
+                except BaseException as exc:
+                    if isinstance(exc, ImageError) or (isinstance(exc, OSError) and exc.errno in _FULL):
+                        fd = _close_first(fd)
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(path)
+                    raise
+                _fchmod(fd, path, 0o644)
+                fd = _close_first(fd)
+                try:
+                    os.replace(path, self.blob_path(digest))
+                except PermissionError:
+                    if fd is not None:
+                        raise
+                    continue  # Windows: another pull opened the partial meanwhile; it finishes it, we wait
+                _fsync_dir(self._blobs)
+                return True
             finally:
-                os.close(fd)
+                if fd is not None:
+                    os.close(fd)
 
-    def _resume(self, fd: int, path: str, digest: str, size: int, fetch) -> bool:
+    def _resume(self, fd: int, digest: str, size: int, fetch) -> None:
+        """Complete the partial open as ``fd`` (its lock held) to ``size`` bytes of ``digest``, fsynced."""
         import hashlib
-        try:
-            have = os.fstat(fd).st_size
-            hasher = hashlib.sha256()
-            if have > size:
+        have = os.fstat(fd).st_size
+        hasher = hashlib.sha256()
+        if have > size:
+            os.ftruncate(fd, 0)
+            have = 0
+        done = 0
+        while done < have and (prefix := _pread(fd, min(_CHUNK, have - done), done)):
+            hasher.update(prefix)  # the bytes a killed pull left: hashed again, not downloaded again
+            done += len(prefix)
+        if done < size:
+            stream, start = fetch(done)
+            if start != done:  # the source starts over: so do we
                 os.ftruncate(fd, 0)
-                have = 0
-            done = 0
-            while done < have and (prefix := os.pread(fd, min(_CHUNK, have - done), done)):
-                hasher.update(prefix)  # the bytes a killed pull left: hashed again, not downloaded again
-                done += len(prefix)
-            if done < size:
-                stream, start = fetch(done)
-                if start != done:  # the source starts over: so do we
-                    os.ftruncate(fd, 0)
-                    hasher, done = hashlib.sha256(), 0
-                while chunk := stream.read(_CHUNK):
-                    if done + len(chunk) > size:
-                        raise ImageError(f"blob {digest} is larger than the expected {size} bytes")
-                    _pwrite_all(fd, chunk, done)
-                    hasher.update(chunk)
-                    done += len(chunk)
-            if done != size:
-                raise ImageError(f"blob {digest} has {done} bytes, expected {size}")
-            if "sha256:" + hasher.hexdigest() != digest and have:
-                os.ftruncate(fd, 0)  # the kept bytes were not this blob's: download it whole, once
-                return self._resume(fd, path, digest, size, fetch)
-            if "sha256:" + hasher.hexdigest() != digest:
-                raise ImageError(f"blob content does not match its digest: expected {digest}, "
-                                 f"got sha256:{hasher.hexdigest()}")
-            os.fsync(fd)
-            os.fchmod(fd, 0o644)
-            os.rename(path, self.blob_path(digest))
-            _fsync_dir(self._blobs)
-            return True
-        except BaseException as exc:
-            if isinstance(exc, ImageError) or (isinstance(exc, OSError) and exc.errno in _FULL):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-            raise
+                hasher, done = hashlib.sha256(), 0
+            while chunk := stream.read(_CHUNK):
+                if done + len(chunk) > size:
+                    raise ImageError(f"blob {digest} is larger than the expected {size} bytes")
+                _pwrite_all(fd, chunk, done)
+                hasher.update(chunk)
+                done += len(chunk)
+        if done != size:
+            raise ImageError(f"blob {digest} has {done} bytes, expected {size}")
+        if "sha256:" + hasher.hexdigest() != digest and have:
+            os.ftruncate(fd, 0)  # the kept bytes were not this blob's: download it whole, once
+            return self._resume(fd, digest, size, fetch)
+        if "sha256:" + hasher.hexdigest() != digest:
+            raise ImageError(f"blob content does not match its digest: expected {digest}, "
+                             f"got sha256:{hasher.hexdigest()}")
+        os.fsync(fd)
 
     def drop_partial(self, digest: str) -> None:
         """Remove the partial download of ``digest`` unless a pull is writing it (its lock is held)."""
         path = self.partial_path(digest)
         with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | _CLOEXEC | _NOFOLLOW | _BINARY)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                if _same_file(fd, path):
-                    os.unlink(path)
+                if lock_fd(fd, wait=False) and _same_file(fd, path):
+                    fd = _close_first(fd)
+                    os.unlink(path)  # Windows: refused if a pull opened it meanwhile, which keeps it
             finally:
-                os.close(fd)
+                if fd is not None:
+                    os.close(fd)
 
     def sweep_tmp(self, max_age: float = PARTIAL_MAX_AGE) -> int:
         """Remove what killed writers left in ``tmp/``; the bytes freed.
@@ -312,20 +338,21 @@ class Store:
                 if stat.S_ISLNK(st.st_mode):
                     os.unlink(path)  # never written by runner: nothing to follow it for
                     continue
-                flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+                flags = os.O_RDONLY | _CLOEXEC | _NOFOLLOW | _BINARY
                 fd = os.open(path, flags | (os.O_DIRECTORY if stat.S_ISDIR(st.st_mode) else 0))
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: its writer is alive
-                    if not _same_file(fd, path):
+                    if not lock_fd(fd, wait=False) or not _same_file(fd, path):  # locked: its writer is alive
                         continue
                     size = _disk_usage(path)
                     if stat.S_ISDIR(st.st_mode):
                         _rmtree(path)
                     else:
-                        os.unlink(path)
+                        fd = _close_first(fd)
+                        os.unlink(path)  # Windows: refused if a writer opened it meanwhile, which keeps it
                     freed += size
                 finally:
-                    os.close(fd)
+                    if fd is not None:
+                        os.close(fd)
         return freed
 
     def tmp_usage(self) -> tuple[int, int]:
@@ -675,11 +702,43 @@ def _same_file(fd: int, path: str) -> bool:
     return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
 
 
+def _close_first(fd: int | None) -> int | None:
+    """Close ``fd`` now where an open file cannot be renamed or removed (Windows) and return None; else keep
+    it open (its lock held across the rename) and return it. Either way the caller closes what it gets back."""
+    if fd is not None and CLOSE_BEFORE_RENAME:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _seek_read(fd: int, size: int, offset: int) -> bytes:
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.read(fd, size)
+
+
+def _seek_write(fd: int, data: memoryview, offset: int) -> int:
+    os.lseek(fd, offset, os.SEEK_SET)
+    return os.write(fd, data)
+
+
+# Positioned I/O where the OS has it; seek + read/write on Windows (each partial's fd has a single user).
+_pread = getattr(os, "pread", _seek_read)
+_pwrite = getattr(os, "pwrite", _seek_write)
+
+
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
-        n = os.pwrite(fd, view, offset)
+        n = _pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
+
+
+def _fchmod(fd: int | None, path: str, mode: int) -> None:
+    """Set ``mode`` through the open ``fd`` where the OS can (no path race), else by path (Windows)."""
+    if fd is not None and hasattr(os, "fchmod"):
+        os.fchmod(fd, mode)
+    else:
+        os.chmod(path, mode)
 
 
 def _listdir(path: str) -> list[str]:
@@ -697,8 +756,8 @@ def _disk_usage(path: str) -> int:
     except FileNotFoundError:
         return 0
     if not stat.S_ISDIR(st.st_mode):
-        return st.st_blocks * 512
-    total += st.st_blocks * 512
+        return _allocated(st)
+    total += _allocated(st)
     for top, dirs, files in os.walk(path):
         for name in dirs + files:
             with contextlib.suppress(OSError):
@@ -707,11 +766,20 @@ def _disk_usage(path: str) -> int:
                     if (st.st_dev, st.st_ino) in seen:
                         continue
                     seen.add((st.st_dev, st.st_ino))
-                total += st.st_blocks * 512
+                total += _allocated(st)
     return total
 
 
+def _allocated(st: os.stat_result) -> int:
+    """Bytes allocated on disk; Windows reports no blocks, so the size stands in."""
+    blocks = getattr(st, "st_blocks", None)
+    return st.st_size if blocks is None else blocks * 512
+
+
 def _fsync_dir(path: str) -> None:
+    """Make a rename in ``path`` durable; Windows cannot open a directory (NTFS journals the rename itself)."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -721,7 +789,7 @@ def _fsync_dir(path: str) -> None:
 
 def _rmtree(path: str) -> None:
     """Remove a tree; without root, first make its directories writable (unpacked layers have read-only ones)."""
-    if os.geteuid() != 0:
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
         os.chmod(path, stat.S_IRWXU)
         for top, dirs, _ in os.walk(path):
             for name in dirs:
