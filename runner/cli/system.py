@@ -79,6 +79,7 @@ _PRUNE_WARNING = """WARNING! This will remove:
   - all stopped containers
   - all networks not used by at least one container
   - all {images}{volumes}
+  - unused build cache
   - all partial downloads
 """
 
@@ -86,7 +87,7 @@ _PRUNE_WARNING = """WARNING! This will remove:
 def prune(all: bool = typer.Option(False, "-a", "--all", help="remove all unused images, not just dangling ones"),
           force: bool = typer.Option(False, "-f", "--force", help="do not prompt for confirmation"),
           volumes: bool = typer.Option(False, "--volumes", help="remove unused anonymous volumes too")):
-    """Remove stopped containers, unused networks, dangling images and partial downloads."""
+    """Remove stopped containers, unused networks, dangling images, the build cache and partial downloads."""
     import sys
     from runner.cli.context import STATE
     if not force:
@@ -107,6 +108,8 @@ def prune(all: bool = typer.Option(False, "-a", "--all", help="remove all unused
         lines = [line.replace("Untagged:", "untagged:").replace("Deleted:", "deleted:")
                  for line in result["ImagesDeleted"]]
         print("Deleted Images:\n" + "\n".join(lines) + "\n")
+    if result.get("CachesDeleted"):
+        print("Deleted build cache objects:\n" + "\n".join(result["CachesDeleted"]) + "\n")
     print(f"Total reclaimed space: {render.human_size(result.get('SpaceReclaimed', 0))}")
 
 

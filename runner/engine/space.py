@@ -93,10 +93,11 @@ def _build_cache_row(engine, size_of: dict, kept: set) -> dict:
 
 def prune(engine, all_images: bool = False, volumes: bool = False) -> dict:
     """Remove stopped containers, unused networks, dangling (``all_images``: unused) images, partial
-    downloads and (``volumes``) unused anonymous volumes, as ``docker system prune [-a] [--volumes]`` does;
+    downloads, the build cache and (``volumes``) unused anonymous volumes, as ``docker system prune [-a] [--volumes]`` does;
     what went and the space won back."""
+    from runner.engine.build import sweep_steps
     before = _free(engine.root)
-    containers = []
+    containers = sweep_steps(engine)  # a killed build's step containers, running ones too
     for cid in engine.state.ids():
         with contextlib.suppress(NotFound, Conflict, ValueError):
             rec = engine.state.reconcile(engine.state.load(cid))
@@ -122,18 +123,21 @@ def prune(engine, all_images: bool = False, volumes: bool = False) -> dict:
             with contextlib.suppress(Conflict, NotFound):
                 if not engine._image_in_use(img.id):
                     images += store.remove(img.id, force=True)
+    caches = build_prune(engine)["CachesDeleted"]  # docker's system prune takes the build cache too
     store.sweep_tmp(0)
     import shutil
     for name in _listdir(engine.state.trash):  # --rm leftovers whose background deletion was killed
         shutil.rmtree(os.path.join(engine.state.trash, name), ignore_errors=True)
     return {"ContainersDeleted": containers, "NetworksDeleted": networks, "ImagesDeleted": images,
-            "VolumesDeleted": deleted_volumes, "SpaceReclaimed": max(0, _free(engine.root) - before)}
+            "VolumesDeleted": deleted_volumes, "CachesDeleted": caches, "SpaceReclaimed": max(0, _free(engine.root) - before)}
 
 
 def build_prune(engine) -> dict:
     """Remove the build cache: intermediate step images nobody named, and the cache keys naming them."""
     import shutil
+    from runner.engine.build import sweep_steps
     before = _free(engine.root)
+    sweep_steps(engine)  # a killed build's step containers hold its step images
     store = engine.images_store
     deleted = []
     for digest in store.intermediates():
@@ -142,8 +146,9 @@ def build_prune(engine) -> dict:
             if not engine._image_in_use(image.id):
                 store.remove(image.id, force=True)
                 deleted.append(image.id)
-    for name in ("build-cache", "build-contexts"):  # the cache keys and the unpacked contexts kept for rebuilds
-        shutil.rmtree(os.path.join(store.root, name), ignore_errors=True)
+    shutil.rmtree(os.path.join(store.root, "build-cache"), ignore_errors=True)  # the keys naming those images
+    from runner.images.build import prune_contexts
+    prune_contexts(store)  # the unpacked contexts kept for rebuilds, except those a running build holds
     return {"CachesDeleted": deleted, "SpaceReclaimed": max(0, _free(engine.root) - before)}
 
 

@@ -121,13 +121,24 @@ def read_dockerfile(context: str, name: str) -> str:
     return data.decode("utf-8", "replace")
 
 
-def _prune(root: str, keep: str) -> None:
-    """Remove unpacked contexts beyond the newest :data:`KEEP_CONTEXTS` that no build holds."""
+def prune_contexts(store) -> None:
+    """``builder prune`` / ``system prune``: remove every unpacked context no running build holds."""
+    root = os.path.join(store.root, CONTEXTS)
+    if os.path.isdir(root):
+        _prune(root, keep="", count=0)
+
+
+def _prune(root: str, keep: str, count: int = KEEP_CONTEXTS) -> None:
+    """Remove unpacked contexts beyond the newest ``count`` that no build holds (and what a killed prune
+    left half-removed)."""
     entries = []
     for entry in os.scandir(root):
+        if entry.name.endswith(".gone"):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            continue
         with contextlib.suppress(OSError):
             entries.append((entry.stat().st_mtime, entry.path))
-    for _, path in sorted(entries, reverse=True)[KEEP_CONTEXTS:]:
+    for _, path in sorted(entries, reverse=True)[count:]:
         if path == keep:
             continue
         try:
