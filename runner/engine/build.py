@@ -49,7 +49,8 @@ def sweep_steps(engine) -> list[str]:
 def build(engine, stream, options: dict, progress) -> str:
     from runner.images.build import build as build_image
     network = (options or {}).get("network") or "bridge"
-    sweep_steps(engine)
+    sweep_steps(engine)  # what killed builds left: their step containers, their temp files
+    engine.images_store.sweep_tmp()
     me = _me()
 
     def run(image_id: str, argv: list[str], env: list[str], user: str | None, workdir: str | None, output, say):
