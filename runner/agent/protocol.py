@@ -514,7 +514,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
        Param("labels", _nullable(list), False, lambda v: v is None or _str_list(v)),
        Param("until", _nullable(int, float), False)),
     _m("system_df", dict),
-    _m("system_prune", dict, Param("all", (bool,), False)),
+    _m("system_prune", dict, Param("all", (bool,), False), Param("volumes", (bool,), False)),
     _m("info", dict),
 )}
 

@@ -61,7 +61,7 @@ def system_df(req) -> None:
         image["SharedSize"] = 0
     req.reply({"LayersSize": df["Images"]["Size"], "Images": images,
                "Containers": [{**c, "SizeRw": 0, "SizeRootFs": 0} for c in containers],
-               "Volumes": [], "BuildCache": []})
+               "Volumes": df.get("VolumesList") or [], "BuildCache": []})
 
 
 @route("POST", "/auth")

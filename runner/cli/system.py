@@ -51,7 +51,7 @@ def version():
 system_app = typer.Typer(rich_markup_mode=None,
                          help="Manage runner: disk usage, pruning, info", no_args_is_help=True)
 
-_DF_ROWS = ("Images", "Containers", "Partial downloads")
+_DF_ROWS = ("Images", "Containers", "Local Volumes", "Build Cache", "Partial downloads")
 
 
 def df(fmt: str = typer.Option(None, "--format", help="json for machine-readable output")):
@@ -78,31 +78,38 @@ def df(fmt: str = typer.Option(None, "--format", help="json for machine-readable
 _PRUNE_WARNING = """WARNING! This will remove:
   - all stopped containers
   - all networks not used by at least one container
-  - all {images}
+  - all {images}{volumes}
+  - unused build cache
   - all partial downloads
 """
 
 
 def prune(all: bool = typer.Option(False, "-a", "--all", help="remove all unused images, not just dangling ones"),
-          force: bool = typer.Option(False, "-f", "--force", help="do not prompt for confirmation")):
-    """Remove stopped containers, unused networks, dangling images and partial downloads."""
+          force: bool = typer.Option(False, "-f", "--force", help="do not prompt for confirmation"),
+          volumes: bool = typer.Option(False, "--volumes", help="remove unused anonymous volumes too")):
+    """Remove stopped containers, unused networks, dangling images, the build cache and partial downloads."""
     import sys
     from runner.cli.context import STATE
     if not force:
         sys.stdout.write(_PRUNE_WARNING.format(images="images without at least one container associated to them"
-                                               if all else "dangling images"))
+                                               if all else "dangling images",
+                                               volumes="\n  - all anonymous volumes not used by at least one container"
+                                               if volumes else ""))
         sys.stdout.write("\nAre you sure you want to continue? [y/N] ")
         sys.stdout.flush()
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             return
-    result = STATE.backend.system_prune(all=all)
-    for title, key in (("Deleted Containers", "ContainersDeleted"), ("Deleted Networks", "NetworksDeleted")):
+    result = STATE.backend.system_prune(all=all, volumes=volumes)
+    for title, key in (("Deleted Containers", "ContainersDeleted"), ("Deleted Networks", "NetworksDeleted"),
+                       ("Deleted Volumes", "VolumesDeleted")):
         if result.get(key):
             print(f"{title}:\n" + "\n".join(result[key]) + "\n")
     if result.get("ImagesDeleted"):
         lines = [line.replace("Untagged:", "untagged:").replace("Deleted:", "deleted:")
                  for line in result["ImagesDeleted"]]
         print("Deleted Images:\n" + "\n".join(lines) + "\n")
+    if result.get("CachesDeleted"):
+        print("Deleted build cache objects:\n" + "\n".join(result["CachesDeleted"]) + "\n")
     print(f"Total reclaimed space: {render.human_size(result.get('SpaceReclaimed', 0))}")
 
 

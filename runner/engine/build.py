@@ -6,7 +6,10 @@ container per RUN step, created and started through :meth:`Engine.create`/:meth:
 other (namespaces, cgroups, seccomp, the network the build asked for; Docker's default is bridge), with the
 step's command, environment, user and working directory, its output streamed into the build's progress. The
 step's layer is the container's overlay upper directory (runner.engine.bundle), read after it exited; the
-container is removed afterwards in every case, so a failed or interrupted build leaves none behind.
+container is removed afterwards in every case, so a failed or interrupted build leaves none behind. A build
+process killed outright (SIGKILL) cannot remove its step container, so each carries :data:`STEP_LABEL` naming
+the building process (PID and start time): the next build, ``builder prune`` and ``system prune`` remove step
+containers whose builder is gone (:func:`sweep_steps`), running or not, and nothing of a killed build stays.
 Linux only, standard library only (runs in the guest).
 """
 
@@ -17,14 +20,42 @@ import os
 
 from runner.stdio import Stdio
 
+STEP_LABEL = "io.runner.build.step"
+
+
+def _me() -> str:
+    from runner.procs import start_time
+    return f"{os.getpid()}:{start_time(os.getpid())}"
+
+
+def sweep_steps(engine) -> list[str]:
+    """Remove the step containers of builds whose process is gone (killed); the IDs removed."""
+    from runner.errors import NotFound
+    from runner.procs import alive
+    gone = []
+    for cid in engine.state.ids():
+        with contextlib.suppress(NotFound, ValueError, OSError):
+            owner = (engine.state.load(cid).spec.get("labels") or {}).get(STEP_LABEL)
+            if owner is None:
+                continue
+            pid, _, started = owner.partition(":")
+            if pid.isdigit() and started.isdigit() and alive(int(pid), int(started)):
+                continue
+            _remove(engine, cid)
+            gone.append(cid)
+    return gone
+
 
 def build(engine, stream, options: dict, progress) -> str:
     from runner.images.build import build as build_image
     network = (options or {}).get("network") or "bridge"
+    sweep_steps(engine)  # what killed builds left: their step containers, their temp files
+    engine.images_store.sweep_tmp()
+    me = _me()
 
     def run(image_id: str, argv: list[str], env: list[str], user: str | None, workdir: str | None, output, say):
         spec = {"image": image_id, "command": argv, "entrypoint": [], "env": env, "user": user,
-                "workdir": workdir, "network": network}
+                "workdir": workdir, "network": network, "labels": {STEP_LABEL: me}}
         cid = engine.create(spec)
         say(f" ---> Running in {cid[:12]}\n")
         try:

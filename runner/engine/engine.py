@@ -738,9 +738,9 @@ class Engine:
         return space.df(self)
 
     @needs_space("pruning")
-    def system_prune(self, all: bool = False) -> dict:
+    def system_prune(self, all: bool = False, volumes: bool = False) -> dict:
         from runner.engine import space
-        return space.prune(self, all_images=all)
+        return space.prune(self, all_images=all, volumes=volumes)
 
     def info(self) -> dict:
         from runner import __version__

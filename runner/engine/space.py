@@ -26,7 +26,8 @@ def _row(total: int, active: int, size: int, reclaimable: int) -> dict:
 
 
 def df(engine) -> dict:
-    """Docker's ``system df`` rows in bytes (Images, Containers, Partial downloads), plus the filesystem."""
+    """Docker's ``system df`` rows in bytes (Images, Containers, Local Volumes, Build Cache, Partial
+    downloads), the volumes one by one (the API's ``Volumes`` list), plus the filesystem."""
     records = []
     for cid in engine.state.ids():
         with contextlib.suppress(NotFound, ValueError):
@@ -41,6 +42,7 @@ def df(engine) -> dict:
     kept = {p for img in images if img.id in used_ids for p in files[img.id]}
     size_of = {p: _usage(p) for p in every}
     partials, partial_size = store.tmp_usage()
+    vols = _volumes(engine)
     point, fstype = mount_of(engine.root)
     st = os.statvfs(engine.root)
     return {
@@ -48,17 +50,54 @@ def df(engine) -> dict:
                        sum(size_of[p] for p in every - kept)),
         "Containers": _row(len(records), len(running), sum(sizes.values()),
                            sum(sizes[rec.id] for rec in records if rec.status != RUNNING)),
+        "Local Volumes": _row(len(vols), sum(1 for v in vols if v["UsageData"]["RefCount"]),
+                              sum(v["UsageData"]["Size"] for v in vols),
+                              sum(v["UsageData"]["Size"] for v in vols if not v["UsageData"]["RefCount"])),
+        "Build Cache": _build_cache_row(engine, size_of, kept),
         "Partial downloads": _row(partials, 0, partial_size, partial_size),
+        "VolumesList": vols,
         "Disk": {"Root": engine.root, "Mount": point, "Type": fstype, "Size": st.f_blocks * st.f_frsize,
                  "Used": (st.f_blocks - st.f_bfree) * st.f_frsize, "Free": free_bytes(engine.root) or 0},
     }
 
 
-def prune(engine, all_images: bool = False) -> dict:
-    """Remove stopped containers, unused networks, dangling (``all_images``: unused) images and partial
-    downloads, as ``docker system prune [-a]`` does; what went and the space won back."""
+def _volumes(engine) -> list[dict]:
+    """Every volume as ``volume inspect`` shows it, with Docker's ``UsageData`` (bytes, containers using it)."""
+    from runner.engine.volumes import Volumes, _usage, data_dir
+    vols = Volumes(engine)
+    used = vols.users()
+    out = []
+    for name in vols.names():
+        with contextlib.suppress(NotFound, ValueError, OSError):
+            view = vols.inspect(name)
+            view["UsageData"] = {"Size": _usage(data_dir(engine.root, name)), "RefCount": len(used.get(name, []))}
+            out.append(view)
+    return out
+
+
+def _build_cache_row(engine, size_of: dict, kept: set) -> dict:
+    """Docker's "Build Cache" row: the build's intermediate step images nobody named, and the unpacked
+    contexts kept for rebuilds (all of it is what ``builder prune`` removes; in use while a build holds it)."""
+    store = engine.images_store
+    paths, count = set(), 0
+    for digest in store.intermediates():
+        with contextlib.suppress(NotFound, KeyError, ValueError, OSError):
+            image = store.resolve(store.read_json(digest)["config"]["digest"])
+            paths.update(store.image_files(image))
+            count += 1
+    steps = sum(size_of.get(p, 0) or _usage(p) for p in paths - kept)
+    contexts = _listdir(os.path.join(store.root, "build-contexts"))
+    ctx_size = sum(_usage(os.path.join(store.root, "build-contexts", n)) for n in contexts)
+    return _row(count + len(contexts), 0, steps + ctx_size, steps + ctx_size)
+
+
+def prune(engine, all_images: bool = False, volumes: bool = False) -> dict:
+    """Remove stopped containers, unused networks, dangling (``all_images``: unused) images, partial
+    downloads, the build cache and (``volumes``) unused anonymous volumes, as ``docker system prune [-a] [--volumes]`` does;
+    what went and the space won back."""
+    from runner.engine.build import sweep_steps
     before = _free(engine.root)
-    containers = []
+    containers = sweep_steps(engine)  # a killed build's step containers, running ones too
     for cid in engine.state.ids():
         with contextlib.suppress(NotFound, Conflict, ValueError):
             rec = engine.state.reconcile(engine.state.load(cid))
@@ -73,6 +112,10 @@ def prune(engine, all_images: bool = False) -> dict:
                 with contextlib.suppress(RunnerError, OSError):
                     engine.network_rm(name)
                     networks.append(name)
+    deleted_volumes = []
+    if volumes:  # after the containers: the volumes of the ones just removed are unused now
+        from runner.engine.volumes import Volumes
+        deleted_volumes = Volumes(engine).prune(all=False)["VolumesDeleted"]
     images = []
     store = engine.images_store
     for img in store.list(all=True):
@@ -80,18 +123,21 @@ def prune(engine, all_images: bool = False) -> dict:
             with contextlib.suppress(Conflict, NotFound):
                 if not engine._image_in_use(img.id):
                     images += store.remove(img.id, force=True)
+    caches = build_prune(engine)["CachesDeleted"]  # docker's system prune takes the build cache too
     store.sweep_tmp(0)
     import shutil
     for name in _listdir(engine.state.trash):  # --rm leftovers whose background deletion was killed
         shutil.rmtree(os.path.join(engine.state.trash, name), ignore_errors=True)
     return {"ContainersDeleted": containers, "NetworksDeleted": networks, "ImagesDeleted": images,
-            "SpaceReclaimed": max(0, _free(engine.root) - before)}
+            "VolumesDeleted": deleted_volumes, "CachesDeleted": caches, "SpaceReclaimed": max(0, _free(engine.root) - before)}
 
 
 def build_prune(engine) -> dict:
     """Remove the build cache: intermediate step images nobody named, and the cache keys naming them."""
     import shutil
+    from runner.engine.build import sweep_steps
     before = _free(engine.root)
+    sweep_steps(engine)  # a killed build's step containers hold its step images
     store = engine.images_store
     deleted = []
     for digest in store.intermediates():
@@ -100,8 +146,9 @@ def build_prune(engine) -> dict:
             if not engine._image_in_use(image.id):
                 store.remove(image.id, force=True)
                 deleted.append(image.id)
-    for name in ("build-cache", "build-contexts"):  # the cache keys and the unpacked contexts kept for rebuilds
-        shutil.rmtree(os.path.join(store.root, name), ignore_errors=True)
+    shutil.rmtree(os.path.join(store.root, "build-cache"), ignore_errors=True)  # the keys naming those images
+    from runner.images.build import prune_contexts
+    prune_contexts(store)  # the unpacked contexts kept for rebuilds, except those a running build holds
     return {"CachesDeleted": deleted, "SpaceReclaimed": max(0, _free(engine.root) - before)}
 
 

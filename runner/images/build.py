@@ -22,7 +22,6 @@ import fcntl
 import hashlib
 import os
 import shutil
-import tempfile
 
 from runner.errors import BuildError
 from runner.images.builder import Builder, _inside, check_options
@@ -39,11 +38,10 @@ def build(store, stream, options: dict, progress, run, base) -> str:
     ``base`` resolves FROM images (see :class:`runner.images.builder.Builder`)."""
     opts = check_options(options)
     name = opts.get("dockerfile", "Dockerfile")
-    tmp = os.path.join(store.root, "tmp")
-    fd, spool = tempfile.mkstemp(prefix="context-", dir=tmp)
+    spool, lock = store._claim_temp("context-")  # locked: a killed build's spool is swept (sweep_tmp)
     try:
         digest = hashlib.sha256(name.encode() + b"\0")
-        with os.fdopen(fd, "wb") as out:
+        with open(spool, "wb") as out:
             while chunk := stream.read(_CHUNK):
                 digest.update(chunk)
                 out.write(chunk)
@@ -54,6 +52,7 @@ def build(store, stream, options: dict, progress, run, base) -> str:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(spool)
+        os.close(lock)
 
 
 @contextlib.contextmanager
@@ -63,17 +62,20 @@ def _context(store, spool: str, name: str, key: str, fresh: bool):
     os.makedirs(root, mode=0o700, exist_ok=True)
     where = os.path.join(root, key)
     if fresh or not os.path.isdir(where):
-        made = _unpack(store, spool, name)
-        if fresh:
-            try:
-                yield made
-            finally:
-                shutil.rmtree(made, ignore_errors=True)
-            return
+        made, claim = _unpack(store, spool, name)
         try:
-            os.rename(made, where)
-        except OSError:  # another build of the same context got there first: theirs is as good
-            shutil.rmtree(made, ignore_errors=True)
+            if fresh:
+                try:
+                    yield made
+                finally:
+                    shutil.rmtree(made, ignore_errors=True)
+                return
+            try:
+                os.rename(made, where)
+            except OSError:  # another build of the same context got there first: theirs is as good
+                shutil.rmtree(made, ignore_errors=True)
+        finally:
+            os.close(claim)
     lock = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(lock, fcntl.LOCK_SH)
@@ -84,8 +86,10 @@ def _context(store, spool: str, name: str, key: str, fresh: bool):
         os.close(lock)
 
 
-def _unpack(store, spool: str, name: str) -> str:
-    made = tempfile.mkdtemp(prefix="context-", dir=os.path.join(store.root, "tmp"))
+def _unpack(store, spool: str, name: str) -> tuple[str, int]:
+    """Unpack into a locked temp dir (``_claim_temp``: a build killed mid-unpack leaves an orphan the next
+    sweep removes); the dir and its lock, which the caller closes once the dir is renamed away or removed."""
+    made, claim = store._claim_temp("context-", directory=True)
     try:
         os.mkdir(os.path.join(made, "ctx"), 0o700)
         with open(spool, "rb") as f:
@@ -93,9 +97,10 @@ def _unpack(store, spool: str, name: str) -> str:
         text = read_dockerfile(os.path.join(made, "ctx"), name)
         with open(os.path.join(made, "dockerfile"), "w", encoding="utf-8") as f:
             f.write(text)
-        return made
+        return made, claim
     except BaseException:
         shutil.rmtree(made, ignore_errors=True)
+        os.close(claim)
         raise
 
 
@@ -116,13 +121,24 @@ def read_dockerfile(context: str, name: str) -> str:
     return data.decode("utf-8", "replace")
 
 
-def _prune(root: str, keep: str) -> None:
-    """Remove unpacked contexts beyond the newest :data:`KEEP_CONTEXTS` that no build holds."""
+def prune_contexts(store) -> None:
+    """``builder prune`` / ``system prune``: remove every unpacked context no running build holds."""
+    root = os.path.join(store.root, CONTEXTS)
+    if os.path.isdir(root):
+        _prune(root, keep="", count=0)
+
+
+def _prune(root: str, keep: str, count: int = KEEP_CONTEXTS) -> None:
+    """Remove unpacked contexts beyond the newest ``count`` that no build holds (and what a killed prune
+    left half-removed)."""
     entries = []
     for entry in os.scandir(root):
+        if entry.name.endswith(".gone"):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            continue
         with contextlib.suppress(OSError):
             entries.append((entry.stat().st_mtime, entry.path))
-    for _, path in sorted(entries, reverse=True)[KEEP_CONTEXTS:]:
+    for _, path in sorted(entries, reverse=True)[count:]:
         if path == keep:
             continue
         try:

@@ -18,7 +18,6 @@ import contextlib
 import os
 import stat
 import tarfile
-import tempfile
 import time
 
 from runner.images.fsview import _OPAQUE, _is_whiteout
@@ -32,8 +31,9 @@ class LayerWriter:
 
     def __init__(self, store):
         self.store = store
-        fd, self.path = tempfile.mkstemp(prefix="layer-", dir=os.path.join(store.root, "tmp"))
-        self._file = os.fdopen(fd, "wb")
+        # Claimed (flock'ed) so a build killed mid-commit leaves a temp file the store's sweep removes.
+        self.path, self._lock = store._claim_temp("layer-")
+        self._file = open(self.path, "wb")
         self.tar = tarfile.open(fileobj=self._file, mode="w", format=tarfile.PAX_FORMAT)
         self.names: set[str] = set()
         self._links: dict[tuple[int, int], str] = {}
@@ -113,6 +113,7 @@ class LayerWriter:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
+            self._unlock()
 
     def discard(self) -> None:
         with contextlib.suppress(Exception):
@@ -121,6 +122,13 @@ class LayerWriter:
             self._file.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        """Drop the temp file's claim once (a discard after a failed commit must not close a reused fd)."""
+        lock, self._lock = self._lock, -1
+        if lock >= 0:
+            os.close(lock)
 
 
 def _xattrs(info: tarfile.TarInfo, path: str) -> None:

@@ -225,3 +225,143 @@ def test_output_redirected_onto_a_full_filesystem_is_named_as_such(native_root, 
     finally:
         run(native_root, "rm", "-f", "chatty")
         subprocess.run(["umount", "-l", out], check=False)
+
+
+# ---------------------------------------------------------------------------------------- volumes (#19)
+
+def test_volumes_filled_by_containers_are_removed_on_a_full_disk_and_shown_by_df(small_root):
+    """A container filling a volume meets its own ENOSPC; on the full disk `system df` shows the volumes,
+    `volume rm`, `volume prune -a` and `system prune --volumes` (anonymous only) all work and give space back."""
+    mnt, root = small_root
+    for name in ("v1", "v2"):
+        assert run(root, "volume", "create", name).returncode == 0
+    proc = run(root, "run", "--name", "anon", "--network", "none", "-v", "/scratch", IMG, "true")
+    assert proc.returncode == 0 and run(root, "rm", "anon").returncode == 0  # rm without -v: the volume stays
+    proc = run(root, "run", "--rm", "--network", "none", "-v", "v1:/data", IMG,
+               "sh", "-c", "dd if=/dev/zero of=/data/fill bs=1M count=64")
+    assert proc.returncode == 1, proc.stderr.decode()  # dd's own failure and exit code, not runner's
+    assert b"No space left on device" in proc.stderr and b"Error:" not in proc.stderr
+    filler = fill(mnt)
+    try:
+        df = json.loads(run(root, "system", "df", "--format", "json").stdout)
+        row = df["Local Volumes"]
+        assert row["Total"] == 3 and row["Active"] == 0, row
+        assert row["Size"] >= (4 << 20) and row["Reclaimable"] == row["Size"], row
+        assert {v["Name"] for v in df["VolumesList"]} >= {"v1", "v2"}
+        table = run(root, "system", "df").stdout.decode()
+        assert re.search(r"^Local Volumes\s+3\s+0\s", table, re.M) and re.search(r"^Build Cache\s", table, re.M)
+        proc = run(root, "system", "prune", "-f", "--volumes")
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert "Deleted Volumes:" in proc.stdout.decode()
+        assert sorted(run(root, "volume", "ls", "-q").stdout.decode().split()) == ["v1", "v2"]  # named stay
+        proc = run(root, "volume", "rm", "v1")
+        assert proc.returncode == 0 and proc.stdout.decode().strip() == "v1", proc.stderr.decode()
+        assert free(mnt) > (4 << 20)
+        os.unlink(filler)
+        filler = fill(mnt)
+        proc = run(root, "volume", "prune", "-a", "-f")
+        assert proc.returncode == 0 and "v2" in proc.stdout.decode(), proc.stderr.decode()
+        assert run(root, "volume", "ls", "-q").stdout.decode().split() == []
+        assert os.listdir(os.path.join(root, "volumes")) == [".lock"]
+    finally:
+        os.unlink(filler)
+
+
+# ------------------------------------------------------------------------------------------ build (#19)
+
+def _write_context(path: str, dockerfile: str) -> str:
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "Dockerfile"), "w") as f:
+        f.write(dockerfile)
+    return path
+
+
+def _spawn_build(root: str, ctx: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "runner", "--backend", "native", "build", "--progress", "plain",
+                             "--network", "none", ctx], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, RUNNER_ROOT=root, PYTHONPATH=REPO))
+
+
+def _step_containers(root: str) -> list[str]:
+    return run(root, "ps", "-aq", "--no-trunc", "--filter", "label=io.runner.build.step").stdout.decode().split()
+
+
+def test_build_killed_during_a_run_step_leaves_nothing_the_next_build_keeps(small_root, tmp_path):
+    mnt, root = small_root
+    ctx = _write_context(str(tmp_path / "ctx"), f"FROM {IMG}\nRUN echo step-started; sleep 1000\n")
+    proc = _spawn_build(root, ctx)
+    try:
+        import threading
+        guard = threading.Timer(120, proc.kill)  # a build that never prints the line fails the test, never hangs it
+        guard.start()
+        seen = line = b""
+        while not (line.rstrip().endswith(b" step-started") and b"RUN" not in line):  # the step's own output
+            line = proc.stdout.readline()
+            assert line, seen.decode()
+            seen += line
+        guard.cancel()
+        proc.kill()  # SIGKILL: nothing of runner build's own cleanup runs
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    orphans = _step_containers(root)
+    assert len(orphans) == 1, orphans  # the killed build's step container, still running its sleep
+    assert json.loads(run(root, "inspect", orphans[0]).stdout)[0]["State"]["Running"] is True
+    ok = run(root, "build", "-q", "--network", "none", _write_context(str(tmp_path / "ok"), f"FROM {IMG}\nLABEL a=b\n"))
+    assert ok.returncode == 0, ok.stderr.decode()
+    assert _step_containers(root) == [] and run(root, "ps", "-aq").stdout.decode() == ""
+    assert os.listdir(os.path.join(root, "images", "tmp")) == []
+
+
+def test_build_killed_during_the_context_upload_leaves_no_temp_file(tmp_path):
+    """The context spool of a killed build is a claimed temp file: `system prune` (and the next build) sweep it."""
+    root = str(tmp_path / "root")
+    ctx = _write_context(str(tmp_path / "ctx"), f"FROM {IMG}\n")
+    with open(os.path.join(ctx, "big"), "wb") as f:
+        f.truncate(4 << 30)  # sparse: cheap to make, slow enough to send that the kill lands mid-upload
+    tmp = os.path.join(root, "images", "tmp")
+    os.makedirs(tmp)
+    proc = _spawn_build(root, ctx)
+    try:
+        def spooling():
+            return [n for n in os.listdir(tmp) if n.startswith("context-")
+                    and os.path.getsize(os.path.join(tmp, n)) > 0]
+        spool = wait_for(spooling, 60, "the context spool", interval=0.005)
+        proc.kill()
+        assert proc.wait(timeout=30) == -9
+        assert os.listdir(tmp) == spool  # left behind by the kill ...
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    prune = run(root, "system", "prune", "-f")
+    assert prune.returncode == 0, prune.stderr.decode()
+    assert os.listdir(tmp) == []  # ... and swept
+
+
+def test_build_whose_run_fills_the_disk_fails_with_the_steps_error_and_leaves_no_half_image(small_root, tmp_path):
+    mnt, root = small_root
+    images_before = run(root, "images", "-aq", "--no-trunc").stdout.decode().split()
+    ctx = _write_context(str(tmp_path / "ctx"), f"FROM {IMG}\nRUN dd if=/dev/zero of=/fill bs=1M count=64\n")
+    proc = run(root, "build", "--network", "none", ctx)
+    out = proc.stdout.decode() + proc.stderr.decode()
+    assert proc.returncode == 1, out
+    assert "No space left on device" in out and "returned a non-zero code: 1" in out, out
+    assert run(root, "images", "-aq", "--no-trunc").stdout.decode().split() == images_before
+    assert _step_containers(root) == [] and os.listdir(os.path.join(root, "images", "tmp")) == []
+
+
+def test_build_whose_layer_commit_meets_a_full_disk_says_so_in_one_line(small_root, tmp_path):
+    """The step's own writes fit, the layer tar made of them does not: runner's disk-full error, exit 125."""
+    mnt, root = small_root
+    images_before = run(root, "images", "-aq", "--no-trunc").stdout.decode().split()
+    size = free(mnt) * 6 // 10 // 1024
+    ctx = _write_context(str(tmp_path / "ctx"), f"FROM {IMG}\nRUN dd if=/dev/urandom of=/blob bs=1k count={size}\n")
+    proc = run(root, "build", "-q", "--network", "none", ctx)
+    assert_full_error(proc, mnt, "")
+    assert _step_containers(root) == [] and os.listdir(os.path.join(root, "images", "tmp")) == []
+    assert run(root, "images", "-aq", "--no-trunc").stdout.decode().split() == images_before  # no half image
