@@ -61,35 +61,132 @@ def log_limits(opts: dict[str, str] | None) -> tuple[int | None, int]:
     return max_size, int(file_text)
 
 
+VOLUME_NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")  # Docker's local volume driver's rule
+MOUNT_TYPES = ("bind", "volume", "tmpfs")
+_VOLUME_MODES = ("ro", "rw", "nocopy", "z", "Z", "rprivate", "private", "rslave", "slave", "rshared", "shared")
+
+
 class Mount(Record):
-    """A bind mount of a host path into the container (``-v SRC:DST[:ro]``)."""
+    """A mount into the container, Docker's three kinds: ``bind`` (a host path), ``volume`` (a named volume of
+    the engine, ``source`` "" = a new anonymous one) and ``tmpfs`` (memory; ``size`` bytes and ``mode``).
 
-    _fields = ("source", "target", "readonly")
+    ``nocopy``: a new volume is not filled from the image's content at ``target`` (Docker's ``volume-nocopy``)."""
 
-    def __init__(self, source: str, target: str, readonly: bool = False):
-        self.source, self.target, self.readonly = source, target, readonly
+    _fields = ("source", "target", "readonly", "type", "nocopy", "size", "mode")
+
+    def __init__(self, source: str, target: str, readonly: bool = False, type: str = "bind", nocopy: bool = False,
+                 size: int | None = None, mode: int | None = None):
+        self.source, self.target, self.readonly, self.type = source, target, readonly, type
+        self.nocopy, self.size, self.mode = nocopy, size, mode
 
     @classmethod
     def parse(cls, text: str) -> "Mount":
+        """``-v``: ``/host:/ctr[:opts]`` (bind), ``name:/ctr[:opts]`` (named volume), ``/ctr`` (anonymous)."""
         parts = text.split(":")
-        if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-            raise UsageError(f"invalid volume spec {text!r}", hint="use -v /host/path:/container/path[:ro|rw]")
-        mode = parts[2] if len(parts) == 3 else "rw"
-        if mode not in ("ro", "rw"):
-            raise UsageError(f"invalid volume mode {mode!r} in {text!r}", hint="the mode is ro or rw")
-        if not parts[0].startswith("/"):
-            raise UsageError(f"invalid volume source {parts[0]!r}: named volumes are not supported",
-                             hint="give an absolute host path, e.g. -v $PWD/data:/data")
-        return cls(parts[0], parts[1], mode == "ro")
+        if len(parts) > 3 or not all(parts[:2]) or (len(parts) == 1 and not parts[0]):
+            raise UsageError(f"invalid volume spec {text!r}",
+                             hint="use -v /host/path:/container/path[:ro], -v NAME:/path[:ro] or -v /path")
+        if len(parts) == 1:
+            return cls("", parts[0], type="volume")
+        modes = parts[2].split(",") if len(parts) == 3 else []
+        bad = [m for m in modes if m not in _VOLUME_MODES]
+        if bad:
+            raise UsageError(f"invalid volume mode {bad[0]!r} in {text!r}", hint="the modes are ro, rw, nocopy")
+        kind = "bind" if parts[0].startswith("/") else "volume"
+        if kind == "volume" and not VOLUME_NAME_RE.match(parts[0]):
+            raise UsageError(f"invalid volume name {parts[0]!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+                             hint="a bind mount needs an absolute host path, e.g. -v $PWD/data:/data")
+        return cls(parts[0], parts[1], "ro" in modes, kind, nocopy="nocopy" in modes)
+
+    @classmethod
+    def parse_tmpfs(cls, text: str) -> "Mount":
+        """``--tmpfs /path[:opts]`` with Docker's options ``size=64m``, ``mode=1777``, ``ro``/``rw``."""
+        target, _, opts = text.partition(":")
+        mount = cls("", target, type="tmpfs")
+        for opt in filter(None, opts.split(",")):
+            mount._tmpfs_opt(opt, text)
+        return mount
+
+    def _tmpfs_opt(self, opt: str, text: str) -> None:
+        key, eq, value = opt.partition("=")
+        if key in ("size", "tmpfs-size") and eq:
+            self.size = parse_size(value, "tmpfs size")
+        elif key in ("mode", "tmpfs-mode") and eq:
+            if not re.match(r"^[0-7]{1,4}$", value):
+                raise UsageError(f"invalid tmpfs mode {value!r} in {text!r}", hint="an octal mode, e.g. 1777")
+            self.mode = int(value, 8)
+        elif key in ("ro", "rw", "readonly") and (not eq or value in ("true", "false", "1", "0")):
+            self.readonly = key != "rw" and value not in ("false", "0")
+        elif key not in ("exec", "noexec", "suid", "nosuid", "dev", "nodev"):
+            raise UsageError(f"invalid tmpfs option {opt!r} in {text!r}", hint="use size=64m, mode=1777, ro")
+
+    @classmethod
+    def parse_mount(cls, text: str) -> "Mount":
+        """``--mount type=volume|bind|tmpfs,source=...,target=...,readonly,...``: Docker's CSV syntax."""
+        fields: dict[str, str] = {}
+        for item in filter(None, (f.strip() for f in text.split(","))):
+            key, eq, value = item.partition("=")
+            fields[key.lower()] = value if eq else "true"
+        kind = fields.pop("type", "volume")
+        if kind not in MOUNT_TYPES:
+            raise UsageError(f"invalid mount type {kind!r} in --mount {text!r}", hint="use bind, volume or tmpfs")
+        source = fields.pop("source", None) or fields.pop("src", None) or ""
+        target = fields.pop("target", None) or fields.pop("destination", None) or fields.pop("dst", None)
+        if not target:
+            raise UsageError(f"invalid --mount {text!r}: a target is required", hint="add target=/path")
+        ro = fields.pop("readonly", None) or fields.pop("ro", None)
+        mount = cls(source, target, ro is not None and ro not in ("false", "0"), kind)
+        for key, value in fields.items():
+            if kind == "volume" and key == "volume-nocopy":
+                mount.nocopy = value not in ("false", "0")
+            elif kind == "tmpfs" and key in ("tmpfs-size", "tmpfs-mode"):
+                mount._tmpfs_opt(f"{key}={value}", text)
+            elif kind == "bind" and key == "bind-propagation" and value in _VOLUME_MODES:
+                pass  # runner's binds are rprivate, as Docker's default; other propagations are not offered
+            elif key != "consistency":
+                raise UsageError(f"unexpected key {key!r} in --mount {text!r}")
+        if kind == "bind" and not source:
+            raise UsageError(f"invalid --mount {text!r}: a bind mount needs source=/host/path")
+        if kind == "tmpfs" and source:
+            raise UsageError(f"invalid --mount {text!r}: a tmpfs mount takes no source")
+        return mount
+
+    @classmethod
+    def from_api(cls, obj: dict) -> "Mount":
+        """An Engine API ``HostConfig.Mounts`` entry (``Type``, ``Source``, ``Target``, ``ReadOnly``,
+        ``VolumeOptions.NoCopy``, ``TmpfsOptions.SizeBytes``/``Mode``) as a Mount; for the API server."""
+        if not isinstance(obj, dict):
+            raise UsageError("invalid mount: not an object")
+        kind = obj.get("Type") or "volume"
+        if kind not in MOUNT_TYPES:
+            raise UsageError(f"invalid mount type {kind!r}: use bind, volume or tmpfs")
+        tmpfs = obj.get("TmpfsOptions") or {}
+        mount = cls(str(obj.get("Source") or ""), str(obj.get("Target") or ""), bool(obj.get("ReadOnly")), kind,
+                    nocopy=bool((obj.get("VolumeOptions") or {}).get("NoCopy")),
+                    size=tmpfs.get("SizeBytes") or None, mode=tmpfs.get("Mode"))
+        problems = mount.problems()
+        if problems:
+            raise UsageError(f"invalid mount: {problems[0]}")
+        return mount
 
     def problems(self) -> list[str]:
         out = []
-        if not self.source.startswith("/"):
+        if self.type not in MOUNT_TYPES:
+            out.append(f"mount type {self.type!r} is not bind, volume or tmpfs")
+        elif self.type == "bind" and not str(self.source).startswith("/"):
             out.append(f"mount source {self.source!r} is not an absolute path")
-        if not self.target.startswith("/") or "\0" in self.target:
+        elif self.type == "volume" and self.source and not VOLUME_NAME_RE.match(str(self.source)):
+            out.append(f"invalid volume name {self.source!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+        if not isinstance(self.target, str) or not self.target.startswith("/") or "\0" in self.target:
             out.append(f"mount target {self.target!r} is not an absolute path")
         elif ".." in self.target.split("/"):
             out.append(f"mount target {self.target!r} must not contain '..'")
+        elif self.target.rstrip("/") == "":
+            out.append("a mount target must not be /")
+        if self.size is not None and (not isinstance(self.size, int) or self.size <= 0):
+            out.append(f"tmpfs size {self.size!r} must be a positive number of bytes")
+        if self.mode is not None and (not isinstance(self.mode, int) or not 0 <= self.mode <= 0o7777):
+            out.append(f"tmpfs mode {self.mode!r} is not a file mode")
         return out
 
 
@@ -163,7 +260,7 @@ class ContainerSpec(Record):
     _fields = ("image", "command", "entrypoint", "env", "workdir", "user", "name", "hostname", "tty",
                "interactive", "mounts", "ports", "publish_all", "network", "limits", "read_only", "auto_remove",
                "labels", "runtime", "cap_add", "cap_drop", "privileged", "security_opt", "devices", "log_opts",
-               "platform", "aliases")
+               "platform", "aliases", "restart", "healthcheck")
 
     def __init__(self, image: str, command: list[str] | None = None, entrypoint: list[str] | None = None,
                  env: list[str] = _NEW, workdir: str | None = None, user: str | None = None,
@@ -173,7 +270,8 @@ class ContainerSpec(Record):
                  read_only: bool = False, auto_remove: bool = False, labels: dict[str, str] = _NEW,
                  runtime: str | None = None, cap_add: list[str] = _NEW, cap_drop: list[str] = _NEW,
                  privileged: bool = False, security_opt: list[str] = _NEW, devices: list[str] = _NEW,
-                 log_opts: dict[str, str] = _NEW, platform: str | None = None, aliases: list[str] = _NEW):
+                 log_opts: dict[str, str] = _NEW, platform: str | None = None, aliases: list[str] = _NEW,
+                 restart: str = "no", healthcheck: dict | None = None):
         self.image, self.command, self.entrypoint = image, command, entrypoint
         self.env = [] if env is _NEW else env
         self.workdir, self.user, self.name, self.hostname = workdir, user, name, hostname
@@ -197,6 +295,8 @@ class ContainerSpec(Record):
         self.platform = platform
         # More names peers on a user network know this container by (--network-alias, EndpointConfig.Aliases).
         self.aliases = [] if aliases is _NEW else aliases
+        self.restart = restart  # Docker's --restart text: no, always, unless-stopped, on-failure[:N]
+        self.healthcheck = healthcheck  # Docker's HealthConfig (Test, Interval, ...); None: the image's
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -261,6 +361,19 @@ class ContainerSpec(Record):
                 parse_platform(self.platform)
             except UsageError as exc:
                 problems.append(exc.message)
+        targets = [m.target.rstrip("/") for m in self.mounts if isinstance(m.target, str)]
+        for dup in sorted({t for t in targets if targets.count(t) > 1}):
+            problems.append(f"duplicate mount point: {dup}")
+        if not isinstance(self.labels, dict) or not all(isinstance(k, str) and isinstance(v, str) and k
+                                                        for k, v in self.labels.items()):
+            problems.append("labels must map non-empty strings to strings")
+        if self.auto_remove and restart_policy_name(self.restart) != "no":
+            problems.append("conflicting options: cannot specify both --restart and --rm")
+        for check in (lambda: restart_policy(self.restart), lambda: health_problems(self.healthcheck)):
+            try:
+                check()
+            except UsageError as exc:
+                problems.append(exc.message)
         try:
             log_limits(self.log_opts)
         except UsageError as exc:
@@ -268,6 +381,74 @@ class ContainerSpec(Record):
         if problems:
             raise UsageError("; ".join(problems))
         return self
+
+
+def restart_policy_name(text: str) -> str:
+    try:
+        return restart_policy(text)[0]
+    except UsageError:
+        return "invalid"
+
+
+def restart_policy(text: str) -> tuple[str, int]:
+    """``--restart`` text -> (Docker's RestartPolicy Name, MaximumRetryCount); "" counts as "no"."""
+    name, _, count = str(text or "no").partition(":")
+    if name not in ("no", "always", "unless-stopped", "on-failure"):
+        raise UsageError(f"invalid restart policy {text!r}", hint="use no, always, unless-stopped or on-failure[:N]")
+    if count and (name != "on-failure" or not count.isdigit()):
+        raise UsageError(f"invalid restart policy {text!r}: only on-failure takes a count, e.g. on-failure:3")
+    return name, int(count or 0)
+
+
+def restart_text(policy: dict | None) -> str:
+    """An Engine API ``HostConfig.RestartPolicy`` (``Name``, ``MaximumRetryCount``) as ``--restart`` text."""
+    name = (policy or {}).get("Name") or "no"
+    count = (policy or {}).get("MaximumRetryCount") or 0
+    text = f"{name}:{count}" if name == "on-failure" and count else name
+    restart_policy(text)  # a UsageError for anything else
+    return text
+
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_NS = {"ns": 1, "us": 1000, "µs": 1000, "ms": 10 ** 6, "s": 10 ** 9, "m": 60 * 10 ** 9, "h": 3600 * 10 ** 9}
+
+
+def parse_duration(text: str, what: str = "duration") -> int:
+    """A Go duration (``30s``, ``1m30s``, ``500ms``; a bare ``0``) in nanoseconds, as Docker's flags take."""
+    text = str(text).strip()
+    if text == "0":
+        return 0
+    pos, total = 0, 0.0
+    for m in _DURATION_RE.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _NS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise UsageError(f"invalid {what} {text!r}", hint="use a duration like 30s, 1m30s or 500ms")
+    return int(total)
+
+
+HEALTH_KEYS = ("Test", "Interval", "Timeout", "Retries", "StartPeriod")
+
+
+def health_problems(health: dict | None) -> None:
+    """Raise a UsageError when ``health`` is not a Docker HealthConfig runner can run."""
+    if health is None:
+        return
+    if not isinstance(health, dict) or set(health) - set(HEALTH_KEYS):
+        raise UsageError(f"invalid healthcheck {health!r}: the keys are {', '.join(HEALTH_KEYS)}")
+    test = health.get("Test")
+    if test is not None and test != [] and not (
+            isinstance(test, list) and all(isinstance(t, str) and "\0" not in t for t in test)
+            and test[0] in ("NONE", "CMD", "CMD-SHELL") and (test[0] == "NONE" or len(test) > 1)):
+        raise UsageError(f"invalid healthcheck test {test!r}", hint="[\"CMD\", args...], [\"CMD-SHELL\", cmd] or [\"NONE\"]")
+    for key in ("Interval", "Timeout", "StartPeriod", "Retries"):
+        value = health.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise UsageError(f"invalid healthcheck {key} {value!r}: must be a non-negative integer")
+        if key in ("Interval", "Timeout", "StartPeriod") and value and value < 10 ** 6:
+            raise UsageError(f"healthcheck {key} must be at least 1ms")
 
 
 def parse_device(text: str) -> tuple[str, str, str]:

@@ -422,6 +422,22 @@ _ENDPOINTS = Param("endpoints", _nullable(dict), False, lambda v: v is None or (
     isinstance(k, str) and isinstance(t, str) and 0 < len(k) <= 255 and 0 < len(t) <= 255
     and _HOSTPORT.match(k) and _HOSTPORT.match(t) for k, t in v.items())))
 _SIZE = Param("size", (dict, type(None)), False, _size)
+
+
+def _str_map(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and len(value) <= 1024 and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()))
+
+
+def _filters(value: Any) -> bool:
+    """Docker's filters: ``{"key": ["value", ...]}`` (or the older ``{"key": {"value": true}}``)."""
+    return value is None or (isinstance(value, dict) and len(value) <= 64 and all(
+        isinstance(k, str) and (_str_list(v) or (isinstance(v, dict) and all(isinstance(x, str) for x in v)))
+        for k, v in value.items()))
+
+
+_LABELS = Param("labels", _nullable(dict), False, _str_map)
+_FILTERS = Param("filters", _nullable(dict), False, _filters)
 # The local parameters (frames, not JSON).
 _STDIO = Param("stdio", (), local=True)
 _STREAM = Param("stream", (), local=True)
@@ -440,9 +456,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _m("exec", str, _REF, Param("exec_spec", (dict,)), _STDIO, _SIZE, kind=ATTACH, stdio="required"),
     _m("stop", str, _REF, Param("timeout", (int, float), False)),
     _m("kill", str, _REF, Param("signal", (str,), False)),
-    _m("rm", str, _REF, Param("force", (bool,), False)),
+    _m("rm", str, _REF, Param("force", (bool,), False), Param("volumes", (bool,), False)),
     _m("wait", int, _REF),
-    _m("ps", list, Param("all", (bool,), False)),
+    _m("ps", list, Param("all", (bool,), False), _FILTERS),
     _m("inspect", dict, _REF),
     _m("logs", _NONE, _REF, _STDIO, Param("follow", (bool,), False), Param("tail", _nullable(int), False),
        Param("since", _nullable(int, float), False), Param("timestamps", (bool,), False),
@@ -461,12 +477,20 @@ METHODS: dict[str, Method] = {m.name: m for m in (
              lambda v: v is None or _str_list(v)),
        kind=UPLOAD),
     _m("port", dict, _REF),
-    _m("network_create", dict, Param("name", (str,)), Param("subnet", _nullable(str), False),
-       Param("labels", _nullable(dict), False, lambda v: v is None or (len(v) <= 256 and all(
-           isinstance(k, str) and isinstance(x, str) for k, x in v.items())))),
-    _m("network_ls", list),
+    _m("network_create", dict, Param("name", (str,)), Param("subnet", _nullable(str), False), _LABELS),
+    _m("network_ls", list, _FILTERS),
     _m("network_inspect", dict, Param("name", (str,))),
     _m("network_rm", str, Param("name", (str,))),
+    _m("volume_create", dict, Param("name", _nullable(str), False), _LABELS,
+       Param("options", _nullable(dict), False, _str_map)),
+    _m("volume_ls", list, _FILTERS),
+    _m("volume_inspect", dict, Param("name", (str,))),
+    _m("volume_rm", str, Param("name", (str,)), Param("force", (bool,), False)),
+    _m("volume_prune", dict, Param("all", (bool,), False), _FILTERS),
+    _m("restore", list),
+    _m("archive_stat", dict, _REF, Param("path", (str,))),
+    _m("archive_get", _NONE, _REF, Param("path", (str,)), _STREAM, kind=DOWNLOAD),
+    _m("archive_put", dict, _STREAM, _REF, Param("path", (str,)), kind=UPLOAD),
     _m("top", dict, _REF, Param("ps_args", _nullable(str), False)),
     _m("stats", dict, _REF),
     _m("changes", list, _REF),

@@ -83,17 +83,33 @@ class BootToken:
         self.path = path
         self.current = read_token(path)
         self.on_new_boot = on_new_boot
+        self._lock = threading.Lock()  # two first connections of a boot: one new boot, not two
 
     def __call__(self) -> str:
         try:
             token = read_token(self.path)
         except (OSError, VMError):  # never lose the agent to a config file being replaced right now
             return self.current
-        if token != self.current:
-            self.current = token
-            _reseed_kernel_rng()
-            self.on_new_boot()
+        with self._lock:
+            if token != self.current:
+                self.current = token
+                _reseed_kernel_rng()
+                self.on_new_boot()
         return token
+
+
+def new_boot_nonce() -> None:
+    """A new boot of a saved guest state: a fresh nonce for the engine's boot id (runner.engine.state.BOOT_NONCE),
+    written before this boot's first request. Such boots share the kernel's boot_id and reuse the pids and
+    start times of the processes of an earlier boot from the same state: without it a container of a killed
+    boot could pass for alive (and a restart policy would not start it again)."""
+    from runner.engine.state import BOOT_NONCE
+    from runner.procs import write_atomic
+    try:
+        os.makedirs(os.path.dirname(BOOT_NONCE), mode=0o700, exist_ok=True)
+        write_atomic(BOOT_NONCE, os.urandom(16).hex(), 0o644, durable=False)
+    except OSError as exc:
+        log.warning("could not write the boot nonce: %s", exc)
 
 
 def bring_up_default_network(engine: Any, root: str, ready_marker: str) -> None:
@@ -116,6 +132,12 @@ def bring_up_default_network(engine: Any, root: str, ready_marker: str) -> None:
             network.Networks(engine).ensure(network.DEFAULT_NETWORK)
         except Exception as exc:  # the first container that needs it will report the problem
             log.warning("could not bring up the default network: %s", exc)
+        try:  # as dockerd at its start: what a restart policy keeps running runs again (runner.engine.restart)
+            started = engine.restore()
+            if started:
+                log.info("restart policies: started %d container(s) again", len(started))
+        except Exception as exc:
+            log.warning("could not restore containers with restart policies: %s", exc)
 
     threading.Thread(target=run, name="default-network", daemon=True).start()
 
@@ -760,7 +782,8 @@ def main(argv: list[str] | None = None) -> int:
     ready_w = lock = None
     try:
         token = BootToken(args.token_file,
-                          lambda: bring_up_default_network(engine, args.root, run_dir.ready_marker))
+                          lambda: (new_boot_nonce() if args.guest else None,
+                                   bring_up_default_network(engine, args.root, run_dir.ready_marker)))
         version = own_version()
         if args.daemon:
             lock = run_dir.lock()  # held (by the daemon too, after the fork) until it is ready

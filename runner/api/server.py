@@ -88,7 +88,8 @@ class _TCP6Server(TCPServer):
 
 
 # The handler modules: importing one registers its routes (runner.api.router.route).
-HANDLER_MODULES = ("system", "images", "networks", "events", "inspection", "containers", "container_io", "exec")
+HANDLER_MODULES = ("system", "images", "networks", "events", "inspection", "containers", "container_io", "exec",
+                   "volumes", "archive")
 
 
 def load_routes() -> None:

@@ -137,8 +137,8 @@ class VMBackend(AgentBackend):
     # -- bind mounts: sources under the machine's 9p shares ------------------------------------------------
     def _guest_spec(self, spec: dict) -> dict:
         mounts = spec.get("mounts") or []
-        if not mounts:
-            return spec
+        if not any(m.get("type", "bind") == "bind" for m in mounts):
+            return spec  # no bind mounts: volumes and tmpfs live in the guest
         from runner.vm import shares
         from runner.vm.machine import Machine
         from runner.vm.qemu_cmd import WINDOWS_HINT
@@ -149,6 +149,9 @@ class VMBackend(AgentBackend):
         dirs = Machine(self.machine_name).shared_dirs()
         out = []
         for m in mounts:
+            if m.get("type", "bind") != "bind":
+                out.append(m)
+                continue
             real = shares.resolve_source(str(m["source"]))
             if shares.find_share(real, dirs) is None:
                 raise shares.not_shared_error(str(m["source"]), dirs, self.machine_name)
@@ -183,15 +186,15 @@ class VMBackend(AgentBackend):
         finally:
             self._reconcile()
 
-    def rm(self, ref: str, force: bool = False) -> str:
+    def rm(self, ref: str, force: bool = False, volumes: bool = False) -> str:
         try:
-            return super().rm(ref, force)
+            return super().rm(ref, force, volumes)
         finally:
             self._reconcile()
 
-    def ps(self, all: bool = False) -> list[dict]:
+    def ps(self, all: bool = False, filters: dict | None = None) -> list[dict]:
         self._reconcile()
-        out = super().ps(all)
+        out = super().ps(all, filters)
         table = self._forwards().table()
         if table:
             for c in out:

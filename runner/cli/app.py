@@ -43,11 +43,13 @@ def main_options(
 
 
 def _register() -> None:
-    from runner.cli import containers, images, inspection, network, registry, system
+    from runner.cli import containers, cp, images, inspection, network, registry, system, volume
     from runner.cli.vm import vm_app
     containers.register(app)
     inspection.register(app)
     network.register(app)
+    volume.register(app)
+    cp.register(app)
     images.register(app)
     system.register(app)
     registry.register(app)

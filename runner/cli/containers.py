@@ -101,16 +101,29 @@ def ps(
     all_: bool = typer.Option(False, "-a", "--all", help="show all containers, not only running ones"),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="only print ids"),
     no_trunc: bool = typer.Option(False, "--no-trunc", help="do not truncate ids and commands"),
-    fmt: Optional[str] = typer.Option(None, "--format", help="json for machine-readable output"),
+    filter_: List[str] = typer.Option([], "-f", "--filter",
+                                      help="label=k[=v], name=, status=, ancestor=, id=, volume=, network=, health="),
+    fmt: Optional[str] = typer.Option(None, "--format",
+                                      help="json (the API objects), or a Go template: {{.Names}}, table {{.ID}}"),
+    last: int = typer.Option(-1, "-n", "--last", help="show the n last created containers (all states)"),
+    latest: bool = typer.Option(False, "-l", "--latest", help="show the latest created container"),
 ):
     """List containers (docker ps)."""
-    items = _backend().ps(all=all_)
+    from runner.engine.filters import parse_cli
+    if latest:
+        last = 1
+    items = _backend().ps(all=all_ or last >= 0, filters=parse_cli(filter_) or None)
+    if last >= 0:
+        items = items[:last]
     if quiet:
         for c in items:
             print(c["Id"] if no_trunc else c["Id"][:12])
         return
     if fmt == "json":
         render.print_json(items)
+        return
+    if fmt:
+        render.formatted(fmt, [render.ps_row(c, no_trunc) for c in items], render.PS_HEADERS)
         return
     render.containers(items, no_trunc)
 
@@ -155,9 +168,10 @@ def kill(
 def rm(
     containers: List[str] = typer.Argument(...),
     force: bool = typer.Option(False, "-f", "--force", help="kill and remove running containers"),
+    volumes: bool = typer.Option(False, "-v", "--volumes", help="remove the containers' anonymous volumes too"),
 ):
     """Remove containers (docker rm)."""
-    _each(containers, lambda ref: _backend().rm(ref, force=force))
+    _each(containers, lambda ref: _backend().rm(ref, force=force, volumes=volumes))
 
 
 def _each(refs: list[str], op) -> None:
@@ -176,15 +190,34 @@ def _each(refs: list[str], op) -> None:
         raise typer.Exit(failed.exit_code)
 
 
-def inspect(refs: List[str] = typer.Argument(..., help="containers or images")):
-    """Show low-level information as JSON (docker inspect)."""
+def inspect(refs: List[str] = typer.Argument(..., help="containers, images, volumes or networks"),
+            fmt: Optional[str] = typer.Option(None, "-f", "--format", help="a Go template: {{.State.Running}}"),
+            type_: Optional[str] = typer.Option(None, "--type", help="container, image, volume or network")):
+    """Show low-level information as JSON, or through a Go template (docker inspect)."""
     backend = _backend()
+    kinds = {"container": backend.inspect, "image": backend.image_inspect, "volume": backend.volume_inspect,
+             "network": backend.network_inspect}
+    if type_ is not None and type_ not in kinds:
+        raise UsageError(f'"{type_}" is not a valid value for --type', hint="container, image, volume or network")
+    order = [kinds[type_]] if type_ else list(kinds.values())
+    nodes = None
+    if fmt:
+        from runner.cli import gotemplate
+        nodes = gotemplate.parse(fmt)  # a bad template fails before anything is looked up
     out = []
     for ref in refs:
-        try:
-            out.append(backend.inspect(ref))
-        except NotFound:
-            out.append(backend.image_inspect(ref))
+        for i, lookup in enumerate(order):
+            try:
+                out.append(lookup(ref))
+                break
+            except (NotFound, UsageError):
+                if i == len(order) - 1:
+                    raise NotFound(f"no such object: {ref}") from None
+    if nodes is not None:
+        from runner.cli import gotemplate
+        for item in out:
+            print(gotemplate.execute(nodes, item))
+        return
     render.print_json(out)
 
 

@@ -39,7 +39,8 @@ def pull_image(ref: str, platform: str | None, quiet: bool, to_stderr: bool = Fa
 
 def images(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="only print image ids"),
-    fmt: Optional[str] = typer.Option(None, "--format", help="json for machine-readable output"),
+    fmt: Optional[str] = typer.Option(None, "--format",
+                                      help="json (the API objects), or a Go template: {{.Repository}}:{{.Tag}}"),
 ):
     """List images (docker images)."""
     items = _backend().images()
@@ -49,6 +50,9 @@ def images(
         return
     if fmt == "json":
         render.print_json(items)
+        return
+    if fmt:
+        render.formatted(fmt, [row for img in items for row in render.image_rows(img)], render.IMAGE_HEADERS)
         return
     render.images(items)
 

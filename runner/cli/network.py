@@ -24,15 +24,18 @@ def create(name: str = typer.Argument(..., help="network name"),
                                                 help="IPv4 subnet in CIDR form (default: a free private one)"),
            label: List[str] = typer.Option([], "--label", help="set a label KEY=VALUE")):
     """Create a bridge network."""
-    labels = dict(item.partition("=")[::2] for item in label)
-    print(_backend().network_create(name, subnet, labels or None)["Id"])
+    from runner.cli.runopts import parse_labels
+    print(_backend().network_create(name, subnet, parse_labels(label) or None)["Id"])
 
 
 @network_app.command("ls")
 def ls(quiet: bool = typer.Option(False, "-q", "--quiet", help="only print names"),
-       fmt: Optional[str] = typer.Option(None, "--format", help="json for machine-readable output")):
+       filter_: List[str] = typer.Option([], "-f", "--filter", help="label=k[=v], name=, id=, driver="),
+       fmt: Optional[str] = typer.Option(None, "--format", help="json (the API objects), or a Go template")):
     """List networks (host and none always exist; bridge appears once first used)."""
-    items = _backend().network_ls()
+    from runner.engine.filters import parse_cli
+    filters = parse_cli(filter_)
+    items = _backend().network_ls(filters or None)
     if quiet:
         for n in items:
             print(n["Name"])
@@ -40,7 +43,10 @@ def ls(quiet: bool = typer.Option(False, "-q", "--quiet", help="only print names
     if fmt == "json":
         render.print_json(items)
         return
-    render.networks(items)
+    if fmt:
+        render.formatted(fmt, [render.network_row(n) for n in items], render.NETWORK_HEADERS)
+        return
+    render.networks(items, builtin=not filters)
 
 
 @network_app.command("rm")

@@ -74,11 +74,12 @@ def images(items: list[dict]) -> None:
     table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows)
 
 
-def networks(items: list[dict]) -> None:
-    """``network ls``'s table; host and none always exist, so they are listed too."""
+def networks(items: list[dict], builtin: bool = True) -> None:
+    """``network ls``'s table; host and none always exist, so they are listed too (unless filtering)."""
     rows = [[n["Id"][:12], n["Name"], n["Driver"], n["IPAM"]["Config"][0]["Subnet"],
              n["Options"]["com.docker.network.bridge.name"], str(len(n["Containers"]))] for n in items]
-    rows += [["-", "host", "host", "-", "-", "-"], ["-", "none", "null", "-", "-", "-"]]
+    if builtin:
+        rows += [["-", "host", "host", "-", "-", "-"], ["-", "none", "null", "-", "-", "-"]]
     table(["NETWORK ID", "NAME", "DRIVER", "SUBNET", "BRIDGE", "CONTAINERS"], rows)
 
 
@@ -120,3 +121,63 @@ def event_line(event: dict) -> str:
     text = ", ".join(f"{k}={v}" for k, v in sorted(attrs.items()))
     stamp = iso_time(event.get("timeNano", 0) / 1e9)
     return f'{stamp} {event.get("Type")} {event.get("Action")} {(event.get("Actor") or {}).get("ID", "")} ({text})'
+# ------------------------------------------------------------------------------------------------ --format rows
+# What docker's --format templates see for each list: its own field names (not the API's), as strings.
+PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND", "CreatedAt": "CREATED AT",
+              "RunningFor": "CREATED", "Status": "STATUS", "Ports": "PORTS", "Names": "NAMES", "Labels": "LABELS",
+              "Mounts": "MOUNTS", "Networks": "NETWORKS", "State": "STATE", "Size": "SIZE"}
+IMAGE_HEADERS = {"Repository": "REPOSITORY", "Tag": "TAG", "ID": "IMAGE ID", "CreatedSince": "CREATED",
+                 "Size": "SIZE", "Digest": "DIGEST", "CreatedAt": "CREATED AT"}
+VOLUME_HEADERS = {"Driver": "DRIVER", "Name": "VOLUME NAME", "Mountpoint": "MOUNTPOINT", "Labels": "LABELS",
+                  "Scope": "SCOPE"}
+NETWORK_HEADERS = {"ID": "NETWORK ID", "Name": "NAME", "Driver": "DRIVER", "Scope": "SCOPE", "Labels": "LABELS"}
+
+
+def _labels_text(labels: dict | None) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
+
+
+def _label_fn(labels: dict | None):
+    return lambda key: (labels or {}).get(key, "")
+
+
+def ps_row(c: dict, no_trunc: bool = False) -> dict:
+    """A container list entry as docker's ``ps --format`` fields."""
+    cmd = c["Command"] if no_trunc or len(c["Command"]) <= 20 else c["Command"][:19] + "…"
+    return {"ID": c["Id"] if no_trunc else c["Id"][:12], "Image": c["Image"], "Command": f'"{cmd}"',
+            "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(c["Created"])),
+            "RunningFor": ago(c["Created"]), "Status": c["Status"], "Ports": ports_text(c.get("Ports") or []),
+            "Names": ",".join(n.lstrip("/") for n in c["Names"]), "Labels": _labels_text(c.get("Labels")),
+            "Label": _label_fn(c.get("Labels")), "State": c.get("State", ""), "Size": "0B",
+            "Mounts": ",".join(m.get("Name") or m.get("Source") or "" for m in c.get("Mounts") or []),
+            "Networks": ",".join(((c.get("NetworkSettings") or {}).get("Networks") or {}))}
+
+
+def image_rows(img: dict) -> list[dict]:
+    out = []
+    for name in img["RepoTags"] or ["<none>:<none>"]:
+        repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "<none>")
+        digest = (img.get("RepoDigests") or ["@<none>"])[0].rpartition("@")[2]
+        out.append({"Repository": repo, "Tag": tag, "ID": img["Id"].split(":")[-1][:12], "Digest": digest,
+                    "CreatedSince": ago(img.get("Created")), "Size": human_size(img.get("Size")),
+                    "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(img.get("Created") or 0)),
+                    "Labels": _labels_text(img.get("Labels")), "Label": _label_fn(img.get("Labels"))})
+    return out
+
+
+def volume_row(v: dict) -> dict:
+    return {"Driver": v["Driver"], "Name": v["Name"], "Mountpoint": v["Mountpoint"], "Scope": v["Scope"],
+            "Labels": _labels_text(v.get("Labels")), "Label": _label_fn(v.get("Labels"))}
+
+
+def network_row(n: dict) -> dict:
+    return {"ID": n["Id"][:12], "Name": n["Name"], "Driver": n["Driver"], "Scope": n.get("Scope", "local"),
+            "Labels": _labels_text(n.get("Labels")), "Label": _label_fn(n.get("Labels"))}
+
+
+def formatted(fmt: str, rows: list[dict], headers: dict) -> None:
+    """Print ``rows`` through a docker ``--format`` (a Go template, ``table ...``; runner.cli.gotemplate)."""
+    from runner.cli import gotemplate
+    lines = gotemplate.format_rows(fmt, [{k: v for k, v in r.items()} for r in rows], headers)
+    if lines:
+        sys.stdout.write("\n".join(lines) + "\n")

@@ -38,7 +38,18 @@ CREATE_OPTIONS = (
     Opt("memory", ("-m", "--memory"), VALUE, "memory limit (e.g. 64m, 1g)"),
     Opt("cpus", ("--cpus",), VALUE, "number of CPUs (e.g. 0.5)", type=float),
     Opt("pids_limit", ("--pids-limit",), VALUE, "maximum number of processes (-1 unlimited)", type=int),
-    Opt("volume", ("-v", "--volume"), MULTI, "bind mount a host path: /host:/ctr[:ro]"),
+    Opt("volume", ("-v", "--volume"), MULTI,
+        "bind mount /host:/ctr[:ro], named volume NAME:/ctr[:ro], or anonymous volume /ctr"),
+    Opt("mount", ("--mount",), MULTI, "attach a mount: type=volume|bind|tmpfs,source=...,target=...[,readonly]"),
+    Opt("tmpfs", ("--tmpfs",), MULTI, "mount a tmpfs: /path[:size=64m,mode=1777]"),
+    Opt("restart", ("--restart",), VALUE, "restart policy: no, on-failure[:N], always, unless-stopped",
+        default="no"),
+    Opt("health_cmd", ("--health-cmd",), VALUE, "command to run to check health"),
+    Opt("health_interval", ("--health-interval",), VALUE, "time between health checks (e.g. 30s)"),
+    Opt("health_timeout", ("--health-timeout",), VALUE, "longest time one check may run (e.g. 30s)"),
+    Opt("health_retries", ("--health-retries",), VALUE, "failures in a row that make it unhealthy", type=int),
+    Opt("health_start_period", ("--health-start-period",), VALUE, "time before failures count (e.g. 10s)"),
+    Opt("no_healthcheck", ("--no-healthcheck",), FLAG, "disable the image's HEALTHCHECK"),
     Opt("read_only", ("--read-only",), FLAG, "mount the container's root filesystem read-only"),
     Opt("network", ("--network", "--net"), VALUE,
         "bridge (default), host, none, or a network from 'runner network create'", default="bridge"),
@@ -49,6 +60,7 @@ CREATE_OPTIONS = (
         "(Docker binds all addresses)"),
     Opt("publish_all", ("-P", "--publish-all"), FLAG, "publish all exposed ports to random ports on 127.0.0.1"),
     Opt("label", ("-l", "--label"), MULTI, "set a label KEY=VALUE"),
+    Opt("label_file", ("--label-file",), MULTI, "read labels from a file of KEY=VALUE lines"),
     Opt("log_opt", ("--log-opt",), MULTI, "log rotation: max-size=20m, max-file=5 (the defaults; max-size=-1: none)"),
     Opt("pull", ("--pull",), VALUE, "pull the image: missing, always or never", default="missing"),
     Opt("runtime", ("--runtime",), VALUE, "OCI runtime: builtin (default) or runc"),
@@ -107,17 +119,63 @@ def read_security_opts(items: list[str]) -> list[str]:
     return out
 
 
+def parse_labels(items: list[str], files: list[str] = ()) -> dict[str, str]:
+    """``--label k=v`` / ``--label k`` (empty value) and ``--label-file`` lines (``#`` comments), as docker's."""
+    lines: list[str] = []
+    for path in files:
+        try:
+            with open(path) as f:
+                lines += [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+        except OSError as exc:
+            raise UsageError(f"cannot read label file {path}: {exc.strerror}") from exc
+    labels = {}
+    for item in lines + list(items):
+        k, _, v = item.partition("=")
+        if not k:
+            raise UsageError(f"invalid label {item!r}", hint="use --label KEY=VALUE")
+        labels[k] = v
+    return labels
+
+
+def parse_health(cmd, interval, timeout, retries, start_period, disabled: bool) -> dict | None:
+    """``--health-*`` / ``--no-healthcheck`` -> Docker's HealthConfig (None: the image's as it is)."""
+    from runner.spec import parse_duration
+    given = [v for v in (cmd, interval, timeout, retries, start_period) if v is not None]
+    if disabled:
+        if given:
+            raise UsageError("--no-healthcheck conflicts with --health-* options")
+        return {"Test": ["NONE"]}
+    if not given:
+        return None
+    health: dict = {"Test": ["CMD-SHELL", cmd] if cmd else []}
+    for key, text in (("Interval", interval), ("Timeout", timeout), ("StartPeriod", start_period)):
+        if text is not None:
+            health[key] = parse_duration(text, f"--health-{key.lower().replace('startperiod', 'start-period')}")
+    if retries is not None:
+        if retries < 0:
+            raise UsageError("--health-retries cannot be negative")
+        health["Retries"] = retries
+    return health
+
+
+def parse_mounts(volume=(), mount=(), tmpfs=()) -> list:
+    """-v, --mount and --tmpfs; a -v source starting with ``.`` is a path relative to here, as docker 23+ reads it."""
+    from runner.spec import Mount
+    volume = [os.path.abspath(v.split(":", 1)[0]) + v[len(v.split(":", 1)[0]):]
+              if v.split(":", 1)[0] in (".", "..") or v.startswith(("./", "../")) else v for v in volume]
+    return [Mount.parse(v) for v in volume] + [Mount.parse_mount(m) for m in mount] + \
+        [Mount.parse_tmpfs(t) for t in tmpfs]
+
+
 def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, name, hostname, entrypoint,
                memory, cpus, pids_limit, volume, read_only, network, tty, interactive, rm, publish=(),
                publish_all=False, label=(), runtime=None, cap_add=(), cap_drop=(), privileged=False,
-               security_opt=(), device=(), log_opt=(), platform=None, network_alias=(),
-               **_ignored) -> dict:
+               security_opt=(), device=(), log_opt=(), platform=None, network_alias=(), mount=(), tmpfs=(),
+               restart="no", label_file=(), health_cmd=None, health_interval=None, health_timeout=None,
+               health_retries=None, health_start_period=None, no_healthcheck=False, **_ignored) -> dict:
     """The validated ContainerSpec (as a dict) for these option values."""
-    from runner.spec import ContainerSpec, Limits, Mount, PortMapping, parse_size
-    labels = {}
-    for item in label:
-        k, _, v = item.partition("=")
-        labels[k] = v
+    from runner.spec import ContainerSpec, Limits, PortMapping, parse_size
+    labels = parse_labels(label, label_file)
     log_opts = {}
     for item in log_opt:
         k, eq, v = item.partition("=")
@@ -128,13 +186,16 @@ def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, 
         image=image, command=list(command or []) or None,
         entrypoint=None if entrypoint is None else ([entrypoint] if entrypoint else []),
         env=parse_env(env, env_file), workdir=workdir, user=user, name=name, hostname=hostname, tty=tty,
-        interactive=interactive, mounts=[Mount.parse(v) for v in volume],
+        interactive=interactive, mounts=parse_mounts(volume, mount, tmpfs),
         ports=[PortMapping.parse(p) for p in publish], publish_all=publish_all, network=network,
         limits=Limits(memory=parse_size(memory, "memory size") if memory else None, cpus=cpus,
                       pids=pids_limit if pids_limit is None or pids_limit > 0 else None),  # docker: <= 0 is unlimited
         read_only=read_only, auto_remove=rm, labels=labels, runtime=runtime, cap_add=list(cap_add),
         cap_drop=list(cap_drop), privileged=privileged, security_opt=read_security_opts(list(security_opt)),
-        devices=list(device), log_opts=log_opts, platform=platform or None, aliases=list(network_alias))
+        devices=list(device), log_opts=log_opts, platform=platform or None, aliases=list(network_alias),
+        restart=restart or "no",
+        healthcheck=parse_health(health_cmd, health_interval, health_timeout, health_retries, health_start_period,
+                                 no_healthcheck))
     return spec.validate().to_dict()
 
 

@@ -40,6 +40,7 @@ def serve(
         sys.stderr.write(f"runner: export DOCKER_HOST={address.text}\n")
         sys.stderr.flush()
 
+    _restore(backend)
     try:
         serve_until_signalled(server, ready)
     finally:
@@ -47,6 +48,19 @@ def serve(
             import contextlib
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(pidfile)
+
+
+def _restore(backend) -> None:
+    """As dockerd at its start: containers whose restart policy keeps them running run again
+    (runner.engine.restart). A failure is a warning: serving the API matters more."""
+    from runner.errors import RunnerError
+    try:
+        started = backend.restore()
+    except RunnerError as exc:
+        sys.stderr.write(f"runner: warning: could not restart containers with restart policies: {exc.message}\n")
+        return
+    if started:
+        sys.stderr.write(f"runner: restarted {len(started)} container(s) by their restart policy\n")
 
 
 def _detach(address, group: str | None, pidfile: str | None) -> None:

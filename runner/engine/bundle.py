@@ -110,13 +110,14 @@ class Bundle:
 
 
 def prepare(store: Store, bundle: Bundle, rec: ContainerRecord, empty_dir: str, netns: str | None = None,
-            size=None) -> None:
+            size=None, volumes_root: str = "") -> None:
     """Mount the container's overlay in a private mount namespace and write the OCI ``config.json``.
 
     Called in the shim. The new mount namespace is made recursively private first, so the overlay neither
     shows up on the host nor receives the host's later mount events. ``netns`` is the network namespace the
     shim wired (runner.engine.network), which the runtime joins instead of creating one; ``size`` the
-    terminal's (a TermSize) for ``-t``; ``empty_dir`` the lower layer of an image without layers.
+    terminal's (a TermSize) for ``-t``; ``empty_dir`` the lower layer of an image without layers;
+    ``volumes_root`` the engine's volumes directory: a new, empty volume is filled from the image here.
     """
     from runner.engine import network
     from runner.engine.runtime import linux, oci, security
@@ -129,12 +130,21 @@ def prepare(store: Store, bundle: Bundle, rec: ContainerRecord, empty_dir: str, 
     bundle.mount_rootfs(lowers or [empty_dir], volatile=bool(rec.spec.get("auto_remove")))
     spec = ContainerSpec.from_dict(rec.spec)
     rootfs = bundle.rootfs
+    for m in spec.mounts:
+        if m.type == "volume" and not m.nocopy:
+            from runner.engine import volumes
+            data = os.path.join(volumes_root, m.source, "_data")
+            if volumes.is_empty(data):
+                from runner.procs import FileLock
+                with FileLock(os.path.join(volumes_root, ".lock")):  # two first starts: one copy
+                    if volumes.is_empty(data):
+                        volumes.copy_up(rootfs, m.target, data)
     uid, gid, gids = oci.resolve_user(spec.user or image.config.get("config", {}).get("User") or None, rootfs)
     config = oci.make_config(
         spec, image.config, rootfs=rootfs, container_id=rec.id,
         hostname=rec.extra["hostname"], etc_files=bundle.etc_files(),
         cgroups_path=f"runner/{rec.id}", uid=uid, gid=gid, additional_gids=gids,
-        home=oci.home_dir(uid, rootfs))
+        home=oci.home_dir(uid, rootfs), volumes_root=volumes_root)
     security.apply(config, spec)  # caps, seccomp, devices, privileged: Docker's rules on the default config
     network.join_config(config, netns)
     if spec.tty and size is not None:  # set before the workload runs: its first `stty size` must see it

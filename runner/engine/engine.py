@@ -19,7 +19,7 @@ from runner.stdio import Stdio, TermSize
 from runner.engine import DEFAULT_ROOT, emulation, logs, network, shim
 from runner.engine.bundle import Bundle
 from runner.engine.runtime import security
-from runner.engine.state import CREATED, RUNNING, ContainerRecord, StateStore, now
+from runner.engine.state import CREATED, LIVE, RUNNING, ContainerRecord, StateStore, now
 from runner.diskfull import needs_space
 from runner.errors import Conflict, NotFound, PlatformError, UsageError
 from runner.spec import ContainerSpec, ExecSpec
@@ -33,6 +33,30 @@ DEFAULT_IMAGE = "localhost/busybox:latest"
 
 def default_root() -> str:
     return os.environ.get("RUNNER_ROOT") or DEFAULT_ROOT
+
+
+def _effective_health(image_health: dict | None, user: dict | None) -> dict | None:
+    """The healthcheck a container runs: the user's fields over the image's (Docker merges them so), None when
+    there is none or it is ``["NONE"]`` (``--no-healthcheck``)."""
+    merged = dict(image_health or {})
+    for key, value in (user or {}).items():
+        if value not in (None, [], 0) or key == "Test" and value:
+            merged[key] = value
+    test = merged.get("Test") or []
+    if not test or test[0] == "NONE":
+        return None
+    return merged
+
+
+def _add_image_volumes(cspec: ContainerSpec, image_volumes: dict | None) -> None:
+    """The image's ``VOLUME`` paths that no mount of the user covers become anonymous volumes (Docker's rule)."""
+    from runner.spec import Mount
+    taken = {m.target.rstrip("/") for m in cspec.mounts}
+    for path in sorted(image_volumes or {}):
+        if isinstance(path, str) and path.startswith("/") and path.rstrip("/") not in taken:
+            mount = Mount("", path, type="volume")
+            if not mount.problems():
+                cspec.mounts.append(mount)
 
 
 def parse_signal(name: str | int) -> int:
@@ -146,21 +170,36 @@ class Engine:
         cspec = ContainerSpec.from_dict(spec).validate()
         network.check(self, cspec)  # the network exists (the default one is made on first use)
         for m in cspec.mounts:
-            if not os.path.exists(m.source):
+            if m.type == "bind" and not os.path.exists(m.source):
                 raise NotFound(f"bind source path does not exist: {m.source}",
                                hint="create the directory first, or fix the -v source path")
         runtime = self.runtime_for(cspec.runtime)  # an unknown runtime or a missing runc fails here
         security.check(cspec)  # a missing --device fails here, before anything exists
         image = self._image(cspec.image)
         emulation.check(cspec.image, image.config, cspec.platform)  # --platform, and a foreign arch runs here
+        image_cfg = image.config.get("config") or {}
+        extra = {}
+        health = _effective_health(image_cfg.get("Healthcheck"), cspec.healthcheck)
+        if health:
+            extra["healthcheck"] = health
 
         def make(cid: str, name: str) -> ContainerRecord:
             hostname = cspec.hostname or cid[:12]
             return ContainerRecord(id=cid, name=name, spec=cspec.to_dict(), image_id=image.id,
                                    image_ref=cspec.image, created=now(), runtime=runtime.name,
-                                   extra={"hostname": hostname})
+                                   extra={"hostname": hostname, **extra})
 
-        rec = self.state.create(cspec.name, make)
+        if not any(m.type == "volume" for m in cspec.mounts) and not image_cfg.get("Volumes"):
+            rec = self.state.create(cspec.name, make)
+        else:
+            from runner.engine import volumes
+            vols = volumes.Volumes(self)
+            with vols.lock():  # no prune between making the volumes and the record that uses them
+                _add_image_volumes(cspec, image_cfg.get("Volumes"))
+                for m in cspec.mounts:
+                    if m.type == "volume":
+                        m.source = vols.create_locked(m.source or None)["Name"]
+                rec = self.state.create(cspec.name, make)
         try:
             bundle = self.bundle(rec.id)
             bundle.make_dirs()
@@ -177,17 +216,21 @@ class Engine:
         rec = self._record(ref)
         with self.state.lock(rec.id):
             rec = self.state.load(rec.id)
-            if rec.status == RUNNING:
+            if rec.status in LIVE:
                 raise Conflict(f"container {rec.name} is already running")
-            if rec.status != CREATED or rec.extra.get("paused"):  # a fresh one (runner run): nothing to write
-                rec.status = CREATED
+            if rec.status != CREATED or rec.extra.get("paused") or rec.extra.get("manual_stop"):
+                rec.status = CREATED  # a fresh container (runner run) is CREATED already: nothing to write
                 rec.extra.pop("paused", None)
+                rec.extra.pop("manual_stop", None)
+                rec.extra.pop("health", None)
+                rec.extra["restart_count"] = 0
                 self.state.save(rec)
         prime = getattr(self.runtime_for(rec.runtime), "prime", None)
         # The kernel-side wait of the container's cgroup join, paid meanwhile: see cgroups.prime_migrations.
         unprime = prime() if prime is not None else None
         try:
-            handle = shim.launch(self, rec.id, stdio, size, bool(rec.spec.get("tty")))
+            handle = shim.launch(self, rec.id, stdio, size, bool(rec.spec.get("tty")),
+                                 rec.spec.get("restart") not in (None, "", "no"))
         finally:
             if unprime is not None:
                 unprime()
@@ -218,16 +261,29 @@ class Engine:
     def kill(self, ref: str, signal: str = "KILL") -> str:
         signum = parse_signal(signal)
         rec = self._record(ref)
-        if rec.status != RUNNING:
+        if rec.status not in LIVE:
             raise Conflict(f"container {rec.name} is not running")
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(rec.pid, signum)
+        if signum in (signals.SIGKILL, signals.SIGTERM, signals.SIGINT):
+            self._manual_stop(rec.id)  # as dockerd: a container killed by its user is not restarted
+        if rec.status == RUNNING:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(rec.pid, signum)
         self.journal_container("kill", rec, signal=str(signum))
         self._thaw(rec)  # a frozen task acts on the signal once thawed (cgroup v1)
         return rec.name
 
+    def _manual_stop(self, cid: str) -> None:
+        """Mark that the user stopped the container: its shim does not restart it (--restart), and stops
+        waiting to if it is between two runs."""
+        if not (self.state.load(cid).spec.get("restart") or "no").startswith("no"):
+            with contextlib.suppress(NotFound), self.state.update(cid) as rec:
+                rec.extra["manual_stop"] = True
+
     def stop(self, ref: str, timeout: float = 10) -> str:
         rec = self._record(ref)
+        if rec.status in LIVE:
+            self._manual_stop(rec.id)
+            rec = self._record(rec.id)
         if rec.status == RUNNING:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.pid, signals.SIGTERM)
@@ -238,35 +294,44 @@ class Engine:
                     os.kill(rec.pid, signals.SIGKILL)
                 self._wait_exited(rec.id, None)
             self.journal_container("stop", rec)
+        elif rec.status in LIVE:  # between two runs (--restart): its shim sees the mark and ends
+            self._wait_exited(rec.id, None)
         return rec.name
 
-    def _wait_exited(self, cid: str, timeout: float | None) -> bool:
-        """Wait until the record says exited (or the container is gone); False on timeout."""
+    def _wait_exited(self, cid: str, timeout: float | None, live: tuple = LIVE) -> bool:
+        """Wait until the record says exited (or the container is gone); False on timeout. ``live``: the states
+        that count as not yet exited (``wait`` returns at a restarting container's exit, as docker wait does)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         pidfd = None
-        while True:
-            try:
-                rec = self.state.reconcile(self.state.load(cid))
-            except NotFound:
-                return True
-            if rec.status != RUNNING:
-                return True
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
-            # Sleep on the shim's pidfd: woken the moment it exits, with a short poll as a fallback.
-            if pidfd is None and rec.shim_pid:
-                with contextlib.suppress(OSError):
-                    pidfd = os.pidfd_open(rec.shim_pid)
-            step = 0.05 if remaining is None else min(0.05, remaining)
+        first_start = None
+        try:
+            while True:
+                try:
+                    rec = self.state.reconcile(self.state.load(cid))
+                except NotFound:
+                    return True
+                first_start = first_start or rec.started_at
+                if rec.status not in live or rec.started_at != first_start:  # (or a restart happened meanwhile)
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                # Sleep on the shim's pidfd: woken the moment it exits, with a short poll as a fallback.
+                if pidfd is None and rec.shim_pid:
+                    with contextlib.suppress(OSError):
+                        pidfd = os.pidfd_open(rec.shim_pid)
+                step = 0.05 if remaining is None else min(0.05, remaining)
+                if pidfd is not None:
+                    select.select([pidfd], [], [], step)
+                else:
+                    time.sleep(step)
+        finally:
             if pidfd is not None:
-                select.select([pidfd], [], [], step)
-            else:
-                time.sleep(step)
+                os.close(pidfd)  # the agent lives long: one leaked fd per stop or wait adds up
 
     def wait(self, ref: str) -> int:
         cid = self.state.resolve(ref)
-        self._wait_exited(cid, None)
+        self._wait_exited(cid, None, (RUNNING,))
         try:
             rec = self.state.load(cid)
         except NotFound as exc:
@@ -274,18 +339,29 @@ class Engine:
         return rec.exit_code if rec.exit_code is not None else 0
 
     @needs_space("removing container {ref}")
-    def rm(self, ref: str, force: bool = False) -> str:
+    def rm(self, ref: str, force: bool = False, volumes: bool = False) -> str:
+        """``volumes`` (``rm -v``): also remove the container's anonymous volumes that nothing else mounts."""
         rec = self._record(ref)
-        if rec.status == RUNNING:
+        if rec.status in LIVE:
             if not force:
                 raise Conflict(f"container {rec.name} is running", hint="stop it first, or use rm -f")
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(rec.pid, signals.SIGKILL)
+            self._manual_stop(rec.id)
+            if rec.status == RUNNING:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(rec.pid, signals.SIGKILL)
             self._thaw(rec)
             self._wait_exited(rec.id, None)
         self._remove(rec.id, rec.runtime)
         self.journal_container("destroy", rec)
+        if volumes:
+            self._remove_anonymous_volumes(rec.spec)
         return rec.name
+
+    def _remove_anonymous_volumes(self, spec: dict) -> None:
+        names = [m["source"] for m in spec.get("mounts") or [] if m.get("type") == "volume" and m.get("source")]
+        if names:
+            from runner.engine import volumes
+            volumes.Volumes(self).remove_anonymous(names)
 
     def _remove(self, cid: str, runtime: str | None = None) -> None:
         with contextlib.suppress(Exception):
@@ -304,14 +380,26 @@ class Engine:
         else:
             self.state.remove_dir(cid)
 
-    def ps(self, all: bool = False) -> list[dict]:
-        from runner.engine import views
+    def ps(self, all: bool = False, filters: dict | None = None) -> list[dict]:
+        """``filters``: Docker's (``{"label": ["k=v"], "status": ["exited"], ...}``, see runner.engine.filters);
+        a ``status`` filter lists stopped containers too, as docker's does."""
+        from runner.engine import filters as flt, views
+        from runner.engine.volumes import volumes_dir
+        f = flt.normalize(filters, flt.CONTAINER_KEYS)
+        all = all or "status" in f or "exited" in f
+        ids = {}
+        for ref in f.get("ancestor", []):
+            with contextlib.suppress(Exception):
+                ids[ref] = self.images_store.resolve(ref).id
         out = []
         for cid in self.state.ids():
             with contextlib.suppress(NotFound, ValueError):
                 rec = self.state.reconcile(self.state.load(cid))
-                if all or rec.status == RUNNING:
-                    out.append((rec.created, views.container_summary(rec)))
+                if all or rec.status in LIVE:
+                    summary = views.container_summary(rec, volumes_root=volumes_dir(self.root))
+                    if not f or flt.container_match({**summary, "Health": views.health_status(rec) or "none",
+                                                     "ExitCode": rec.exit_code}, f, ids):
+                        out.append((rec.created, summary))
         return [c for _, c in sorted(out, key=lambda c: c[0], reverse=True)]
 
     def inspect(self, ref: str) -> dict:
@@ -325,7 +413,9 @@ class Engine:
         etc = self.bundle(rec.id).etc
         paths = {"ResolvConfPath": os.path.join(etc, "resolv.conf"), "HostnamePath": os.path.join(etc, "hostname"),
                  "HostsPath": os.path.join(etc, "hosts"), "LogPath": self.log_path(rec.id)}
-        return views.container_inspect(rec, ContainerSpec.from_dict(rec.spec), config, paths)
+        from runner.engine.volumes import volumes_dir
+        return views.container_inspect(rec, ContainerSpec.from_dict(rec.spec), config, paths,
+                                       volumes_dir(self.root))
 
     def logs(self, ref: str, stdio: Stdio, follow: bool = False, tail: int | None = None,
              since: float | None = None, timestamps: bool = False) -> None:
@@ -479,12 +569,67 @@ class Engine:
     @needs_space("creating network {name}")
     def network_create(self, name: str, subnet: str | None = None, labels: dict | None = None) -> dict:
         self._require_root()
+        if labels is not None and not (isinstance(labels, dict) and all(
+                isinstance(k, str) and k and isinstance(v, str) for k, v in labels.items())):
+            raise UsageError("network labels must map non-empty strings to strings")
         created = network.Networks(self).create(name, subnet, labels)
         self.journal("network", "create", created.get("Id", name), {"name": name, "type": "bridge"})
         return created
 
-    def network_ls(self) -> list[dict]:
-        return [network.Networks(self).inspect(n) for n in network.Networks(self).names()]
+    def network_ls(self, filters: dict | None = None) -> list[dict]:
+        from runner.engine import filters as flt
+        f = flt.normalize(filters, flt.NETWORK_KEYS)
+        nets = [network.Networks(self).inspect(n) for n in network.Networks(self).names()]
+        return [n for n in nets if not f or flt.named_match(n, f)]
+
+    # ------------------------------------------------------------------ volumes (runner.engine.volumes)
+    @needs_space("creating volume {name}")
+    def volume_create(self, name: str | None = None, labels: dict | None = None,
+                      options: dict | None = None) -> dict:
+        from runner.engine import volumes
+        return volumes.Volumes(self).create(name, labels, options)
+
+    def volume_ls(self, filters: dict | None = None) -> list[dict]:
+        from runner.engine import volumes
+        return volumes.Volumes(self).ls(filters)
+
+    def volume_inspect(self, name: str) -> dict:
+        from runner.engine import volumes
+        return volumes.Volumes(self).inspect(name)
+
+    def volume_rm(self, name: str, force: bool = False) -> str:
+        from runner.engine import volumes
+        return volumes.Volumes(self).remove(name, force)
+
+    def volume_prune(self, all: bool = False, filters: dict | None = None) -> dict:
+        from runner.engine import volumes
+        return volumes.Volumes(self).prune(all, filters)
+
+    # ------------------------------------------------------------------ files (runner.engine.archive: cp, /archive)
+    def archive_stat(self, ref: str, path: str) -> dict:
+        """Docker's ``X-Docker-Container-Path-Stat`` of a container path (``HEAD /containers/{id}/archive``)."""
+        from runner.engine import archive
+        return archive.stat_of(self, self._record(ref), path)
+
+    def archive_get(self, ref: str, path: str, stream: IO[bytes]) -> None:
+        """A tar of the container's ``path`` into ``stream`` (``GET /containers/{id}/archive``, ``cp`` out)."""
+        from runner.engine import archive
+        archive.get(self, self._record(ref), path, stream)
+
+    @needs_space("copying files into container {ref}")
+    def archive_put(self, stream: IO[bytes], ref: str, path: str) -> dict:
+        """Extract the tar from ``stream`` into the container's directory ``path`` (``PUT .../archive``). The
+        stream comes first, as in every upload method (the agent passes it positionally)."""
+        from runner.engine import archive
+        return archive.put(self, self._record(ref), path, stream)
+
+    # ------------------------------------------------------------------ restart policies at engine start
+    def restore(self) -> list[str]:
+        """Start again what a restart policy keeps running (``always``; ``unless-stopped`` unless its user
+        stopped it) but does not run: called when the engine comes up (the VM agent at boot; ``runner serve``),
+        as dockerd does at its start. Returns the ids started; one container's failure does not stop the rest."""
+        from runner.engine import restart
+        return restart.restore(self)
 
     def network_inspect(self, name: str) -> dict:
         return network.Networks(self).inspect(name)

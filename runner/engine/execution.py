@@ -15,7 +15,7 @@ import threading
 
 from runner.stdio import Stdio, TermSize
 from runner.engine import logs
-from runner.engine.shim import AttachedProcess, exit_code_of
+from runner.engine.process import AttachedProcess, exit_code_of
 from runner.engine.state import ContainerRecord
 from runner.spec import ExecSpec
 

@@ -36,56 +36,18 @@ cannot leak a mount.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import gc
 import json
 import os
 import signal
 import socket
-import struct
-import termios
 
 from runner.diskfull import disk_full_error, is_full
 from runner.stdio import Stdio, TermSize
 from runner.engine import bundle, logs, network
+from runner.engine.process import AttachedProcess, exit_code_of, set_winsize  # noqa: F401  (re-exported)
 from runner.engine.state import EXITED, RUNNING, boot_id, now, proc_start_time
 from runner.errors import ContainerStartError, RunnerError
-
-
-def set_winsize(fd: int, size: TermSize | None) -> None:
-    if size is not None:
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.rows, size.cols, 0, 0))
-
-
-def exit_code_of(status: int) -> int:
-    """Docker's convention: the exit code, or 128 + signal number when killed by a signal."""
-    if os.WIFSIGNALED(status):
-        return 128 + os.WTERMSIG(status)
-    return os.waitstatus_to_exitcode(status)
-
-
-class AttachedProcess:
-    """What every attached handle shares: a workload pid to signal and maybe a pty master to resize."""
-
-    def __init__(self, container_id: str, pid: int, master: int | None):
-        self.container_id = container_id
-        self.pid = pid
-        self._master = master  # only for window-size changes; someone else does the reading and writing
-        self._code: int | None = None
-
-    def resize(self, size: TermSize) -> None:
-        if self._master is not None:
-            with contextlib.suppress(OSError):
-                set_winsize(self._master, size)
-
-    def signal(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signum)
-
-    def _close_master(self) -> None:
-        if self._master is not None:
-            os.close(self._master)
-            self._master = None
 
 
 class ContainerProcess(AttachedProcess):
@@ -129,12 +91,15 @@ def _send(sock: socket.socket, msg: dict, fds: list[int] = ()) -> None:
         socket.send_fds(sock, [json.dumps(msg).encode()], list(fds))
 
 
-def launch(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty: bool) -> ContainerProcess | None:
+def launch(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty: bool,
+           restarts: bool = False) -> ContainerProcess | None:
     """Fork the shim for container ``cid``; return once the workload runs (or raise its start error).
 
     Attached (``stdio`` given) returns a :class:`ContainerProcess`; detached returns None and the shim is
-    re-parented to init, so the caller never has to reap it.
+    re-parented to init, so the caller never has to reap it. ``restarts``: the container has a restart
+    policy, so its shim may outlive the attached caller's first exit: it is re-parented to init as well.
     """
+    orphan = stdio is None or restarts
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:  # ---- child: becomes the shim (or the intermediate when detaching)
@@ -143,7 +108,7 @@ def launch(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty: bo
             gc.enable()  # a long-lived process now, even if the caller (a short CLI run) had turned it off
             ours.close()
             os.setsid()
-            if stdio is None and os.fork() != 0:
+            if orphan and os.fork() != 0:
                 os._exit(0)  # the intermediate: lets the shim be adopted by init
             code = _shim_main(engine, cid, stdio, size if tty else None, tty, theirs)
         except BaseException:  # never let an exception unwind into the caller's code in this child
@@ -154,7 +119,7 @@ def launch(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty: bo
             os._exit(code)
     # ---- parent
     theirs.close()
-    if stdio is None:
+    if orphan:
         os.waitpid(pid, 0)  # reap the intermediate right away
     msg, fds = _recv(ours)
     master = fds[0] if fds else None
@@ -283,19 +248,11 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         rec = store.load(cid)  # read once: attaching the network does not change the record
         runtime = engine.runtime_for(rec.runtime)
         net = network.attach(engine, rec)  # ports bound, address leased, netns wired
-        # private mount ns + overlay + config.json
-        bundle.prepare(engine.images_store, container_bundle, rec, engine.empty_dir(), net.netns_path, size)
+        # private mount ns + overlay + config.json (+ copy-up into new volumes)
+        bundle.prepare(engine.images_store, container_bundle, rec, engine.empty_dir(), net.netns_path, size,
+                       os.path.join(engine.root, "volumes"))
         work.start(runtime, container_bundle.dir, cid, stdio, tty, devnull)
-        # The rename of state.json survives a crash only once its directory is synced too: without it a
-        # machine killed within the journal's commit interval (5 s) came back with the Created record.
-        with store.update(cid, sync_dir=True) as rec:
-            rec.status, rec.pid, rec.pid_start = RUNNING, work.pid, proc_start_time(work.pid)
-            rec.shim_pid, rec.shim_start = os.getpid(), proc_start_time(os.getpid())
-            rec.started_at, rec.exit_code, rec.oom_killed, rec.error = now(), None, False, ""
-            rec.finished_at = None
-            rec.extra["network"] = net.settings
-            rec.extra["boot_id"] = boot_id()
-        engine.journal_container("start", rec)
+        engine.journal_container("start", _record_running(store, cid, work, net, restarted=False))
         net.serve()
     except (RunnerError, OSError) as exc:
         if work.pid is not None:  # the workload runs, but its bookkeeping failed: it must not live on unwatched
@@ -311,29 +268,130 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         if runtime is not None:
             runtime.delete(container_bundle.dir, cid)
         return 125
-    error = _relay(engine, cid, work, stdio, sync, rec.spec.get("log_opts"))
-    _, status = os.waitpid(work.pid, 0)
-    code = exit_code_of(status)
-    oom = runtime.oom_killed(container_bundle.dir, cid)
-    runtime.delete(container_bundle.dir, cid)
+    code, oom, delay = 0, False, 0.0
+    while True:
+        began = now()
+        monitor = _health_monitor(engine, cid, rec)
+        error = _relay(engine, cid, work, stdio, sync, rec.spec.get("log_opts"))
+        _, status = os.waitpid(work.pid, 0)
+        if monitor is not None:
+            monitor.stop()
+        code = exit_code_of(status)
+        oom = runtime.oom_killed(container_bundle.dir, cid)
+        runtime.delete(container_bundle.dir, cid)
+        delay = None if rec.spec.get("restart") in (None, "", "no") else \
+            _restart_delay(engine, cid, code, error, now() - began, delay)
+        if delay is None:
+            break
+        engine.journal_container("die", _record_exit(engine, cid, code, oom, error, restarting=True) or rec,
+                                 exitCode=str(code))
+        if stdio is not None:  # the attached caller hears of the first exit; the restarts run detached
+            _send(sync, {"exited": code})
+            stdio = _detach_caller(stdio, sync, devnull)
+        from runner.engine import restart
+        if not restart.wait(store, cid, delay):
+            break
+        work = _Workload()
+        try:
+            work.start(runtime, container_bundle.dir, cid, None, tty, devnull)
+            engine.journal_container("start", _record_running(store, cid, work, net, restarted=True))
+        except (RunnerError, OSError) as exc:
+            if work.pid is not None:
+                work.kill()
+                os.waitpid(work.pid, 0)
+            runtime.delete(container_bundle.dir, cid)
+            error = f"cannot restart the container: {exc}"
+            break
     _detach(net)
     container_bundle.release()
     # With --rm the record is removed right after this write, so a crash could only leave a record that
     # is gone anyway: no fsync for it (the write itself stays atomic for concurrent readers).
     auto_remove = bool(rec.spec.get("auto_remove"))
+    final = _record_exit(engine, cid, code, oom, error, restarting=False, durable=not auto_remove) or rec
+    engine.journal_container("die", final, exitCode=str(code))
+    if auto_remove:
+        engine.remove_container_files(cid, background=True)
+        _remove_anonymous_volumes(engine, rec.spec)
+        engine.journal_container("destroy", final)
+    _send(sync, {"exited": code})
+    return code
+
+
+def _record_running(store, cid: str, work: _Workload, net, restarted: bool):
+    """The record says: running, this pid, this shim. A restart counts; if the user stopped the container while
+    it was being started again, the new run ends at once (runner.engine.restart)."""
+    # The rename of state.json survives a crash only once its directory is synced too: without it a
+    # machine killed within the journal's commit interval (5 s) came back with the Created record.
+    with store.update(cid, sync_dir=True) as rec:
+        rec.status, rec.pid, rec.pid_start = RUNNING, work.pid, proc_start_time(work.pid)
+        rec.shim_pid, rec.shim_start = os.getpid(), proc_start_time(os.getpid())
+        rec.started_at, rec.exit_code, rec.oom_killed, rec.error = now(), None, False, ""
+        rec.finished_at = None
+        rec.extra["network"] = net.settings
+        rec.extra["boot_id"] = boot_id()
+        if restarted:
+            rec.extra["restart_count"] = int(rec.extra.get("restart_count") or 0) + 1
+            if rec.extra.get("manual_stop"):
+                work.kill()
+    return rec
+
+
+def _health_monitor(engine, cid: str, rec):
+    """Start probing the container's healthcheck if it has one (runner.engine.health)."""
+    config = rec.extra.get("healthcheck")
+    if not config:
+        return None
+    from runner.engine import health
+    return health.Monitor(engine, cid, config).start()
+
+
+def _restart_delay(engine, cid: str, code: int, error: str, ran_for: float, last_delay: float):
+    """Seconds before the restart policy starts the container again (runner.engine.restart), or None."""
+    if error:
+        return None  # the monitor itself failed: nobody would drain a new run's output
     try:
-        with store.update(cid, durable=not auto_remove) as rec:
-            rec.status, rec.exit_code, rec.oom_killed, rec.finished_at = EXITED, code, oom, now()
+        rec = engine.state.load(cid)
+    except (OSError, ValueError, RunnerError):
+        return None  # removed meanwhile
+    from runner.engine import restart
+    return restart.next_delay(rec, code, ran_for, last_delay)
+
+
+def _record_exit(engine, cid: str, code: int, oom: bool, error: str, restarting: bool, durable: bool = True):
+    """The record says: exited (or restarting); the updated record, or None when it could not be written."""
+    from runner.engine.state import RESTARTING
+    try:
+        with engine.state.update(cid, durable=durable) as rec:
+            rec.status, rec.exit_code, rec.oom_killed, rec.finished_at = \
+                RESTARTING if restarting else EXITED, code, oom, now()
             rec.error = error
-            rec.extra.pop("network", None)
+            if not restarting:
+                rec.extra.pop("network", None)
     except OSError as exc:
         # A full disk (the workload may have filled it) even past the record's spare file: the exit code
         # still reaches an attached caller, and a --rm container is still removed.
         if not is_full(exc):
             raise
-    engine.journal_container("die", rec, exitCode=str(code))
-    if auto_remove:
-        engine.remove_container_files(cid, background=True)
-        engine.journal_container("destroy", rec)
-    _send(sync, {"exited": code})
-    return code
+        return None
+    except RunnerError:
+        return None  # removed meanwhile (rm -f)
+    return rec
+
+
+def _detach_caller(stdio: Stdio, sync: socket.socket, devnull: int) -> None:
+    """Let go of the attached caller's fds: later runs of a restarting container only write their log."""
+    for fd in {stdio.stdin, stdio.stdout, stdio.stderr} - {None}:
+        with contextlib.suppress(OSError):
+            os.dup2(devnull, fd) if fd <= 2 else os.close(fd)
+    with contextlib.suppress(OSError):
+        sync.shutdown(socket.SHUT_RDWR)
+    return None
+
+
+def _remove_anonymous_volumes(engine, spec: dict) -> None:
+    """``run --rm``: the container's anonymous volumes go with it, as Docker's do."""
+    names = [m["source"] for m in spec.get("mounts") or [] if m.get("type") == "volume" and m.get("source")]
+    if names:
+        from runner.engine import volumes
+        with contextlib.suppress(OSError, RunnerError):
+            volumes.Volumes(engine).remove_anonymous(names)

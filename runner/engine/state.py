@@ -34,7 +34,8 @@ from runner.procs import FileLock, alive, write_atomic
 from runner.procs import start_time as proc_start_time  # noqa: F401  (the shim and network import it here)
 from runner.records import Record
 
-CREATED, RUNNING, EXITED = "created", "running", "exited"
+CREATED, RUNNING, EXITED, RESTARTING = "created", "running", "exited", "restarting"
+LIVE = (RUNNING, RESTARTING)  # a shim owns the container: running, or waiting to start it again (--restart)
 _NEW: dict = {}  # marks "not given": a fresh dict per record, as a dataclass default_factory does
 
 
@@ -54,14 +55,31 @@ def write_json_atomic(path: str, data: dict, mode: int = 0o600, durable: bool = 
     write_atomic(path, json.dumps(data, sort_keys=True).encode(), mode, durable, sync_dir)
 
 
+# Written by the VM's agent at each boot of a saved guest state (runner.agent.server): such boots share the
+# kernel's boot_id, and their processes reuse the very pids and start times of the last boot of that state.
+BOOT_NONCE = "/run/runner/boot-nonce"
+
+
 def boot_id() -> str | None:
     """This boot's random id: a running record from another boot outlived its machine (a killed VM, a
-    host reboot), which reconcile reports as such, as Docker reports exit 255 when its daemon died."""
+    host reboot), which reconcile reports as such, as Docker reports exit 255 when its daemon died. The
+    kernel's id, plus the agent's nonce in a VM resumed from a snapshot (see :data:`BOOT_NONCE`)."""
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
+            kernel = f.read().strip()
     except OSError:
         return None
+    try:
+        with open(BOOT_NONCE) as f:
+            return kernel + "/" + f.read().strip()
+    except OSError:
+        return kernel
+
+
+def _other_boot(rec: "ContainerRecord") -> bool:
+    """A record of a running container written in another boot: whatever pid it names now is someone else."""
+    recorded = rec.extra.get("boot_id")
+    return recorded is not None and recorded != boot_id()
 
 
 class ContainerRecord(Record):
@@ -94,14 +112,15 @@ class ContainerRecord(Record):
 
 def _mark_dead(rec: ContainerRecord) -> bool:
     """Record that a RUNNING container whose shim and PID 1 are both gone has exited; True if it changed."""
-    if rec.status != RUNNING or alive(rec.shim_pid, rec.shim_start) or alive(rec.pid, rec.pid_start):
+    if rec.status not in LIVE or (not _other_boot(rec) and (alive(rec.shim_pid, rec.shim_start)
+                                                             or alive(rec.pid, rec.pid_start))):
         return False
     rec.status = EXITED
     rec.exit_code = 255 if rec.exit_code is None else rec.exit_code
     rec.finished_at = rec.finished_at or now()
     rec.error = rec.error or (
         "the machine stopped while the container was running; exit status unknown"
-        if rec.extra.get("boot_id") not in (None, boot_id())
+        if _other_boot(rec)
         else "the container's monitor process died; exit status unknown")
     rec.extra.pop("network", None)  # as the shim does at exit: an exited container publishes nothing
     return True
@@ -203,10 +222,13 @@ class StateStore:
         The corrected record is returned even when it cannot be saved (a full disk): ``ps`` and ``inspect``
         must work without writing, since they are how a user finds what to remove.
         """
-        if rec.status != RUNNING or alive(rec.shim_pid, rec.shim_start):
+        if rec.status not in LIVE:
             return rec
-        if alive(rec.pid, rec.pid_start):
-            return rec  # the shim died but the workload runs on; it is still running
+        if not _other_boot(rec):
+            if alive(rec.shim_pid, rec.shim_start):
+                return rec
+            if alive(rec.pid, rec.pid_start):
+                return rec  # the shim died but the workload runs on; it is still running
         from runner.diskfull import is_full
         try:
             with self.lock(rec.id):

@@ -34,6 +34,9 @@ def state_of(rec) -> str:
     return rec.status
 
 
+RESTARTING = "restarting"
+
+
 # ------------------------------------------------------------------------------------------------ time
 
 def iso_time(ts: float | None) -> str:
@@ -62,6 +65,9 @@ def status_text(state: str, started_at: float | None, finished_at: float | None,
         return f"Up {human_duration(now - (started_at or now))} (Paused)"
     if state == RUNNING:
         return f"Up {human_duration(now - (started_at or now))}"
+    if state == RESTARTING:
+        ago = f" {human_duration(now - finished_at)} ago" if finished_at else ""
+        return f"Restarting ({exit_code if exit_code is not None else 0}){ago}"
     if state == EXITED:
         ago = f" {human_duration(now - finished_at)} ago" if finished_at else ""
         return f"Exited ({exit_code if exit_code is not None else 0}){ago}"
@@ -102,25 +108,44 @@ def _live_network(rec) -> dict:
     return rec.extra.get("network") or {}
 
 
-def container_summary(rec, now: float | None = None) -> dict:
-    """A ``GET /containers/json`` entry for container record ``rec`` (already reconciled)."""
+def container_summary(rec, now: float | None = None, volumes_root: str = "") -> dict:
+    """A ``GET /containers/json`` entry for container record ``rec`` (already reconciled); ``volumes_root``:
+    where named volumes live (their ``Source``)."""
     spec = rec.spec
     cmd = (spec.get("entrypoint") or []) + (spec.get("command") or [])
     live = _live_network(rec)
     mode = spec.get("network") or "none"
+    status = status_text(state_of(rec), rec.started_at, rec.finished_at, rec.exit_code, now)
+    health = health_status(rec)
+    if health and rec.status == RUNNING:
+        status += {"starting": " (health: starting)"}.get(health, f" ({health})")
     return {"Id": rec.id, "Names": ["/" + rec.name], "Image": rec.image_ref, "ImageID": rec.image_id,
             "Command": " ".join(cmd), "Created": int(rec.created), "Ports": port_list(live.get("Ports") or []),
-            "Labels": dict(spec.get("labels") or {}), "State": state_of(rec),
-            "Status": status_text(state_of(rec), rec.started_at, rec.finished_at, rec.exit_code, now),
+            "Labels": dict(spec.get("labels") or {}), "State": state_of(rec), "Status": status,
             "HostConfig": {"NetworkMode": mode},
             "NetworkSettings": {"Networks": {mode: _endpoint(live)}},
-            "Mounts": [_mount(m) for m in spec.get("mounts") or []]}
+            "Mounts": [_mount(m, volumes_root) for m in spec.get("mounts") or []]}
 
 
-def _mount(m) -> dict:
-    """One bind mount as Docker's ``MountPoint`` (from a Mount or its dict form)."""
-    get = m.get if isinstance(m, dict) else lambda k: getattr(m, k)
+def health_status(rec) -> str:
+    """``starting``, ``healthy``, ``unhealthy`` for a container with a healthcheck, else ""."""
+    return (rec.extra.get("health") or {}).get("Status", "")
+
+
+def _mount(m, volumes_root: str = "") -> dict:
+    """One mount as Docker's ``MountPoint`` (from a Mount or its dict form)."""
+    get = m.get if isinstance(m, dict) else lambda k: getattr(m, k, None)
     readonly = bool(get("readonly"))
+    kind = get("type") or "bind"
+    if kind == "volume":
+        import os
+        name = get("source") or ""
+        return {"Type": "volume", "Name": name, "Source": os.path.join(volumes_root, name, "_data"),
+                "Destination": get("target"), "Driver": "local", "Mode": "z", "RW": not readonly,
+                "Propagation": ""}
+    if kind == "tmpfs":
+        return {"Type": "tmpfs", "Source": "", "Destination": get("target"), "Mode": "", "RW": not readonly,
+                "Propagation": ""}
     return {"Type": "bind", "Source": get("source"), "Destination": get("target"), "Mode": "ro" if readonly else "",
             "RW": not readonly, "Propagation": "rprivate"}
 
@@ -144,33 +169,46 @@ def network_settings(rec, spec) -> dict:
             "Networks": {spec.network: {**endpoint, "Aliases": list(spec.aliases) or None}}}
 
 
-def container_inspect(rec, spec, config: dict, paths: dict) -> dict:
+def container_inspect(rec, spec, config: dict, paths: dict, volumes_root: str = "") -> dict:
     """``GET /containers/{id}/json`` for record ``rec``, its ContainerSpec ``spec`` and the OCI ``config``
     it last started with ({} before its first start); ``paths``: LogPath, HostsPath, ResolvConfPath,
-    HostnamePath."""
+    HostnamePath; ``volumes_root``: where named volumes live."""
     process = config.get("process", {})
     args = process.get("args") or (spec.entrypoint or []) + (spec.command or [])
+    state = {"Status": state_of(rec), "Running": rec.status in (RUNNING, RESTARTING),
+             "Paused": state_of(rec) == PAUSED,
+             "Restarting": rec.status == RESTARTING, "OOMKilled": rec.oom_killed, "Dead": False,
+             "Pid": rec.pid or 0 if rec.status == RUNNING else 0,
+             "ExitCode": rec.exit_code if rec.exit_code is not None else 0, "Error": rec.error,
+             "StartedAt": iso_time(rec.started_at), "FinishedAt": iso_time(rec.finished_at)}
+    if rec.extra.get("health"):
+        state["Health"] = rec.extra["health"]
     return {
         "Id": rec.id, "Created": iso_time(rec.created), "Path": (args or [""])[0], "Args": args[1:],
-        "State": {"Status": state_of(rec), "Running": rec.status == RUNNING, "Paused": state_of(rec) == PAUSED, "Restarting": False,
-                  "OOMKilled": rec.oom_killed, "Dead": False, "Pid": rec.pid or 0,
-                  "ExitCode": rec.exit_code if rec.exit_code is not None else 0, "Error": rec.error,
-                  "StartedAt": iso_time(rec.started_at), "FinishedAt": iso_time(rec.finished_at)},
-        "Image": rec.image_id, "Name": "/" + rec.name, "RestartCount": 0, "Driver": "overlay2",
-        "Platform": "linux", **paths,
+        "State": state,
+        "Image": rec.image_id, "Name": "/" + rec.name, "RestartCount": int(rec.extra.get("restart_count") or 0),
+        "Driver": "overlay2", "Platform": "linux", **paths,
         "HostConfig": _host_config(rec, spec),
-        "Mounts": [_mount(m) for m in spec.mounts],
+        "Mounts": [_mount(m, volumes_root) for m in spec.mounts],
         "Config": {"Hostname": rec.extra.get("hostname") or "", "User": spec.user or "",
                    "Tty": spec.tty, "OpenStdin": spec.interactive, "StdinOnce": False,
                    "Env": process.get("env", spec.env), "Cmd": spec.command, "Image": rec.image_ref,
                    "WorkingDir": process.get("cwd", spec.workdir or ""), "Entrypoint": spec.entrypoint,
-                   "Labels": spec.labels},
+                   "Labels": spec.labels, **({"Healthcheck": rec.extra["healthcheck"]}
+                                              if rec.extra.get("healthcheck") else {}),
+                   "Volumes": {m.target: {} for m in spec.mounts if m.type == "volume"} or None},
         "NetworkSettings": network_settings(rec, spec),
     }
 
 
 def _host_config(rec, spec) -> dict:
-    return {"Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "") for m in spec.mounts],
+    from runner.spec import restart_policy
+    name, count = restart_policy(spec.restart)
+    tmpfs = {m.target: ",".join(([f"size={m.size}"] if m.size else []) + ([f"mode={m.mode:o}"] if m.mode else [])
+                                + (["ro"] if m.readonly else [])) for m in spec.mounts if m.type == "tmpfs"}
+    return {"Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "") for m in spec.mounts
+                      if m.type in ("bind", "volume") and m.source] or None,
+            "RestartPolicy": {"Name": name, "MaximumRetryCount": count}, "Tmpfs": tmpfs or None,
             "NetworkMode": spec.network, "PortBindings": port_bindings(spec),
             "AutoRemove": spec.auto_remove, "PublishAllPorts": spec.publish_all,
             "ReadonlyRootfs": spec.read_only, "Runtime": rec.runtime,
@@ -283,6 +321,14 @@ def builtin_network(name: str) -> dict:
             "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None, "Config": []},
             "Internal": False, "Attachable": False, "Ingress": False, "ConfigFrom": {"Network": ""},
             "ConfigOnly": False, "Containers": {}, "Options": {}, "Labels": {}}
+# ------------------------------------------------------------------------------------------------ volumes
+
+def volume(meta: dict, mountpoint: str) -> dict:
+    """``GET /volumes/{name}``: a volume's stored ``meta`` (Name, Labels, Options, CreatedAt) as Docker shows it."""
+    created = meta.get("CreatedAt") or 0
+    return {"CreatedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created)) if created else "",
+            "Driver": "local", "Labels": dict(meta.get("Labels") or {}), "Mountpoint": mountpoint,
+            "Name": meta["Name"], "Options": dict(meta.get("Options") or {}), "Scope": "local"}
 
 
 # ------------------------------------------------------------------------------------------------ system

@@ -173,7 +173,7 @@ def test_ps_never_shows_a_dead_container_running(native_root):
 
 @pytest.mark.parametrize("args, needle", [
     (["run", "--rm", "--pull", "never", "localhost/nope:1", "true"], "not found"),
-    (["run", "--rm", "-v", "relative:/x", IMG, "true"], "volume"),
+    (["run", "--rm", "-v", "x:/x", IMG, "true"], "volume"),
     (["run", "--rm", "-v", "/tmp:/x:zz", IMG, "true"], "volume"),
     (["run", "--rm", "-m", "lots", IMG, "true"], "memory"),
     (["run", "--rm", "--bogus-flag", IMG, "true"], "bogus"),

@@ -92,3 +92,10 @@ def test_generated_methods_bind_like_python_and_send_only_given_arguments():
         backend.ps(bogus=1)
     with pytest.raises(TypeError, match="takes 2 arguments"):
         backend.stop("c1", 3, 4)
+
+
+def test_upload_methods_take_the_stream_first():
+    """The agent calls an upload method with the stream as its first positional argument (server._simple)."""
+    for m in P.METHODS.values():
+        if m.kind == P.UPLOAD:
+            assert m.params[0].name == "stream", m.name

@@ -101,15 +101,23 @@ def test_root_and_default_mounts():
     assert by["/sys/fs/cgroup"]["type"] == "cgroup"
 
 
-def test_etc_files_then_user_mounts_sorted_by_depth():
-    spec = ContainerSpec(image="i", command=["x"], mounts=[Mount("/h/deep", "/a/b/c"), Mount("/h/top", "/a", True)])
+def test_etc_files_and_user_mounts_sorted_by_depth():
+    """All by depth (a volume on /etc must not hide /etc/hosts); at equal depth the user's mount comes later,
+    so a user's -v on /etc/hosts wins over runner's own."""
+    spec = ContainerSpec(image="i", command=["x"], mounts=[Mount("/h/deep", "/a/b/c"), Mount("/h/top", "/a", True),
+                                                            Mount("/h/hosts", "/etc/hosts")])
     cfg = _cfg(spec, etc_files={"/etc/hosts": "/state/hosts", "/etc/resolv.conf": "/state/resolv"})
     tail = cfg["mounts"][7:]
-    assert [m["destination"] for m in tail] == ["/etc/hosts", "/etc/resolv.conf", "/a", "/a/b/c"]
-    assert tail[0] == {"destination": "/etc/hosts", "type": "bind", "source": "/state/hosts",
+    assert [(m["destination"], m["source"]) for m in tail] == [
+        ("/a", "/h/top"), ("/etc/hosts", "/state/hosts"), ("/etc/resolv.conf", "/state/resolv"),
+        ("/etc/hosts", "/h/hosts"), ("/a/b/c", "/h/deep")]
+    assert tail[1] == {"destination": "/etc/hosts", "type": "bind", "source": "/state/hosts",
                        "options": ["rbind", "rprivate"]}
-    assert tail[2]["options"] == ["rbind", "rprivate", "ro"]
-    assert "ro" not in tail[3]["options"]
+    assert tail[0]["options"] == ["rbind", "rprivate", "ro"]
+    assert "ro" not in tail[4]["options"]
+    spec = ContainerSpec(image="i", command=["x"], mounts=[Mount("etcvol", "/etc", type="volume")])
+    dests = [m["destination"] for m in _cfg(spec, etc_files={"/etc/hosts": "/s/h"})["mounts"][7:]]
+    assert dests == ["/etc", "/etc/hosts"]
 
 
 def test_masked_and_readonly_paths():

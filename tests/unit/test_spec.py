@@ -21,7 +21,7 @@ def test_parse_size_rejects(text):
 def test_mount_parse():
     assert Mount.parse("/a:/b") == Mount("/a", "/b", False)
     assert Mount.parse("/a:/b:ro") == Mount("/a", "/b", True)
-    for bad in ("/a", "rel:/b", "/a:/b:zz", ":/b", "/a:/b:ro:x"):
+    for bad in ("r:/b", "bad name:/b", "-x:/b", "/a:/b:zz", ":/b", "/a:/b:ro:x", ""):
         with pytest.raises(UsageError):
             Mount.parse(bad)
 

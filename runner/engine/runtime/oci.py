@@ -124,14 +124,27 @@ def _depth(path: str) -> int:
     return len([p for p in path.split("/") if p])
 
 
+def _user_mount(m, volumes_root: str) -> dict:
+    """One -v/--mount/--tmpfs as an OCI mount: a volume is a bind of its data directory; a tmpfs is
+    noexec,nosuid,nodev as Docker's ``--tmpfs`` (``size``/``mode`` when given)."""
+    ro = ["ro"] if m.readonly else []
+    if m.type == "tmpfs":
+        opts = ["nosuid", "nodev", "noexec"] + ([f"size={m.size}"] if m.size else []) + \
+            ([f"mode={m.mode:o}"] if m.mode is not None else [])
+        return {"destination": m.target, "type": "tmpfs", "source": "tmpfs", "options": opts + ro}
+    source = os.path.join(volumes_root, m.source, "_data") if m.type == "volume" else m.source
+    return {"destination": m.target, "type": "bind", "source": source, "options": ["rbind", "rprivate"] + ro}
+
+
 def make_config(spec, image_config: dict | None, *, rootfs: str, container_id: str, hostname: str,
                 etc_files: dict[str, str] | None = None, cgroups_path: str, uid: int = 0, gid: int = 0,
                 additional_gids: list[int] | None = None, home: str | None = None,
-                nofile: int | None = None) -> dict:
+                nofile: int | None = None, volumes_root: str = "") -> dict:
     """Build the OCI config.json for ``spec`` (see module docstring for the Docker rules applied).
 
     ``home`` is the user's passwd home (``home_dir``), "/root" for uid 0 or "/" otherwise when not given;
-    ``nofile`` overrides the RLIMIT_NOFILE value (default: this process's hard limit).
+    ``nofile`` overrides the RLIMIT_NOFILE value (default: this process's hard limit); ``volumes_root``: the
+    directory of named volumes (runner.engine.volumes), whose ``<name>/_data`` a volume mount binds.
     """
     cfg = _image_cfg(image_config)
     args = resolve_args(spec, image_config)
@@ -157,11 +170,12 @@ def make_config(spec, image_config: dict | None, *, rootfs: str, container_id: s
     }
 
     mounts = [dict(m, options=list(m["options"])) for m in DEFAULT_MOUNTS]
-    for dest, source in (etc_files or {}).items():
-        mounts.append({"destination": dest, "type": "bind", "source": source, "options": ["rbind", "rprivate"]})
-    for m in sorted(spec.mounts or [], key=lambda m: _depth(m.target)):
-        mounts.append({"destination": m.target, "type": "bind", "source": m.source,
-                       "options": ["rbind", "rprivate"] + (["ro"] if m.readonly else [])})
+    own = [{"destination": dest, "type": "bind", "source": source, "options": ["rbind", "rprivate"]}
+           for dest, source in (etc_files or {}).items()]
+    # By depth, the /etc files among the user's mounts: a volume on /etc must not hide /etc/hosts.
+    for m in sorted(own + [_user_mount(m, volumes_root) for m in spec.mounts or []],
+                    key=lambda m: _depth(m["destination"])):
+        mounts.append(m)
 
     namespaces = [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}]
     if spec.network != "host":
