@@ -136,12 +136,12 @@ def restart(req) -> None:
 def remove(req) -> None:
     info = inspect(req, req.params["id"])
     force = req.flag("force")
-    req.flag("v")  # anonymous volumes: runner creates none, so there is nothing more to remove
+    volumes = req.flag("v")  # also the container's anonymous volumes (compose's down -v, docker rm -v)
     if info["State"]["Running"] and not force:
         raise ApiError(409, f"You cannot remove a running container {info['Id']}. Stop the container before "
                             "attempting removal or force remove")
     try:
-        req.backend.rm(info["Id"], force=force)
+        req.backend.rm(info["Id"], force=force, volumes=volumes)
     except NotFound:
         pass  # removed meanwhile (an --rm container that just exited): what was asked is done
     monitor_of(req).removed(info["Id"])

@@ -16,11 +16,11 @@ from runner.records import asdict
 # refused. (Zero values are what clients send by default: `"Dns": []`, `"Tmpfs": null`, ...) Tuning knobs
 # that do not change behaviour a test could see (MemorySwappiness: -1, OomScoreAdj, ShmSize, BlkioWeight) are
 # ignored like unknown fields: the docker CLI sends some of them with non-zero defaults.
-_UNSUPPORTED_HOST = ("VolumesFrom", "Links", "Tmpfs", "ExtraHosts", "Dns", "DnsSearch", "DnsOptions",
+_UNSUPPORTED_HOST = ("VolumesFrom", "Links", "ExtraHosts", "Dns", "DnsSearch", "DnsOptions",
                      "Sysctls", "Ulimits", "GroupAdd", "CgroupParent", "VolumeDriver", "StorageOpt",
                      "DeviceRequests", "DeviceCgroupRules", "UsernsMode", "PidMode", "UTSMode", "CpusetCpus",
                      "CpusetMems", "Init")
-_UNSUPPORTED_CONFIG = ("Volumes", "OnBuild", "Shell")
+_UNSUPPORTED_CONFIG = ("OnBuild", "Shell")
 _IPC_OK = ("", "private", "shareable")
 _LOG_DRIVERS = ("", "json-file", "local")
 
@@ -89,7 +89,9 @@ def container_spec(body: dict, name: str | None) -> dict:
         "privileged": bool(host.get("Privileged")),
         "security_opt": _str_list(host.get("SecurityOpt"), "SecurityOpt") or [],
         "devices": _devices(host), "log_opts": _log_opts(host),
+        "restart": _restart(host), "healthcheck": _healthcheck(body),
     }
+    _anonymous_volumes(body, spec["mounts"])
     aliases = _aliases(body, spec["network"])
     if aliases:
         spec["aliases"] = aliases
@@ -114,12 +116,6 @@ def _refuse_unsupported(body: dict, host: dict) -> None:
             raise _unsupported(f"Config.{key}")
     if host.get("IpcMode") not in (None, *_IPC_OK):
         raise _unsupported("HostConfig.IpcMode")
-    restart = host.get("RestartPolicy") or {}
-    if isinstance(restart, dict) and restart.get("Name") not in (None, "", "no"):
-        raise _unsupported("HostConfig.RestartPolicy")
-    health = body.get("Healthcheck") or {}
-    if isinstance(health, dict) and health.get("Test") not in (None, [], ["NONE"]):
-        raise _unsupported("Config.Healthcheck")
     stop = body.get("StopSignal")
     if stop not in (None, "", "SIGTERM", "TERM", "15"):
         raise _unsupported("Config.StopSignal")
@@ -145,17 +141,51 @@ def _network(body: dict, host: dict) -> str:
 
 
 def _mounts(host: dict) -> list[dict]:
+    """``Binds`` (``-v`` texts: host paths and named volumes), ``Mounts`` (bind, volume, tmpfs objects: what
+    compose sends) and ``Tmpfs`` (``{path: options}``)."""
     from runner.spec import Mount
     out = [asdict(Mount.parse(b)) for b in _str_list(host.get("Binds"), "HostConfig.Binds") or []]
-    for m in host.get("Mounts") or []:
-        if not isinstance(m, dict):
-            raise UsageError("HostConfig.Mounts entries must be objects")
-        if m.get("Type", "bind") != "bind":
-            raise _unsupported(f"HostConfig.Mounts of type {m.get('Type')!r}")
-        if not isinstance(m.get("Source"), str) or not isinstance(m.get("Target"), str):
-            raise UsageError("HostConfig.Mounts: a bind mount needs Source and Target")
-        out.append(asdict(Mount(m["Source"], m["Target"], bool(m.get("ReadOnly")))))
+    mounts = host.get("Mounts") or []
+    if not isinstance(mounts, list):
+        raise UsageError("HostConfig.Mounts must be a list")
+    out += [asdict(Mount.from_api(m)) for m in mounts]
+    for path, opts in _dict(host, "Tmpfs").items():
+        if not isinstance(opts, str):
+            raise UsageError("HostConfig.Tmpfs values must be strings (mount options)")
+        out.append(asdict(Mount.parse_tmpfs(f"{path}:{opts}" if opts else path)))
     return out
+
+
+def _anonymous_volumes(body: dict, mounts: list[dict]) -> None:
+    """``Config.Volumes`` (``{"/path": {}}``): an anonymous volume at each path no other mount covers, as
+    dockerd does (compose sends a service's ``volumes: [/path]`` this way)."""
+    from runner.spec import Mount
+    taken = {m["target"].rstrip("/") for m in mounts}
+    for path in _dict(body, "Volumes"):
+        if path.rstrip("/") not in taken:
+            mounts.append(asdict(Mount("", path, type="volume")))
+
+
+def _restart(host: dict) -> str:
+    """``RestartPolicy`` (``{"Name": "on-failure", "MaximumRetryCount": 3}``) as ``--restart`` text."""
+    from runner.spec import restart_text
+    policy = host.get("RestartPolicy")
+    if policy is not None and not isinstance(policy, dict):
+        raise UsageError("HostConfig.RestartPolicy must be a JSON object")
+    return restart_text(policy)
+
+
+def _healthcheck(body: dict) -> dict | None:
+    """``Healthcheck`` (Docker's HealthConfig; durations in ns); None: the image's. Zero fields are dropped
+    (they mean "inherit"), and so are fields of newer APIs runner does not run (``StartInterval``)."""
+    from runner.spec import HEALTH_KEYS
+    health = body.get("Healthcheck")
+    if health is None:
+        return None
+    if not isinstance(health, dict):
+        raise UsageError("Config.Healthcheck must be a JSON object")
+    out = {k: v for k, v in health.items() if k in HEALTH_KEYS and v not in (None, 0)}
+    return out or None
 
 
 def _port_key(key: str) -> tuple[int, str]:
