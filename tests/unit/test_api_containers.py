@@ -67,15 +67,39 @@ def test_resources_security_mounts_and_networks():
     assert container_spec({"Image": "i", "HostConfig": {"NetworkMode": "host"}}, None)["network"] == "host"
 
 
+def test_compose_fields_map_to_volumes_restart_and_health():
+    """What compose sends: HostConfig.Mounts of a named volume, Tmpfs, Config.Volumes (anonymous), a restart
+    policy and a healthcheck (durations in ns; zero fields mean "the image's", StartInterval is API 1.44's)."""
+    body = {"Image": "i", "Volumes": {"/data": {}, "/anon": {}},
+            "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 500_000_000, "Timeout": 0,
+                            "Retries": 3, "StartInterval": 0},
+            "HostConfig": {"Mounts": [{"Type": "volume", "Source": "p_data", "Target": "/data",
+                                       "VolumeOptions": {}}], "Tmpfs": {"/t": "size=1m"},
+                           "RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2}}}
+    spec = container_spec(body, None)
+    assert [(m["type"], m["source"], m["target"]) for m in spec["mounts"]] == \
+        [("volume", "p_data", "/data"), ("tmpfs", "", "/t"), ("volume", "", "/anon")]
+    assert spec["mounts"][1]["size"] == 1024 * 1024
+    assert spec["restart"] == "on-failure:2"
+    assert spec["healthcheck"] == {"Test": ["CMD-SHELL", "true"], "Interval": 500_000_000, "Retries": 3}
+    plain = container_spec({"Image": "i", "HostConfig": {"RestartPolicy": {"Name": "", "MaximumRetryCount": 0}}}, None)
+    assert plain["restart"] == "no" and plain["healthcheck"] is None
+
+
+@pytest.mark.parametrize("body", [{"HostConfig": {"RestartPolicy": {"Name": "sometimes"}}},
+                                  {"HostConfig": {"RestartPolicy": "always"}},
+                                  {"HostConfig": {"Mounts": [{"Type": "nfs", "Target": "/v"}]}},
+                                  {"HostConfig": {"Mounts": {"Type": "volume"}}},
+                                  {"HostConfig": {"Tmpfs": {"/t": 1}}}, {"Healthcheck": ["CMD", "true"]}])
+def test_bad_compose_fields_are_usage_errors(body):
+    with pytest.raises(UsageError):
+        container_spec({"Image": "i", **body}, None)
+
+
 @pytest.mark.parametrize("body, field", [
     ({"HostConfig": {"VolumesFrom": ["x"]}}, "HostConfig.VolumesFrom"),
-    ({"HostConfig": {"Tmpfs": {"/t": ""}}}, "HostConfig.Tmpfs"),
-    ({"HostConfig": {"RestartPolicy": {"Name": "always"}}}, "HostConfig.RestartPolicy"),
-    ({"HostConfig": {"Mounts": [{"Type": "volume", "Source": "v", "Target": "/v"}]}}, "HostConfig.Mounts"),
     ({"HostConfig": {"NetworkMode": "container:other"}}, "HostConfig.NetworkMode"),
     ({"HostConfig": {"LogConfig": {"Type": "syslog"}}}, "LogConfig.Type"),
-    ({"Healthcheck": {"Test": ["CMD", "true"]}}, "Config.Healthcheck"),
-    ({"Volumes": {"/data": {}}}, "Config.Volumes"),
     ({"StopSignal": "SIGUSR1"}, "Config.StopSignal"),
 ])
 def test_meaningful_unsupported_fields_are_refused_by_name(body, field):
