@@ -123,7 +123,8 @@ def _refuse_unsupported(body: dict, host: dict) -> None:
 
 def _network(body: dict, host: dict) -> str:
     """``NetworkMode``: "" and "default" are the bridge (as `runner run`); one network named in
-    ``NetworkingConfig.EndpointsConfig`` stands for it when the mode is the default."""
+    ``NetworkingConfig.EndpointsConfig`` stands for it when the mode is the default. More than one network
+    is refused (runner wires one network per container)."""
     if body.get("NetworkDisabled"):
         return "none"
     mode = host.get("NetworkMode") or "default"
@@ -131,12 +132,16 @@ def _network(body: dict, host: dict) -> str:
         raise UsageError("HostConfig.NetworkMode must be a string")
     if mode.startswith("container:"):
         raise _unsupported("HostConfig.NetworkMode container:<name>")
+    endpoints = _dict(_dict(body, "NetworkingConfig"), "EndpointsConfig")
     if mode == "default":
-        endpoints = _dict(_dict(body, "NetworkingConfig"), "EndpointsConfig")
         named = [n for n in endpoints if n not in ("default", "bridge")]
-        if len(named) > 1:
-            raise UsageError("a container can join one network at creation; connect others later")
-        mode = named[0] if named else "bridge"
+        mode = named[0] if len(named) == 1 else "bridge" if not named else ""
+    others = sorted(n for n in endpoints if n != mode and not (mode == "bridge" and n == "default"))
+    if not mode or others:
+        # API 1.44 clients (compose) name every network of a container at create: silently joining only the
+        # first would leave its peers on the others unreachable, so the request is refused instead.
+        raise UsageError(f"runner joins a container to one network, this request names several "
+                         f"({', '.join(sorted(endpoints))}): give the container (the compose service) one network")
     return mode
 
 

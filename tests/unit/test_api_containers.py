@@ -86,6 +86,20 @@ def test_compose_fields_map_to_volumes_restart_and_health():
     assert plain["restart"] == "no" and plain["healthcheck"] is None
 
 
+def test_a_second_network_is_refused_not_dropped():
+    """compose (API 1.44) names all of a service's networks at create; one is all runner wires."""
+    two = {"Image": "i", "HostConfig": {"NetworkMode": "p_n1"},
+           "NetworkingConfig": {"EndpointsConfig": {"p_n1": {}, "p_n2": {}}}}
+    with pytest.raises(UsageError) as info:
+        container_spec(two, None)
+    assert "p_n1, p_n2" in info.value.message
+    one = {"Image": "i", "HostConfig": {"NetworkMode": "p_n1"},
+           "NetworkingConfig": {"EndpointsConfig": {"p_n1": {"Aliases": ["a"]}}}}
+    assert container_spec(one, None)["network"] == "p_n1" and container_spec(one, None)["aliases"] == ["a"]
+    assert container_spec({"Image": "i", "NetworkingConfig": {"EndpointsConfig": {"default": {}}}},
+                          None)["network"] == "bridge"
+
+
 @pytest.mark.parametrize("body", [{"HostConfig": {"RestartPolicy": {"Name": "sometimes"}}},
                                   {"HostConfig": {"RestartPolicy": "always"}},
                                   {"HostConfig": {"Mounts": [{"Type": "nfs", "Target": "/v"}]}},
