@@ -95,6 +95,9 @@ def container_spec(body: dict, name: str | None) -> dict:
     aliases = _aliases(body, spec["network"])
     if aliases:
         spec["aliases"] = aliases
+    extra = _extra_networks(body, spec["network"])
+    if extra:
+        spec["extra_networks"] = extra
     return spec
 
 
@@ -124,7 +127,7 @@ def _refuse_unsupported(body: dict, host: dict) -> None:
 def _network(body: dict, host: dict) -> str:
     """``NetworkMode``: "" and "default" are the bridge (as `runner run`); one network named in
     ``NetworkingConfig.EndpointsConfig`` stands for it when the mode is the default. More than one network
-    is refused (runner wires one network per container)."""
+    is the first of several (sorted by name); the others are ``extra_networks``."""
     if body.get("NetworkDisabled"):
         return "none"
     mode = host.get("NetworkMode") or "default"
@@ -132,17 +135,27 @@ def _network(body: dict, host: dict) -> str:
         raise UsageError("HostConfig.NetworkMode must be a string")
     if mode.startswith("container:"):
         raise _unsupported("HostConfig.NetworkMode container:<name>")
-    endpoints = _dict(_dict(body, "NetworkingConfig"), "EndpointsConfig")
     if mode == "default":
-        named = [n for n in endpoints if n not in ("default", "bridge")]
-        mode = named[0] if len(named) == 1 else "bridge" if not named else ""
-    others = sorted(n for n in endpoints if n != mode and not (mode == "bridge" and n == "default"))
-    if not mode or others:
-        # API 1.44 clients (compose) name every network of a container at create: silently joining only the
-        # first would leave its peers on the others unreachable, so the request is refused instead.
-        raise UsageError(f"runner joins a container to one network, this request names several "
-                         f"({', '.join(sorted(endpoints))}): give the container (the compose service) one network")
+        named = sorted(n for n in _endpoints(body) if n not in ("default", "bridge"))
+        mode = named[0] if named else "bridge"
     return mode
+
+
+def _endpoints(body: dict) -> dict:
+    endpoints = _dict(_dict(body, "NetworkingConfig"), "EndpointsConfig")
+    if not all(isinstance(v, dict) or v is None for v in endpoints.values()):
+        raise UsageError("NetworkingConfig.EndpointsConfig entries must be objects")
+    return endpoints
+
+
+def _extra_networks(body: dict, network: str) -> list[dict]:
+    """The endpoints besides the container's first network: API 1.44 clients (compose) name every network of
+    a container at create; each is joined (eth1, ...) with its own aliases."""
+    out = []
+    for name, config in sorted(_endpoints(body).items()):
+        if name != network and not (network == "bridge" and name == "default"):
+            out.append({"name": name, "aliases": _str_list((config or {}).get("Aliases"), "Aliases") or []})
+    return out
 
 
 def _mounts(host: dict) -> list[dict]:

@@ -4,7 +4,7 @@ One multi-service file exercises what compose asks of an engine: a user network 
 ``depends_on: condition: service_healthy`` (a healthcheck), a published port reached from the host,
 ``restart: always`` and ``on-failure``, labels; then ``up -d``, ``ps``, ``logs``, ``exec``, ``down``/``down -v``.
 Two projects run at once so compose's label queries (``com.docker.compose.project=P``) must return exactly one
-project's containers, networks and volumes.
+project's containers, networks and volumes. web is on two networks (compose names both at create).
 """
 
 from __future__ import annotations
@@ -44,14 +44,15 @@ services:
     ports:
       - "127.0.0.1::8080"
     restart: always
-    networks: [back]
+    networks: [back, front]
   worker:
     image: localhost/busybox
     command: ["sh", "-c", "test -f /ran && exec sleep 3600; touch /ran; echo worker-fails-once; exit 3"]
     restart: on-failure
-    networks: [back]
+    networks: [front]
 networks:
   back:
+  front:
 volumes:
   data:
 """
@@ -134,7 +135,7 @@ def test_compose_project_lifecycle(api, tmp_path):
         _check_running_project(one)
         for p in (one, two):
             assert _label_query(api, "ps", p.name) == {f"{p.name}-{s}-1" for s in ("db", "web", "worker")}
-            assert _label_query(api, "network", p.name) == {f"{p.name}_back"}
+            assert _label_query(api, "network", p.name) == {f"{p.name}_back", f"{p.name}_front"}
             assert _label_query(api, "volume", p.name) == {f"{p.name}_data"}
             assert set(p.ps()) == {"db", "web", "worker"}
         _check_restart_policies(one)
@@ -162,6 +163,12 @@ def _check_running_project(p: Project) -> None:
     for host in ("db", "database", f"{p.name}-db-1"):
         assert p.exec("web", f"wget -qO- http://{host}/ready").strip() == "db-ready", host
     assert p.exec("db", "wget -qO- http://web:8080/").strip() == "web-ok"
+    # web is on both networks (eth0, eth1): worker, on front only, reaches web but not db.
+    wait_for(lambda: p.inspect("worker")["State"]["Status"] == "running" and p.inspect("worker")["RestartCount"],
+             60, "the on-failure worker to run again after its exit 3")
+    assert p.exec("worker", "wget -qO- http://web:8080/").strip() == "web-ok"
+    assert p.run("exec", "-T", "worker", "wget", "-qO-", "-T", "3", "http://db/ready").returncode != 0
+    assert set(p.inspect("web")["NetworkSettings"]["Networks"]) == {f"{p.name}_back", f"{p.name}_front"}
     logs = p.ok("logs", "--no-color")
     assert "db-up" in logs and "web-up" in logs, logs
     assert "web-up" in p.ok("logs", "--no-color", "web") and "db-up" not in p.ok("logs", "--no-color", "web")

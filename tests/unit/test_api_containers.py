@@ -86,18 +86,28 @@ def test_compose_fields_map_to_volumes_restart_and_health():
     assert plain["restart"] == "no" and plain["healthcheck"] is None
 
 
-def test_a_second_network_is_refused_not_dropped():
-    """compose (API 1.44) names all of a service's networks at create; one is all runner wires."""
-    two = {"Image": "i", "HostConfig": {"NetworkMode": "p_n1"},
-           "NetworkingConfig": {"EndpointsConfig": {"p_n1": {}, "p_n2": {}}}}
-    with pytest.raises(UsageError) as info:
-        container_spec(two, None)
-    assert "p_n1, p_n2" in info.value.message
-    one = {"Image": "i", "HostConfig": {"NetworkMode": "p_n1"},
-           "NetworkingConfig": {"EndpointsConfig": {"p_n1": {"Aliases": ["a"]}}}}
-    assert container_spec(one, None)["network"] == "p_n1" and container_spec(one, None)["aliases"] == ["a"]
-    assert container_spec({"Image": "i", "NetworkingConfig": {"EndpointsConfig": {"default": {}}}},
-                          None)["network"] == "bridge"
+def test_every_named_network_is_joined_none_dropped():
+    """compose (API 1.44) names all of a service's networks at create: the mode's is the first, the others
+    are extra networks with their own aliases."""
+    two = {"Image": "i", "HostConfig": {"NetworkMode": "p_n2"},
+           "NetworkingConfig": {"EndpointsConfig": {"p_n1": {"Aliases": ["x"]}, "p_n2": {"Aliases": ["y"]}}}}
+    spec = container_spec(two, None)
+    assert spec["network"] == "p_n2" and spec["aliases"] == ["y"]
+    assert spec["extra_networks"] == [{"name": "p_n1", "aliases": ["x"]}]
+    default = container_spec({**two, "HostConfig": {}}, None)
+    assert default["network"] == "p_n1" and default["extra_networks"] == [{"name": "p_n2", "aliases": ["y"]}]
+    assert "extra_networks" not in container_spec(
+        {"Image": "i", "NetworkingConfig": {"EndpointsConfig": {"default": {}}}}, None)
+
+
+def test_extra_networks_are_validated():
+    from runner.spec import ContainerSpec
+    for extra, network in (([{"name": "host"}], "n"), ([{"name": "a"}, {"name": "a"}], "n"),
+                           ([{"name": "a", "aliases": ["bad name"]}], "n"), ([{"name": "a"}], "none"),
+                           ([{"name": "a", "x": 1}], "n")):
+        with pytest.raises(UsageError):
+            ContainerSpec(image="i", network=network, extra_networks=extra).validate()
+    ContainerSpec(image="i", network="n", extra_networks=[{"name": "a", "aliases": ["db"]}]).validate()
 
 
 @pytest.mark.parametrize("body", [{"HostConfig": {"RestartPolicy": {"Name": "sometimes"}}},
