@@ -379,12 +379,6 @@ class ContainerSpec(Record):
         if self.runtime is not None and self.runtime not in RUNTIMES:
             problems.append(f"unknown or invalid runtime name: {self.runtime}: use {' or '.join(RUNTIMES)}")
         problems.extend(security_problems(self))
-        if self.platform is not None:
-            from runner.images.platform import parse_platform
-            try:
-                parse_platform(self.platform)
-            except UsageError as exc:
-                problems.append(exc.message)
         targets = [m.target.rstrip("/") for m in self.mounts if isinstance(m.target, str)]
         for dup in sorted({t for t in targets if targets.count(t) > 1}):
             problems.append(f"duplicate mount point: {dup}")
@@ -396,6 +390,12 @@ class ContainerSpec(Record):
         for check in (lambda: restart_policy(self.restart), lambda: health_problems(self.healthcheck)):
             try:
                 check()
+            except UsageError as exc:
+                problems.append(exc.message)
+        if self.platform is not None:
+            from runner.images.platform import parse_platform
+            try:
+                parse_platform(self.platform)
             except UsageError as exc:
                 problems.append(exc.message)
         try:

@@ -81,7 +81,7 @@ def container_spec(body: dict, name: str | None) -> dict:
         "name": name or None, "hostname": _opt_str(body.get("Hostname"), "Hostname"),
         "tty": bool(body.get("Tty")), "interactive": bool(body.get("OpenStdin")),
         "labels": dict(labels), "network": _network(body, host),
-        "mounts": _mounts(host), "ports": _ports(body, host), "publish_all": bool(host.get("PublishAllPorts")),
+        "mounts": _mounts(host, body), "ports": _ports(body, host), "publish_all": bool(host.get("PublishAllPorts")),
         "limits": _limits(host), "read_only": bool(host.get("ReadonlyRootfs")),
         "auto_remove": bool(host.get("AutoRemove")), "runtime": _opt_str(host.get("Runtime"), "Runtime"),
         "cap_add": _str_list(host.get("CapAdd"), "CapAdd") or [],
@@ -91,7 +91,6 @@ def container_spec(body: dict, name: str | None) -> dict:
         "devices": _devices(host), "log_opts": _log_opts(host),
         "restart": _restart(host), "healthcheck": _healthcheck(body),
     }
-    _anonymous_volumes(body, spec["mounts"])
     aliases = _aliases(body, spec["network"])
     if aliases:
         spec["aliases"] = aliases
@@ -158,30 +157,27 @@ def _extra_networks(body: dict, network: str) -> list[dict]:
     return out
 
 
-def _mounts(host: dict) -> list[dict]:
-    """``Binds`` (``-v`` texts: host paths and named volumes), ``Mounts`` (bind, volume, tmpfs objects: what
-    compose sends) and ``Tmpfs`` (``{path: options}``)."""
+
+
+def _mounts(host: dict, body: dict | None = None) -> list[dict]:
+    """``Binds`` (bind or named volume, ``-v``'s syntax), ``Mounts`` (bind, volume, tmpfs), ``Tmpfs``
+    (``{path: options}``) and ``Config.Volumes`` (anonymous volumes where nothing else is mounted)."""
     from runner.spec import Mount
-    out = [asdict(Mount.parse(b)) for b in _str_list(host.get("Binds"), "HostConfig.Binds") or []]
+    out = [Mount.parse(b) for b in _str_list(host.get("Binds"), "HostConfig.Binds") or []]
     mounts = host.get("Mounts") or []
     if not isinstance(mounts, list):
         raise UsageError("HostConfig.Mounts must be a list")
-    out += [asdict(Mount.from_api(m)) for m in mounts]
-    for path, opts in _dict(host, "Tmpfs").items():
+    out += [Mount.from_api(m) for m in mounts]
+    tmpfs = _dict(host, "Tmpfs")
+    for path, opts in tmpfs.items():
         if not isinstance(opts, str):
-            raise UsageError("HostConfig.Tmpfs values must be strings (mount options)")
-        out.append(asdict(Mount.parse_tmpfs(f"{path}:{opts}" if opts else path)))
-    return out
-
-
-def _anonymous_volumes(body: dict, mounts: list[dict]) -> None:
-    """``Config.Volumes`` (``{"/path": {}}``): an anonymous volume at each path no other mount covers, as
-    dockerd does (compose sends a service's ``volumes: [/path]`` this way)."""
-    from runner.spec import Mount
-    taken = {m["target"].rstrip("/") for m in mounts}
-    for path in _dict(body, "Volumes"):
+            raise UsageError("HostConfig.Tmpfs values must be strings")
+        out.append(Mount.parse_tmpfs(f"{path}:{opts}" if opts else path))
+    taken = {m.target.rstrip("/") for m in out}
+    for path in sorted(_dict(body or {}, "Volumes")):
         if path.rstrip("/") not in taken:
-            mounts.append(asdict(Mount("", path, type="volume")))
+            out.append(Mount.parse(path))
+    return [asdict(m) for m in out]
 
 
 def _restart(host: dict) -> str:

@@ -218,10 +218,10 @@ class Engine:
             rec = self.state.load(rec.id)
             if rec.status in LIVE:
                 raise Conflict(f"container {rec.name} is already running")
-            if rec.status != CREATED or rec.extra.get("paused") or rec.extra.get("manual_stop"):
-                rec.status = CREATED  # a fresh container (runner run) is CREATED already: nothing to write
-                rec.extra.pop("paused", None)
+            if rec.status != CREATED or rec.extra.get("manual_stop") or rec.extra.get("paused"):
+                rec.status = CREATED  # (a fresh container, from runner run, is CREATED already: nothing to write)
                 rec.extra.pop("manual_stop", None)
+                rec.extra.pop("paused", None)
                 rec.extra.pop("health", None)
                 rec.extra["restart_count"] = 0
                 self.state.save(rec)
@@ -268,8 +268,8 @@ class Engine:
         if rec.status == RUNNING:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(rec.pid, signum)
-        self.journal_container("kill", rec, signal=str(signum))
-        self._thaw(rec)  # a frozen task acts on the signal once thawed (cgroup v1)
+            self.journal_container("kill", rec, signal=str(signum))
+            self._thaw(rec)  # a frozen task acts on the signal once thawed (cgroup v1)
         return rec.name
 
     def _manual_stop(self, cid: str) -> None:
@@ -349,7 +349,7 @@ class Engine:
             if rec.status == RUNNING:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(rec.pid, signals.SIGKILL)
-            self._thaw(rec)
+                self._thaw(rec)
             self._wait_exited(rec.id, None)
         self._remove(rec.id, rec.runtime)
         self.journal_container("destroy", rec)

@@ -268,7 +268,7 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         if runtime is not None:
             runtime.delete(container_bundle.dir, cid)
         return 125
-    code, oom, delay = 0, False, 0.0
+    code, oom, delay, died = 0, False, 0.0, False
     while True:
         began = now()
         monitor = _health_monitor(engine, cid, rec)
@@ -283,8 +283,9 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             _restart_delay(engine, cid, code, error, now() - began, delay)
         if delay is None:
             break
-        engine.journal_container("die", _record_exit(engine, cid, code, oom, error, restarting=True) or rec,
-                                 exitCode=str(code))
+        _record_exit(engine, cid, code, oom, error, restarting=True)
+        engine.journal_container("die", rec, exitCode=str(code))
+        died = True
         if stdio is not None:  # the attached caller hears of the first exit; the restarts run detached
             _send(sync, {"exited": code})
             stdio = _detach_caller(stdio, sync, devnull)
@@ -295,6 +296,7 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         try:
             work.start(runtime, container_bundle.dir, cid, None, tty, devnull)
             engine.journal_container("start", _record_running(store, cid, work, net, restarted=True))
+            died = False
         except (RunnerError, OSError) as exc:
             if work.pid is not None:
                 work.kill()
@@ -304,17 +306,23 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             break
     _detach(net)
     container_bundle.release()
-    # With --rm the record is removed right after this write, so a crash could only leave a record that
-    # is gone anyway: no fsync for it (the write itself stays atomic for concurrent readers).
-    auto_remove = bool(rec.spec.get("auto_remove"))
-    final = _record_exit(engine, cid, code, oom, error, restarting=False, durable=not auto_remove) or rec
-    engine.journal_container("die", final, exitCode=str(code))
-    if auto_remove:
-        engine.remove_container_files(cid, background=True)
-        _remove_anonymous_volumes(engine, rec.spec)
-        engine.journal_container("destroy", final)
+    _finish(engine, rec, code, oom, error, died)
     _send(sync, {"exited": code})
     return code
+
+
+def _finish(engine, rec, code: int, oom: bool, error: str, died: bool) -> None:
+    """The last exit: recorded, told to the event journal; with --rm the container and its anonymous volumes
+    go. With --rm the record is removed right after this write, so a crash could only leave a record that is
+    gone anyway: no fsync for it (the write itself stays atomic for concurrent readers)."""
+    auto_remove = bool(rec.spec.get("auto_remove"))
+    _record_exit(engine, rec.id, code, oom, error, restarting=False, durable=not auto_remove)
+    if not died:  # (a stop between two runs: its exit was told already)
+        engine.journal_container("die", rec, exitCode=str(code))
+    if auto_remove:
+        engine.remove_container_files(rec.id, background=True)
+        engine.journal_container("destroy", rec)
+        _remove_anonymous_volumes(engine, rec.spec)
 
 
 def _record_running(store, cid: str, work: _Workload, net, restarted: bool):

@@ -333,6 +333,8 @@ def builtin_network(name: str) -> dict:
             "EnableIPv6": False, "IPAM": {"Driver": "default", "Options": None, "Config": []},
             "Internal": False, "Attachable": False, "Ingress": False, "ConfigFrom": {"Network": ""},
             "ConfigOnly": False, "Containers": {}, "Options": {}, "Labels": {}}
+
+
 # ------------------------------------------------------------------------------------------------ volumes
 
 def volume(meta: dict, mountpoint: str) -> dict:

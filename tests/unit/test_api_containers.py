@@ -132,6 +132,26 @@ def test_meaningful_unsupported_fields_are_refused_by_name(body, field):
     assert field in info.value.message
 
 
+def test_volumes_tmpfs_restart_and_healthcheck_map_to_the_spec():
+    """What compose and docker send for volumes, restart policies and healthchecks (runner.engine.volumes,
+    restart, health do the work)."""
+    spec = container_spec({"Image": "i", "Volumes": {"/anon": {}, "/data": {}},
+                           "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 10 ** 9, "Retries": 0},
+                           "HostConfig": {"Binds": ["named:/data:ro", "/h:/b"], "Tmpfs": {"/t": "size=1m"},
+                                          "Mounts": [{"Type": "volume", "Source": "v2", "Target": "/v"}],
+                                          "RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2}}}, None)
+    assert [(m["type"], m["source"], m["target"], m["readonly"]) for m in spec["mounts"]] == [
+        ("volume", "named", "/data", True), ("bind", "/h", "/b", False), ("volume", "v2", "/v", False),
+        ("tmpfs", "", "/t", False), ("volume", "", "/anon", False)]
+    assert spec["restart"] == "on-failure:2"
+    assert spec["healthcheck"] == {"Test": ["CMD-SHELL", "true"], "Interval": 10 ** 9}
+    assert container_spec({"Image": "i"}, None)["restart"] == "no"
+    for bad in ({"HostConfig": {"RestartPolicy": {"Name": "sometimes"}}},
+                {"HostConfig": {"Mounts": [{"Type": "npipe", "Target": "/x"}]}}, {"Healthcheck": "x"}):
+        with pytest.raises(UsageError):
+            container_spec({"Image": "i", **bad}, None)
+
+
 @pytest.mark.parametrize("body", [{}, {"Image": ""}, {"Image": "i", "Cmd": [1]}, {"Image": "i", "HostConfig": []},
                                   {"Image": "i", "HostConfig": {"PortBindings": {"8000-8010/tcp": None}}},
                                   {"Image": "i", "HostConfig": {"Memory": "lots"}}])
