@@ -765,7 +765,7 @@ def forget(engine, cid: str) -> None:
         delete_link(veth_name(cid))
     with contextlib.suppress(OSError):
         for link in os.listdir("/sys/class/net"):
-            if link.startswith("vx") and link[3:] == cid[:10]:
+            if link.startswith("vx") and link[2:-10].isdigit() and link.endswith(cid[:10]):
                 delete_link(link)
     with contextlib.suppress(OSError):
         Networks(engine).release(cid)
