@@ -260,7 +260,7 @@ class ContainerSpec(Record):
     _fields = ("image", "command", "entrypoint", "env", "workdir", "user", "name", "hostname", "tty",
                "interactive", "mounts", "ports", "publish_all", "network", "limits", "read_only", "auto_remove",
                "labels", "runtime", "cap_add", "cap_drop", "privileged", "security_opt", "devices", "log_opts",
-               "platform", "aliases", "restart", "healthcheck")
+               "platform", "aliases", "restart", "healthcheck", "extra_networks")
 
     def __init__(self, image: str, command: list[str] | None = None, entrypoint: list[str] | None = None,
                  env: list[str] = _NEW, workdir: str | None = None, user: str | None = None,
@@ -271,7 +271,7 @@ class ContainerSpec(Record):
                  runtime: str | None = None, cap_add: list[str] = _NEW, cap_drop: list[str] = _NEW,
                  privileged: bool = False, security_opt: list[str] = _NEW, devices: list[str] = _NEW,
                  log_opts: dict[str, str] = _NEW, platform: str | None = None, aliases: list[str] = _NEW,
-                 restart: str = "no", healthcheck: dict | None = None):
+                 restart: str = "no", healthcheck: dict | None = None, extra_networks: list[dict] = _NEW):
         self.image, self.command, self.entrypoint = image, command, entrypoint
         self.env = [] if env is _NEW else env
         self.workdir, self.user, self.name, self.hostname = workdir, user, name, hostname
@@ -295,6 +295,9 @@ class ContainerSpec(Record):
         self.platform = platform
         # More names peers on a user network know this container by (--network-alias, EndpointConfig.Aliases).
         self.aliases = [] if aliases is _NEW else aliases
+        # More user networks the container joins besides ``network`` (its eth1, eth2, ...): each
+        # ``{"name": ..., "aliases": [...]}``, as an Engine API create naming several endpoints (compose).
+        self.extra_networks = [] if extra_networks is _NEW else extra_networks
         self.restart = restart  # Docker's --restart text: no, always, unless-stopped, on-failure[:N]
         self.healthcheck = healthcheck  # Docker's HealthConfig (Test, Interval, ...); None: the image's
 
@@ -318,6 +321,26 @@ class ContainerSpec(Record):
         except TypeError as exc:
             raise UsageError(f"malformed container spec: {exc}") from exc
         return spec
+
+    def _extra_network_problems(self) -> list[str]:
+        if not isinstance(self.extra_networks, list):
+            return ["extra_networks must be a list"]
+        if self.extra_networks and self.network in ("none", "host"):
+            return [f"a container on network {self.network} cannot join other networks"]
+        out, seen = [], {self.network}
+        for net in self.extra_networks:
+            name = net.get("name") if isinstance(net, dict) else None
+            aliases = net.get("aliases", []) if isinstance(net, dict) else None
+            if set(net if isinstance(net, dict) else ()) - {"name", "aliases"} or not isinstance(name, str) \
+                    or name in NETWORK_MODES or not _NETWORK_NAME_RE.match(name):
+                out.append(f"invalid extra network {net!r}: a user network's name")
+            elif name in seen:
+                out.append(f"network {name} is named twice")
+            seen.add(name)
+            if not isinstance(aliases, list) or not all(isinstance(a, str) and _HOSTNAME_RE.match(a)
+                                                        for a in aliases):
+                out.append(f"invalid network aliases {aliases!r}")
+        return out
 
     def validate(self) -> "ContainerSpec":
         """Raise one UsageError listing every problem; return self so calls can chain."""
@@ -347,6 +370,7 @@ class ContainerSpec(Record):
         if self.network not in NETWORK_MODES and not _NETWORK_NAME_RE.match(str(self.network)):
             problems.append(f"invalid network mode {self.network!r}: "
                             f"use {', '.join(NETWORK_MODES)} or a network name")
+        problems.extend(self._extra_network_problems())
         for m in self.mounts:
             problems.extend(m.problems())
         for p in self.ports:

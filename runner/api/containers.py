@@ -136,7 +136,7 @@ def restart(req) -> None:
 def remove(req) -> None:
     info = inspect(req, req.params["id"])
     force = req.flag("force")
-    volumes = req.flag("v")  # the container's anonymous volumes go too (docker rm -v)
+    volumes = req.flag("v")  # also the container's anonymous volumes (compose's down -v, docker rm -v)
     if info["State"]["Running"] and not force:
         raise ApiError(409, f"You cannot remove a running container {info['Id']}. Stop the container before "
                             "attempting removal or force remove")

@@ -89,11 +89,14 @@ def container_spec(body: dict, name: str | None) -> dict:
         "privileged": bool(host.get("Privileged")),
         "security_opt": _str_list(host.get("SecurityOpt"), "SecurityOpt") or [],
         "devices": _devices(host), "log_opts": _log_opts(host),
-        "restart": _restart(host), "healthcheck": _health(body),
+        "restart": _restart(host), "healthcheck": _healthcheck(body),
     }
     aliases = _aliases(body, spec["network"])
     if aliases:
         spec["aliases"] = aliases
+    extra = _extra_networks(body, spec["network"])
+    if extra:
+        spec["extra_networks"] = extra
     return spec
 
 
@@ -122,7 +125,8 @@ def _refuse_unsupported(body: dict, host: dict) -> None:
 
 def _network(body: dict, host: dict) -> str:
     """``NetworkMode``: "" and "default" are the bridge (as `runner run`); one network named in
-    ``NetworkingConfig.EndpointsConfig`` stands for it when the mode is the default."""
+    ``NetworkingConfig.EndpointsConfig`` stands for it when the mode is the default. More than one network
+    is the first of several (sorted by name); the others are ``extra_networks``."""
     if body.get("NetworkDisabled"):
         return "none"
     mode = host.get("NetworkMode") or "default"
@@ -131,12 +135,28 @@ def _network(body: dict, host: dict) -> str:
     if mode.startswith("container:"):
         raise _unsupported("HostConfig.NetworkMode container:<name>")
     if mode == "default":
-        endpoints = _dict(_dict(body, "NetworkingConfig"), "EndpointsConfig")
-        named = [n for n in endpoints if n not in ("default", "bridge")]
-        if len(named) > 1:
-            raise UsageError("a container can join one network at creation; connect others later")
+        named = sorted(n for n in _endpoints(body) if n not in ("default", "bridge"))
         mode = named[0] if named else "bridge"
     return mode
+
+
+def _endpoints(body: dict) -> dict:
+    endpoints = _dict(_dict(body, "NetworkingConfig"), "EndpointsConfig")
+    if not all(isinstance(v, dict) or v is None for v in endpoints.values()):
+        raise UsageError("NetworkingConfig.EndpointsConfig entries must be objects")
+    return endpoints
+
+
+def _extra_networks(body: dict, network: str) -> list[dict]:
+    """The endpoints besides the container's first network: API 1.44 clients (compose) name every network of
+    a container at create; each is joined (eth1, ...) with its own aliases."""
+    out = []
+    for name, config in sorted(_endpoints(body).items()):
+        if name != network and not (network == "bridge" and name == "default"):
+            out.append({"name": name, "aliases": _str_list((config or {}).get("Aliases"), "Aliases") or []})
+    return out
+
+
 
 
 def _mounts(host: dict, body: dict | None = None) -> list[dict]:
@@ -161,23 +181,25 @@ def _mounts(host: dict, body: dict | None = None) -> list[dict]:
 
 
 def _restart(host: dict) -> str:
+    """``RestartPolicy`` (``{"Name": "on-failure", "MaximumRetryCount": 3}``) as ``--restart`` text."""
     from runner.spec import restart_text
     policy = host.get("RestartPolicy")
     if policy is not None and not isinstance(policy, dict):
-        raise UsageError("HostConfig.RestartPolicy must be an object")
+        raise UsageError("HostConfig.RestartPolicy must be a JSON object")
     return restart_text(policy)
 
 
-def _health(body: dict) -> dict | None:
-    """``Config.Healthcheck`` as Docker's HealthConfig; absent or an empty test: the image's."""
+def _healthcheck(body: dict) -> dict | None:
+    """``Healthcheck`` (Docker's HealthConfig; durations in ns); None: the image's. Zero fields are dropped
+    (they mean "inherit"), and so are fields of newer APIs runner does not run (``StartInterval``)."""
     from runner.spec import HEALTH_KEYS
     health = body.get("Healthcheck")
     if health is None:
         return None
     if not isinstance(health, dict):
-        raise UsageError("Config.Healthcheck must be an object")
-    health = {k: v for k, v in health.items() if k in HEALTH_KEYS and v not in (None, 0)}
-    return health or None
+        raise UsageError("Config.Healthcheck must be a JSON object")
+    out = {k: v for k, v in health.items() if k in HEALTH_KEYS and v not in (None, 0)}
+    return out or None
 
 
 def _port_key(key: str) -> tuple[int, str]:

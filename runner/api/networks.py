@@ -48,7 +48,8 @@ def _matches(net: dict, filters: dict[str, list[str]]) -> bool:
     for key, values in filters.items():
         if key not in tests:
             raise UsageError(f"invalid filter '{key}'")
-        if values and not any(tests[key](v) for v in values):
+        combine = all if key == "label" else any  # Docker: label filters are ANDed, the others ORed
+        if values and not combine(tests[key](v) for v in values):
             return False
     return True
 

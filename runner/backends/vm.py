@@ -240,7 +240,8 @@ class VMBackend(AgentBackend):
             raise
         if isinstance(result, str):
             return result
-        return _ForwardedProcess(result, self._forwards(), info["Id"])
+        guest_inspect = super().inspect
+        return _ForwardedProcess(result, self._forwards(), info["Id"], lambda: guest_inspect(info["Id"]))
 
     def _reconcile(self) -> None:
         """Drop the forwards of containers that no longer run (cheap when there are none)."""
@@ -279,10 +280,11 @@ def _endpoints(ref: str) -> dict:
 
 
 class _ForwardedProcess:
-    """An attached container's process whose host forwards go away when it ends."""
+    """An attached container's process whose host forwards go away when it ends, unless its restart policy
+    runs it again (the attached caller hears only of the first exit; later ones are _reconcile's)."""
 
-    def __init__(self, handle: Any, forwards: "Forwards", cid: str):
-        self._handle, self._forwards, self._cid = handle, forwards, cid
+    def __init__(self, handle: Any, forwards: "Forwards", cid: str, inspect: Any):
+        self._handle, self._forwards, self._cid, self._inspect = handle, forwards, cid, inspect
         self.container_id = handle.container_id
 
     def wait(self) -> int:
@@ -290,7 +292,15 @@ class _ForwardedProcess:
             return self._handle.wait()
         finally:
             with contextlib.suppress(RunnerError, OSError):
-                self._forwards.drop(self._cid)
+                if not self._still_running():
+                    self._forwards.drop(self._cid)
+
+    def _still_running(self) -> bool:
+        """Running again or waiting to (restarting counts as running, as in Docker); gone is not running."""
+        try:
+            return bool(self._inspect()["State"]["Running"])
+        except NotFound:
+            return False
 
     def resize(self, size: TermSize) -> None:
         self._handle.resize(size)

@@ -89,6 +89,38 @@ def human_size(n: int | None) -> str:
     return docker_units(float(n or 0))
 
 
+STATS_HEADERS = ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "PIDS"]
+
+
+def stats_row(sample: dict, previous: dict) -> list[str]:
+    """One ``docker stats`` row: CPU % from the change since ``previous`` (or the sample's own precpu_stats),
+    memory without the page cache, as the docker CLI computes them."""
+    cpu, pre = sample.get("cpu_stats") or {}, (previous.get("cpu_stats") or sample.get("precpu_stats") or {})
+    cpu_delta = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - (pre.get("cpu_usage") or {}).get("total_usage", 0)
+    sys_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
+    pct = cpu_delta / sys_delta * (cpu.get("online_cpus") or 1) * 100 if sys_delta > 0 and cpu_delta > 0 else 0.0
+    mem = sample.get("memory_stats") or {}
+    stat = mem.get("stats") or {}
+    used = max(0, mem.get("usage", 0) - stat.get("total_inactive_file", stat.get("inactive_file", 0)))
+    limit = mem.get("limit", 0)
+    nets = (sample.get("networks") or {}).values()
+    rx, tx = sum(n.get("rx_bytes", 0) for n in nets), sum(n.get("tx_bytes", 0) for n in nets)
+    return [sample["id"][:12], sample.get("name", "").lstrip("/"), f"{pct:.2f}%",
+            f"{human_size(used)} / {human_size(limit)}", f"{(used / limit * 100 if limit else 0):.2f}%",
+            f"{human_size(rx)} / {human_size(tx)}", str((sample.get("pids_stats") or {}).get("current", 0))]
+
+
+def json_line(data) -> str:
+    return json.dumps(data, separators=(",", ":"))
+
+
+def event_line(event: dict) -> str:
+    """``docker events``' line: time, type, action, actor id and attributes."""
+    from runner.engine.views import iso_time
+    attrs = (event.get("Actor") or {}).get("Attributes") or {}
+    text = ", ".join(f"{k}={v}" for k, v in sorted(attrs.items()))
+    stamp = iso_time(event.get("timeNano", 0) / 1e9)
+    return f'{stamp} {event.get("Type")} {event.get("Action")} {(event.get("Actor") or {}).get("ID", "")} ({text})'
 # ------------------------------------------------------------------------------------------------ --format rows
 # What docker's --format templates see for each list: its own field names (not the API's), as strings.
 PS_HEADERS = {"ID": "CONTAINER ID", "Image": "IMAGE", "Command": "COMMAND", "CreatedAt": "CREATED AT",
@@ -149,37 +181,3 @@ def formatted(fmt: str, rows: list[dict], headers: dict) -> None:
     lines = gotemplate.format_rows(fmt, [{k: v for k, v in r.items()} for r in rows], headers)
     if lines:
         sys.stdout.write("\n".join(lines) + "\n")
-
-
-STATS_HEADERS = ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O", "PIDS"]
-
-
-def stats_row(sample: dict, previous: dict) -> list[str]:
-    """One ``docker stats`` row: CPU % from the change since ``previous`` (or the sample's own precpu_stats),
-    memory without the page cache, as the docker CLI computes them."""
-    cpu, pre = sample.get("cpu_stats") or {}, (previous.get("cpu_stats") or sample.get("precpu_stats") or {})
-    cpu_delta = (cpu.get("cpu_usage") or {}).get("total_usage", 0) - (pre.get("cpu_usage") or {}).get("total_usage", 0)
-    sys_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
-    pct = cpu_delta / sys_delta * (cpu.get("online_cpus") or 1) * 100 if sys_delta > 0 and cpu_delta > 0 else 0.0
-    mem = sample.get("memory_stats") or {}
-    stat = mem.get("stats") or {}
-    used = max(0, mem.get("usage", 0) - stat.get("total_inactive_file", stat.get("inactive_file", 0)))
-    limit = mem.get("limit", 0)
-    nets = (sample.get("networks") or {}).values()
-    rx, tx = sum(n.get("rx_bytes", 0) for n in nets), sum(n.get("tx_bytes", 0) for n in nets)
-    return [sample["id"][:12], sample.get("name", "").lstrip("/"), f"{pct:.2f}%",
-            f"{human_size(used)} / {human_size(limit)}", f"{(used / limit * 100 if limit else 0):.2f}%",
-            f"{human_size(rx)} / {human_size(tx)}", str((sample.get("pids_stats") or {}).get("current", 0))]
-
-
-def json_line(data) -> str:
-    return json.dumps(data, separators=(",", ":"))
-
-
-def event_line(event: dict) -> str:
-    """``docker events``' line: time, type, action, actor id and attributes."""
-    from runner.engine.views import iso_time
-    attrs = (event.get("Actor") or {}).get("Attributes") or {}
-    text = ", ".join(f"{k}={v}" for k, v in sorted(attrs.items()))
-    stamp = iso_time(event.get("timeNano", 0) / 1e9)
-    return f'{stamp} {event.get("Type")} {event.get("Action")} {(event.get("Actor") or {}).get("ID", "")} ({text})'

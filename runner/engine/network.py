@@ -92,8 +92,9 @@ def table_name(tag: str) -> str:
     return "runner" if not tag else f"runner_{tag}"
 
 
-def veth_name(cid: str) -> str:
-    return "vr" + cid[:11]
+def veth_name(cid: str, index: int = 0) -> str:
+    """The host end of the container's veth on its first network (``index`` 0) or its extra ones (1..9)."""
+    return "vr" + cid[:11] if not index else f"vx{index}{cid[:10]}"
 
 
 def mac_for(ip: str) -> str:
@@ -488,8 +489,9 @@ class Networks:
         return views.network(record, self.live_leases(name), prefix, mac_for)
 
     # -- leases
-    def lease(self, record: dict, rec, hostname: str) -> str:
-        """Lease the lowest free address of the network to container ``rec`` on behalf of this process."""
+    def lease(self, record: dict, rec, hostname: str, aliases: list[str] | None = None) -> str:
+        """Lease the lowest free address of the network to container ``rec`` on behalf of this process;
+        ``aliases``: its names on this network (default: the spec's, for its first network)."""
         net = ipaddress.IPv4Network(record["Subnet"])
         gateway = ipaddress.IPv4Address(record["Gateway"])
         with self.lock():
@@ -501,7 +503,7 @@ class Networks:
             else:
                 raise Conflict(f'network {record["Name"]} has no free address left ({net})')
             leases[str(addr)] = {"Id": rec.id, "Name": rec.name, "Hostname": hostname,
-                                 "Aliases": list(rec.spec.get("aliases") or []),
+                                 "Aliases": list(rec.spec.get("aliases") or [] if aliases is None else aliases),
                                  "Shim": [os.getpid(), proc_start_time(os.getpid())]}
             self._save_leases(record["Name"], leases)
             self._write_hosts(record, leases)
@@ -532,21 +534,32 @@ class Networks:
                         self._write_hosts(self.get(name), self.live_leases(name))
 
     def _write_hosts(self, record: dict, leases: dict) -> None:
-        """Rewrite the hosts file of every container on the network (only its own entry on ``bridge``)."""
+        """Rewrite the hosts file of every container on the network: its peers on every network it is on
+        (only its own entry on ``bridge``). Called under the lock, after ``leases`` of ``record`` were saved."""
         def names(lease: dict) -> list[str]:
             return list(dict.fromkeys([lease["Name"], lease["Hostname"], *lease.get("Aliases", [])]))
 
-        peers = [] if record["Name"] == DEFAULT_NETWORK else \
-            [(ip, names(lease)) for ip, lease in sorted(leases.items(), key=lambda kv: ipaddress.ip_address(kv[0]))]
-        for ip, lease in leases.items():
-            entries = peers or [(ip, names(lease))]
-            path = os.path.join(self.engine.state.dir(lease["Id"]), "etc", "hosts")
+        def ordered(items: dict) -> list:
+            return sorted(items.items(), key=lambda kv: ipaddress.ip_address(kv[0]))
+
+        ids = {lease["Id"] for lease in leases.values()}
+        entries: dict[str, list] = {cid: [] for cid in ids}
+        for name in [record["Name"]] + [n for n in self.names() if n != record["Name"]]:
+            net_leases = leases if name == record["Name"] else self.leases(name)
+            if not ids & {lease["Id"] for lease in net_leases.values()}:
+                continue
+            peers = [(ip, names(lease)) for ip, lease in ordered(net_leases)]
+            for ip, lease in net_leases.items():
+                if lease["Id"] in ids:
+                    entries[lease["Id"]] += [(ip, names(lease))] if name == DEFAULT_NETWORK else peers
+        for cid, lines in entries.items():
+            path = os.path.join(self.engine.state.dir(cid), "etc", "hosts")
             with contextlib.suppress(OSError):
                 # In place (same inode, no O_CREAT): the file is bind-mounted into the running container,
                 # and a container being removed must not get its directory re-created.
                 fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
                 with os.fdopen(fd, "w") as f:
-                    f.write(hosts_file(entries))
+                    f.write(hosts_file(list(dict.fromkeys((ip, tuple(n)) for ip, n in lines))))
 
 
 def sweep_stale_bridges() -> None:
@@ -605,6 +618,7 @@ class BridgeAttachment(Attachment):
         self.netns_fd: int | None = None
         self.ip: str | None = None
         self.settings = {}
+        self.extra: list[dict] = []  # the extra networks' endpoints (eth1, ...): their veths are deleted at detach
 
     def attach(self, network: str, ports: list[dict]) -> None:
         from runner.engine import portproxy
@@ -616,10 +630,16 @@ class BridgeAttachment(Attachment):
         delete_link(self.veth)  # left by a shim that was killed: ours by name, reclaim it
         self.ip = self.networks.lease(record, self.rec, hostname)
         prefix = ipaddress.IPv4Network(record["Subnet"]).prefixlen
+        for index, net in enumerate(self.rec.spec.get("extra_networks") or [], 1):
+            extra = self.networks.ensure(net["name"])
+            delete_link(veth_name(self.rec.id, index))
+            self.extra.append(_endpoint_settings(extra, self.networks.lease(extra, self.rec, hostname,
+                                                                              net.get("aliases") or []),
+                                                 veth_name(self.rec.id, index), f"eth{index}"))
         self._wire(record, prefix)
-        self.settings = {"Network": record["Name"], "NetworkID": record["Id"], "IPAddress": self.ip,
-                         "IPPrefixLen": prefix, "Gateway": record["Gateway"], "MacAddress": mac_for(self.ip),
-                         "Bridge": record["Bridge"], "Ports": self.proxy.bound}
+        self.settings = {**_endpoint_settings(record, self.ip, self.veth, "eth0"), "Ports": self.proxy.bound}
+        if self.extra:
+            self.settings["Extra"] = self.extra
 
     def _wire(self, record: dict, prefix: int) -> None:
         """Make the container's network namespace and plug it into the bridge, all from this process.
@@ -644,6 +664,11 @@ class BridgeAttachment(Attachment):
                 inside.add_address("eth0", self.ip, prefix)
                 inside.set_up("eth0")
                 inside.add_default_route(record["Gateway"])  # after eth0 is up: the gateway is reachable
+                for ep in self.extra:  # extra networks: their subnet only, no default route
+                    host.create_veth(ep["Veth"], ep["Interface"], ep["MacAddress"], self.netns_fd,
+                                     master=ep["Bridge"])
+                    inside.add_address(ep["Interface"], ep["IPAddress"], ep["IPPrefixLen"])
+                    inside.set_up(ep["Interface"])
         except OSError as exc:
             raise ContainerStartError(f"cannot set up the container's network: {exc}") from exc
         self.netns_path = f"/proc/{os.getpid()}/fd/{self.netns_fd}"
@@ -677,6 +702,8 @@ class BridgeAttachment(Attachment):
         if self.proxy is not None:
             self.proxy.close()  # the host ports are free again before anything else is released
         delete_link(self.veth)
+        for ep in self.extra:
+            delete_link(ep["Veth"])
         if self.netns_fd is not None:
             os.close(self.netns_fd)
             self.netns_fd = None
@@ -684,6 +711,13 @@ class BridgeAttachment(Attachment):
         if self.ip is not None:
             self.networks.release(self.rec.id)
             self.ip = None
+
+
+def _endpoint_settings(record: dict, ip: str, veth: str, interface: str) -> dict:
+    """What the record keeps of one network endpoint (inspect's NetworkSettings.Networks entry)."""
+    return {"Network": record["Name"], "NetworkID": record["Id"], "IPAddress": ip,
+            "IPPrefixLen": ipaddress.IPv4Network(record["Subnet"]).prefixlen, "Gateway": record["Gateway"],
+            "MacAddress": mac_for(ip), "Bridge": record["Bridge"], "Veth": veth, "Interface": interface}
 
 
 # ------------------------------------------------------------------------------------------ engine entry points
@@ -695,7 +729,8 @@ def check(engine, spec) -> None:
             raise UsageError(f"published ports need a bridge network, not --network {spec.network}",
                              hint="drop -p, or use --network bridge")
         return
-    Networks(engine).ensure(spec.network)
+    for name in [spec.network] + [n["name"] for n in spec.extra_networks]:
+        Networks(engine).ensure(name)
 
 
 def attach(engine, rec) -> Attachment:
@@ -728,6 +763,10 @@ def forget(engine, cid: str) -> None:
     """At rm: whatever a killed shim could not release (lease, host veth) goes now."""
     with contextlib.suppress(Exception):
         delete_link(veth_name(cid))
+    with contextlib.suppress(OSError):
+        for link in os.listdir("/sys/class/net"):
+            if link.startswith("vx") and link[2:-10].isdigit() and link.endswith(cid[:10]):
+                delete_link(link)
     with contextlib.suppress(OSError):
         Networks(engine).release(cid)
 

@@ -366,6 +366,7 @@ def _restart_delay(engine, cid: str, code: int, error: str, ran_for: float, last
 
 
 def _record_exit(engine, cid: str, code: int, oom: bool, error: str, restarting: bool, durable: bool = True):
+    """The record says: exited (or restarting); the updated record, or None when it could not be written."""
     from runner.engine.state import RESTARTING
     try:
         with engine.state.update(cid, durable=durable) as rec:
@@ -379,8 +380,10 @@ def _record_exit(engine, cid: str, code: int, oom: bool, error: str, restarting:
         # still reaches an attached caller, and a --rm container is still removed.
         if not is_full(exc):
             raise
+        return None
     except RunnerError:
-        pass  # removed meanwhile (rm -f)
+        return None  # removed meanwhile (rm -f)
+    return rec
 
 
 def _detach_caller(stdio: Stdio, sync: socket.socket, devnull: int) -> None:

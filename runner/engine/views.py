@@ -23,7 +23,6 @@ import time
 
 RUNNING = "running"
 EXITED = "exited"
-RESTARTING = "restarting"
 PAUSED = "paused"
 
 
@@ -33,6 +32,9 @@ def state_of(rec) -> str:
     if rec.status == RUNNING and rec.extra.get("paused"):
         return PAUSED
     return rec.status
+
+
+RESTARTING = "restarting"
 
 
 # ------------------------------------------------------------------------------------------------ time
@@ -121,8 +123,20 @@ def container_summary(rec, now: float | None = None, volumes_root: str = "") -> 
             "Command": " ".join(cmd), "Created": int(rec.created), "Ports": port_list(live.get("Ports") or []),
             "Labels": dict(spec.get("labels") or {}), "State": state_of(rec), "Status": status,
             "HostConfig": {"NetworkMode": mode},
-            "NetworkSettings": {"Networks": {mode: _endpoint(live)}},
+            "NetworkSettings": {"Networks": _networks(mode, spec.get("aliases"), spec.get("extra_networks"),
+                                                      live, False)},
             "Mounts": [_mount(m, volumes_root) for m in spec.get("mounts") or []]}
+
+
+def _networks(mode: str, aliases, extra_networks, live: dict, with_aliases: bool = True) -> dict:
+    """``NetworkSettings.Networks``: the container's first network and its extra ones (``extra_networks``),
+    with the addresses the shim recorded (``live``) while it runs."""
+    extra_live = {ep.get("Network"): ep for ep in live.get("Extra") or []}
+    out = {mode: {**_endpoint(live), **({"Aliases": list(aliases or []) or None} if with_aliases else {})}}
+    for net in extra_networks or []:
+        out[net["name"]] = {**_endpoint(extra_live.get(net["name"]) or {}),
+                            **({"Aliases": list(net.get("aliases") or []) or None} if with_aliases else {})}
+    return out
 
 
 def health_status(rec) -> str:
@@ -164,7 +178,7 @@ def network_settings(rec, spec) -> dict:
             "Ports": port_map(live.get("Ports") or []),
             **{k: endpoint[k] for k in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "IPv6Gateway",
                                         "GlobalIPv6Address", "GlobalIPv6PrefixLen", "MacAddress")},
-            "Networks": {spec.network: {**endpoint, "Aliases": list(spec.aliases) or None}}}
+            "Networks": _networks(spec.network, spec.aliases, spec.extra_networks, live)}
 
 
 def container_inspect(rec, spec, config: dict, paths: dict, volumes_root: str = "") -> dict:

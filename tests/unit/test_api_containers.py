@@ -67,6 +67,59 @@ def test_resources_security_mounts_and_networks():
     assert container_spec({"Image": "i", "HostConfig": {"NetworkMode": "host"}}, None)["network"] == "host"
 
 
+def test_compose_fields_map_to_volumes_restart_and_health():
+    """What compose sends: HostConfig.Mounts of a named volume, Tmpfs, Config.Volumes (anonymous), a restart
+    policy and a healthcheck (durations in ns; zero fields mean "the image's", StartInterval is API 1.44's)."""
+    body = {"Image": "i", "Volumes": {"/data": {}, "/anon": {}},
+            "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 500_000_000, "Timeout": 0,
+                            "Retries": 3, "StartInterval": 0},
+            "HostConfig": {"Mounts": [{"Type": "volume", "Source": "p_data", "Target": "/data",
+                                       "VolumeOptions": {}}], "Tmpfs": {"/t": "size=1m"},
+                           "RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 2}}}
+    spec = container_spec(body, None)
+    assert [(m["type"], m["source"], m["target"]) for m in spec["mounts"]] == \
+        [("volume", "p_data", "/data"), ("tmpfs", "", "/t"), ("volume", "", "/anon")]
+    assert spec["mounts"][1]["size"] == 1024 * 1024
+    assert spec["restart"] == "on-failure:2"
+    assert spec["healthcheck"] == {"Test": ["CMD-SHELL", "true"], "Interval": 500_000_000, "Retries": 3}
+    plain = container_spec({"Image": "i", "HostConfig": {"RestartPolicy": {"Name": "", "MaximumRetryCount": 0}}}, None)
+    assert plain["restart"] == "no" and plain["healthcheck"] is None
+
+
+def test_every_named_network_is_joined_none_dropped():
+    """compose (API 1.44) names all of a service's networks at create: the mode's is the first, the others
+    are extra networks with their own aliases."""
+    two = {"Image": "i", "HostConfig": {"NetworkMode": "p_n2"},
+           "NetworkingConfig": {"EndpointsConfig": {"p_n1": {"Aliases": ["x"]}, "p_n2": {"Aliases": ["y"]}}}}
+    spec = container_spec(two, None)
+    assert spec["network"] == "p_n2" and spec["aliases"] == ["y"]
+    assert spec["extra_networks"] == [{"name": "p_n1", "aliases": ["x"]}]
+    default = container_spec({**two, "HostConfig": {}}, None)
+    assert default["network"] == "p_n1" and default["extra_networks"] == [{"name": "p_n2", "aliases": ["y"]}]
+    assert "extra_networks" not in container_spec(
+        {"Image": "i", "NetworkingConfig": {"EndpointsConfig": {"default": {}}}}, None)
+
+
+def test_extra_networks_are_validated():
+    from runner.spec import ContainerSpec
+    for extra, network in (([{"name": "host"}], "n"), ([{"name": "a"}, {"name": "a"}], "n"),
+                           ([{"name": "a", "aliases": ["bad name"]}], "n"), ([{"name": "a"}], "none"),
+                           ([{"name": "a", "x": 1}], "n")):
+        with pytest.raises(UsageError):
+            ContainerSpec(image="i", network=network, extra_networks=extra).validate()
+    ContainerSpec(image="i", network="n", extra_networks=[{"name": "a", "aliases": ["db"]}]).validate()
+
+
+@pytest.mark.parametrize("body", [{"HostConfig": {"RestartPolicy": {"Name": "sometimes"}}},
+                                  {"HostConfig": {"RestartPolicy": "always"}},
+                                  {"HostConfig": {"Mounts": [{"Type": "nfs", "Target": "/v"}]}},
+                                  {"HostConfig": {"Mounts": {"Type": "volume"}}},
+                                  {"HostConfig": {"Tmpfs": {"/t": 1}}}, {"Healthcheck": ["CMD", "true"]}])
+def test_bad_compose_fields_are_usage_errors(body):
+    with pytest.raises(UsageError):
+        container_spec({"Image": "i", **body}, None)
+
+
 @pytest.mark.parametrize("body, field", [
     ({"HostConfig": {"VolumesFrom": ["x"]}}, "HostConfig.VolumesFrom"),
     ({"HostConfig": {"NetworkMode": "container:other"}}, "HostConfig.NetworkMode"),
