@@ -79,16 +79,22 @@ RUN_ONLY = (Opt("detach", ("-d", "--detach"), FLAG, "run in the background and p
 RUN_OPTIONS = RUN_ONLY + CREATE_OPTIONS
 
 
-def parse_env(items: list[str], files: list[str], environ: dict | None = None) -> list[str]:
-    """`-e K=V`, `-e K` (value from this environment, as docker does) and `--env-file` lines."""
-    environ = os.environ if environ is None else environ
+def _read_line_files(files, what: str) -> list[str]:
+    """The non-empty, non-comment lines of ``--env-file``/``--label-file`` files, stripped, in order."""
     lines: list[str] = []
     for path in files:
         try:
             with open(path) as f:
                 lines += [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
         except OSError as exc:
-            raise UsageError(f"cannot read env file {path}: {exc.strerror}") from exc
+            raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    return lines
+
+
+def parse_env(items: list[str], files: list[str], environ: dict | None = None) -> list[str]:
+    """`-e K=V`, `-e K` (value from this environment, as docker does) and `--env-file` lines."""
+    environ = os.environ if environ is None else environ
+    lines = _read_line_files(files, "env file")
     out = []
     for item in lines + list(items):
         key, eq, _ = item.partition("=")
@@ -121,13 +127,7 @@ def read_security_opts(items: list[str]) -> list[str]:
 
 def parse_labels(items: list[str], files: list[str] = ()) -> dict[str, str]:
     """``--label k=v`` / ``--label k`` (empty value) and ``--label-file`` lines (``#`` comments), as docker's."""
-    lines: list[str] = []
-    for path in files:
-        try:
-            with open(path) as f:
-                lines += [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
-        except OSError as exc:
-            raise UsageError(f"cannot read label file {path}: {exc.strerror}") from exc
+    lines = _read_line_files(files, "label file")
     labels = {}
     for item in lines + list(items):
         k, _, v = item.partition("=")
