@@ -29,6 +29,12 @@ def out(proc: subprocess.CompletedProcess) -> str:
     return proc.stdout.decode()
 
 
+def ok(proc: subprocess.CompletedProcess) -> str:
+    """The command's stdout, after asserting that it succeeded (its stderr is the failure message)."""
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout.decode()
+
+
 def err(proc: subprocess.CompletedProcess) -> str:
     return proc.stderr.decode()
 

@@ -98,3 +98,9 @@ def vm_api(vm_driver):
 def api(request):
     """The running Engine API server of each backend (the same scenarios, the same assertions)."""
     return request.getfixturevalue(f"{request.param}_api")
+
+
+@pytest.fixture
+def rn(api, request):
+    """runner's own CLI on the same engine state as the server ``api`` (its backend's contract driver)."""
+    return request.getfixturevalue(f"{api.backend}_driver")

@@ -14,23 +14,13 @@ import tarfile
 import pytest
 
 from tests.registry.conftest import basic_registry  # noqa: F401
+from tests.helpers import ok
 
 IMG = "localhost/busybox"
 
 
-@pytest.fixture
-def rn(api, request):
-    """runner's own CLI on the same engine state as the server ``api``."""
-    return request.getfixturevalue(f"{api.backend}_driver")
-
-
 def text(proc) -> str:
     return proc.stdout.decode()
-
-
-def ok(proc) -> str:
-    assert proc.returncode == 0, proc.stderr.decode()
-    return text(proc)
 
 
 def test_images_tag_inspect_history_rmi(api, rn):

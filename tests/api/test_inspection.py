@@ -12,20 +12,10 @@ import time
 
 import pytest
 
-from tests.helpers import wait_for
+from tests.helpers import ok, wait_for
 from tests.registry.conftest import basic_registry  # noqa: F401
 
 IMG = "localhost/busybox"
-
-
-@pytest.fixture
-def rn(api, request):
-    return request.getfixturevalue(f"{api.backend}_driver")
-
-
-def ok(proc) -> str:
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout.decode()
 
 
 @pytest.fixture

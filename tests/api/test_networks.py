@@ -10,21 +10,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from tests.helpers import ok
 
 pytestmark = pytest.mark.network
 
 IMG = "localhost/busybox"
 HTTPD = ("sh", "-c", "mkdir -p /www && echo hello-from-peer > /www/index.html && exec httpd -f -p 80 -h /www")
-
-
-@pytest.fixture
-def rn(api, request):
-    return request.getfixturevalue(f"{api.backend}_driver")
-
-
-def ok(proc) -> str:
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout.decode()
 
 
 def test_predefined_networks_are_listed_and_cannot_be_removed(api):

@@ -10,18 +10,13 @@ import tarfile
 
 import pytest
 
-from tests.helpers import cli, wait_for
+from tests.helpers import cli, ok, wait_for
 
 IMG = "localhost/busybox"
 
 
 def rn(api, *args: str):
     return cli(list(args), backend=api.backend, env=api.env, timeout=180)
-
-
-def ok(proc) -> str:
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stdout.decode()
 
 
 @pytest.fixture

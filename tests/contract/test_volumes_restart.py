@@ -14,18 +14,13 @@ import tempfile
 import pytest
 
 from runner.procs import start_time as proc_start_time
-from tests.helpers import cli, wait_for
+from tests.helpers import cli, ok, wait_for
 
 IMG = "localhost/busybox"
 
 
 def text(proc) -> str:
     return proc.stdout.decode()
-
-
-def ok(proc) -> str:
-    assert proc.returncode == 0, proc.stderr.decode()
-    return text(proc)
 
 
 def inspect(rn, ref: str, template: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import cli
+from tests.helpers import cli, ok
 from tests.platform_images import build_busybox, busybox_archive, layout_entry
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "registry"))
@@ -28,11 +28,6 @@ AMD64_IMAGE = "localhost/busybox-amd64"
 
 def text(proc) -> str:
     return proc.stdout.decode()
-
-
-def ok(proc) -> str:
-    assert proc.returncode == 0, proc.stderr.decode()
-    return text(proc)
 
 
 @pytest.fixture(scope="module")
