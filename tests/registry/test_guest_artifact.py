@@ -295,9 +295,12 @@ def start_pull(ref: str, cache: Path, arch: str) -> subprocess.Popen:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def test_a_killed_pull_leaves_nothing_bootable_and_the_next_start_resumes_it(registry, pushed, caches, monkeypatch):
+def kill_pull_halfway(registry, pushed, user: Path, start) -> tuple:
+    """Pull the x86_64 guest through a proxy that holds its rootfs at half its size: ``start(ref)`` starts the
+    pull (a Popen), which is SIGKILLed once exactly that half is on disk; nothing may be bootable then.
+    Returns (proxy, the reference through it, the rootfs descriptor, the byte count kept); the proxy no longer
+    stalls and has forgotten what it served; the caller closes it."""
     ref, digest = pushed
-    publisher, user = caches
     client = RegistryClient(registry.host)
     entry = artifact.choose(client.get_manifest("runner/guest", digest).json(), "x86_64", ref)
     rootfs = client.get_manifest("runner/guest", entry["digest"]).json()["layers"][2]
@@ -306,15 +309,25 @@ def test_a_killed_pull_leaves_nothing_bootable_and_the_next_start_resumes_it(reg
         proxy.stall[rootfs["digest"]] = cut = rootfs["size"] // 2
         via = f"{proxy.host}/runner/guest:{image.IMAGE_VERSION}"
         partial = user / image.IMAGE_VERSION / ".download-x86_64/tmp" / ("partial-" + rootfs["digest"][7:])
-        pull = start_pull(via, user, "x86_64")
+        pull = start(via)
         try:
             assert wait_for(lambda: partial.exists() and partial.stat().st_size == cut, what="half the rootfs")
         finally:
             pull.send_signal(signal.SIGKILL)
-            pull.wait()
+            pull.communicate()
         assert not bootable("x86_64") and not (user / image.IMAGE_VERSION / "x86_64").exists()
         del proxy.stall[rootfs["digest"]]
         proxy.served.clear()
+    except BaseException:
+        proxy.close()
+        raise
+    return proxy, via, rootfs, cut
+
+
+def test_a_killed_pull_leaves_nothing_bootable_and_the_next_start_resumes_it(registry, pushed, caches, monkeypatch):
+    publisher, user = caches
+    proxy, via, rootfs, cut = kill_pull_halfway(registry, pushed, user, lambda ref: start_pull(ref, user, "x86_64"))
+    try:
         # The next machine start (what ensure() is) finds no bootable guest and completes the pull.
         monkeypatch.setenv(artifact.ENV, via)
         artifact_pull.ensure("x86_64")

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from runner.images.registry import RegistryClient
-from runner.vm import artifact, image
-from test_guest_artifact import FILES, bootable, cache_entries, caches, pushed  # noqa: F401  (fixtures)
-from test_resume import CountingProxy
-from tests.helpers import REPO, wait_for
+from runner.vm import image
+from test_guest_artifact import FILES, bootable, cache_entries, caches, kill_pull_halfway, pushed  # noqa: F401
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.registry
 
@@ -52,25 +49,10 @@ def test_the_guest_pulls_verifies_and_unpacks_without_what_windows_lacks(pushed,
 
 
 def test_a_killed_windows_pull_resumes_with_seek_io_and_leaves_nothing_bootable(registry, pushed, caches, tmp_path):
-    ref, digest = pushed
     publisher, user = caches
-    client = RegistryClient(registry.host)
-    entry = artifact.choose(client.get_manifest("runner/guest", digest).json(), "x86_64", ref)
-    rootfs = client.get_manifest("runner/guest", entry["digest"]).json()["layers"][2]
-    proxy = CountingProxy(registry.host)
+    proxy, via, rootfs, cut = kill_pull_halfway(
+        registry, pushed, user, lambda ref: winsim_pull(ref, user, "x86_64", tmp_path / "first.json"))
     try:
-        proxy.stall[rootfs["digest"]] = cut = rootfs["size"] // 2
-        via = f"{proxy.host}/runner/guest:{image.IMAGE_VERSION}"
-        partial = user / image.IMAGE_VERSION / ".download-x86_64/tmp" / ("partial-" + rootfs["digest"][7:])
-        first = winsim_pull(via, user, "x86_64", tmp_path / "first.json")
-        try:
-            assert wait_for(lambda: partial.exists() and partial.stat().st_size == cut, what="half the rootfs")
-        finally:
-            first.send_signal(signal.SIGKILL)
-            first.communicate()
-        assert not bootable("x86_64") and not (user / image.IMAGE_VERSION / "x86_64").exists()
-        del proxy.stall[rootfs["digest"]]
-        proxy.served.clear()
         second = winsim_pull(via, user, "x86_64", tmp_path / "second.json")
         out, err = second.communicate(timeout=120)
         assert second.returncode == 0, err.decode()
