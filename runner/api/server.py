@@ -77,8 +77,9 @@ class _Threads(socketserver.ThreadingMixIn):
     request_queue_size = 128  # listen backlog: socketserver's 5 refuses the 6th of many clients connecting at once
 
 
-class UnixServer(_Threads, socketserver.UnixStreamServer):
-    pass
+if hasattr(socketserver, "UnixStreamServer"):  # not on Windows: its Python has no AF_UNIX
+    class UnixServer(_Threads, socketserver.UnixStreamServer):
+        pass
 
 
 class TCPServer(_Threads, socketserver.TCPServer):
@@ -123,7 +124,10 @@ def make_server(address: Address, backend, context: dict | None = None, group: s
     return server
 
 
-def _bind_unix(path: str, group: str | None) -> UnixServer:
+def _bind_unix(path: str, group: str | None) -> "UnixServer":
+    if not hasattr(socket, "AF_UNIX"):
+        raise PlatformError("this Python has no unix sockets (Windows)",
+                            hint=f"serve on the named pipe ({WINDOWS_PIPE}) or tcp://127.0.0.1:PORT")
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o755 if os.geteuid() == 0 else 0o700, exist_ok=True)
     _remove_stale_socket(path)
