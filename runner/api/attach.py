@@ -58,8 +58,9 @@ def client_gone(sock: socket.socket, timeout: float = 0.0) -> bool:
             poller.register(sock.fileno(), _HUP)
             return any(ev & _HUP for _, ev in poller.poll(int(timeout * 1000)))
         readable, _, _ = select.select([sock], [], [], timeout)
-        if readable:
-            sock.recv(1, socket.MSG_PEEK)  # b"" is a half-close (or a clean close): not provably gone
+        if readable and sock.recv(1, socket.MSG_PEEK) == b"":
+            # At EOF (half-closed) a later reset no longer shows in recv: the socket's pending error does.
+            return sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) != 0
         return False
     except (OSError, ValueError):  # reset, or a socket closed meanwhile (fileno -1)
         return True
