@@ -37,6 +37,7 @@ from runner.api.streams import STDERR, STDOUT, frame
 from runner.stdio import Stdio, write_all
 
 _POLL = getattr(select, "poll", None)  # absent on Windows
+_POLL_PIPES = _POLL is not None  # whether PipeReaders may wait on pipes with poll (apart for the tests)
 _HUP = (select.POLLHUP | select.POLLERR | select.POLLNVAL) if _POLL is not None else 0
 _WATCH = 0.25  # seconds between looks at a half-closed client whose full close nothing can wait for
 CHUNK = 65536
@@ -67,10 +68,17 @@ def client_gone(sock: socket.socket, timeout: float = 0.0) -> bool:
 
 
 class PipeReaders:
-    """Reads each ``(fd, stream)`` until its end in a thread of its own (the first in the calling thread) and
-    hands every chunk to ``deliver(stream, data)``, one call at a time. Each reader closes its fd when it ends,
-    so a writer still writing gets EPIPE. A ``deliver`` that raises OSError (the client left) stops them all
-    and calls ``on_fail``; after :meth:`stop`, whatever a reader still reads is dropped."""
+    """Reads each ``(fd, stream)`` until its end and hands every chunk to ``deliver(stream, data)``, one call
+    at a time. Each pipe is closed as its reading ends, so a writer still writing gets EPIPE. A ``deliver``
+    that raises OSError (the client left) stops them all and calls ``on_fail``; after :meth:`stop`, whatever
+    is still read is dropped.
+
+    Where poll exists, one thread (the caller) waits on all the pipes: it takes what two pipes hold in the
+    order they were registered (stdout first), which keeps a log's stdout and stderr in their order when one
+    writer fills both in turn (``logs``; Docker keeps its json-file's order). Windows has no poll for pipes:
+    there each pipe has a thread of its own (the first is the caller), each stream keeps its own order, and
+    chunks that two streams got at the same moment may reach the client either way round (as Docker's attach,
+    which copies the two streams in two goroutines)."""
 
     def __init__(self, sources: list[tuple[int, int]], deliver: Callable[[int, bytes], None],
                  on_fail: Callable[[], None] | None = None):
@@ -80,6 +88,9 @@ class PipeReaders:
 
     def run(self) -> None:
         """Until every source ended (or stopped and woke)."""
+        if _POLL_PIPES and len(self._sources) > 1:
+            self._poll_all()
+            return
         threads = [threading.Thread(target=self._read, args=src, name=f"pipe-{src[1]}", daemon=True)
                    for src in self._sources[1:]]
         for t in threads:
@@ -110,6 +121,34 @@ class PipeReaders:
         # Only now, with this pipe closed: on_fail may write into the others to wake their readers, and a
         # write into this one, full and unread, would wait for ever.
         if failed and self._on_fail is not None:
+            self._on_fail()
+
+    def _poll_all(self) -> None:
+        open_ = dict(self._sources)
+        poller = _POLL()
+        for fd in open_:
+            poller.register(fd, select.POLLIN)
+        failed = False
+        try:
+            while open_ and not self.stopped.is_set():
+                for fd, _ in poller.poll():
+                    data = os.read(fd, CHUNK)
+                    if self.stopped.is_set():
+                        return
+                    if not data:
+                        poller.unregister(fd)
+                        del open_[fd]
+                        os.close(fd)
+                        continue
+                    self._deliver(open_[fd], data)
+        except OSError:
+            failed = not self.stopped.is_set()
+            self.stopped.set()
+        finally:
+            for fd in open_:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        if failed and self._on_fail is not None:  # every pipe closed: see _read
             self._on_fail()
 
 

@@ -38,6 +38,14 @@ def _frames(sock: socket.socket, want: int) -> list[tuple[int, bytes]]:
     return frames
 
 
+@pytest.fixture(params=["poll", "threads"])
+def readers(request, monkeypatch):
+    """Both ways PipeReaders reads: one thread polling (Linux, macOS), a thread per pipe (Windows: no poll)."""
+    if request.param == "threads":
+        monkeypatch.setattr(attach, "_POLL_PIPES", False)
+    return request.param
+
+
 def _pump(session: AttachSession) -> threading.Thread:
     session.bind()
     thread = threading.Thread(target=session.pump, daemon=True)
@@ -45,7 +53,7 @@ def _pump(session: AttachSession) -> threading.Thread:
     return thread
 
 
-def test_early_output_half_close_and_the_end(tmp_path):
+def test_early_output_half_close_and_the_end(readers):
     server, client = socket.socketpair()
     session = AttachSession(server, tty=False, stdin=True)
     io = session.stdio()
@@ -69,9 +77,10 @@ def test_early_output_half_close_and_the_end(tmp_path):
         session.close()
 
 
-def test_a_client_that_leaves_ends_the_session_while_the_process_is_quiet():
+@pytest.mark.parametrize("tty", [True, False])
+def test_a_client_that_leaves_ends_the_session_while_the_process_is_quiet(readers, tty):
     server, client = socket.socketpair()
-    session = AttachSession(server, tty=True, stdin=True)
+    session = AttachSession(server, tty=tty, stdin=True)
     io = session.stdio()
     before = threading.active_count()
     thread = _pump(session)
