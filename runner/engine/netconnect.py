@@ -5,9 +5,10 @@ Why it is built this way:
 * **The spec is the container's wanted set of networks**: ``network`` is its first (eth0, the default
   route), ``extra_networks`` the others (eth1, ...), each with its aliases. A created or stopped container
   only has its spec changed, under its lock; its next start wires the new set (runner.engine.network.attach),
-  and so does every start after it. Disconnecting the last network leaves ``network: "none"`` and remembers
-  the mode the user chose in ``extra["network_mode"]``, so that inspect still shows it and a later connect
-  is allowed (Docker refuses to connect a container *created* with ``--network none``).
+  and so does every start after it. When the first network is disconnected the next one moves up (none
+  left: ``network: "none"``), and the mode the user chose is kept in ``extra["network_mode"]``: inspect's
+  ``HostConfig.NetworkMode`` stays it, as in Docker, and a container left on no network may be connected
+  again (Docker refuses to connect one *created* with ``--network none``).
 * **A running container is changed in place**, as Docker does. A new veth pair is made from the host with
   its peer born inside the container's network namespace (opened through ``/proc/<pid>/ns/net``, checked
   against the pid's start time) as the next free ``ethN``; its address, link and, only when it is the
@@ -65,7 +66,6 @@ def add_to_spec(spec: dict, extra: dict, name: str, aliases: list[str]) -> None:
     """Record network ``name`` in the spec (and ``extra`` of the record): eth0's when it has none."""
     if (spec.get("network") or "none") == "none":
         spec["network"], spec["aliases"] = name, list(aliases)
-        extra.pop("network_mode", None)
     else:
         spec["extra_networks"] = list(spec.get("extra_networks") or []) + [{"name": name, "aliases": list(aliases)}]
 
@@ -74,11 +74,11 @@ def remove_from_spec(spec: dict, extra: dict, name: str) -> None:
     """Forget network ``name`` in the spec: the next network moves up to eth0 (or none is left)."""
     others = [n for n in spec.get("extra_networks") or [] if n["name"] != name]
     if spec.get("network") == name:
+        extra["network_mode"] = extra.get("network_mode") or name  # HostConfig.NetworkMode stays the user's
         if others:
             first = others.pop(0)
             spec["network"], spec["aliases"] = first["name"], list(first.get("aliases") or [])
         else:
-            extra["network_mode"] = extra.get("network_mode") or spec["network"]
             spec["network"], spec["aliases"] = "none", []
     spec["extra_networks"] = others
 
