@@ -7,6 +7,7 @@ checks that no veth of its containers is left on the host, and the teardown chec
 
 import json
 import os
+import signal
 import types
 
 import pytest
@@ -15,7 +16,7 @@ from runner.engine import netlink, network
 from runner.engine.engine import Engine
 from runner.engine.state import proc_start_time
 from runner.errors import ContainerStartError
-from tests.helpers import cli, err, out
+from tests.helpers import cli, err, out, wait_for
 from tests.native.test_network import _teardown
 
 pytestmark = [pytest.mark.root, pytest.mark.network]
@@ -253,3 +254,21 @@ def test_disconnect_force_drops_what_a_vanished_container_left(root):
         assert "ncghost" not in leases(root, "ncfront")
     finally:
         nets.release(ghost.id)
+
+
+def test_a_restart_policy_restart_keeps_what_connect_changed(root):
+    """The shim restarts the workload in the same namespace: the live-connected interface and its record stay."""
+    cid = None
+    try:
+        cid = out(run(root, "run", "-d", "--name", "ncpolicy", "--restart", "always", IMAGE, "sleep", "300")).strip()
+        run(root, "network", "connect", "ncfront", "ncpolicy")
+        before = inspect(root, "ncpolicy")
+        os.kill(before["State"]["Pid"], signal.SIGKILL)  # a crash, not a user's kill: the policy restarts it
+        after = wait_for(lambda: (lambda i: i if i["RestartCount"] == 1 and i["State"]["Running"] else None)(
+            inspect(root, "ncpolicy")), 30, "the restart policy to start it again")
+        ip = after["NetworkSettings"]["Networks"]["ncfront"]["IPAddress"]
+        assert ip == before["NetworkSettings"]["Networks"]["ncfront"]["IPAddress"]
+        assert f"inet {ip}/" in out(sh(root, "ncpolicy", "ip -o -4 addr show dev eth1"))
+        assert "ncpolicy" in leases(root, "ncfront")
+    finally:
+        remove(root, cid)
