@@ -62,8 +62,8 @@ def free_index(endpoints: list[dict]) -> int:
     raise Conflict(f"a container can be on at most {MAX_INTERFACES + 1} networks")
 
 
-def add_to_spec(spec: dict, extra: dict, name: str, aliases: list[str]) -> None:
-    """Record network ``name`` in the spec (and ``extra`` of the record): eth0's when it has none."""
+def add_to_spec(spec: dict, name: str, aliases: list[str]) -> None:
+    """Record network ``name`` in the spec: eth0's when it has none."""
     if (spec.get("network") or "none") == "none":
         spec["network"], spec["aliases"] = name, list(aliases)
     else:
@@ -213,7 +213,7 @@ def connect(engine, name: str, ref: str, aliases: list | None = None) -> str:
         if rec.status == RESTARTING:
             raise Conflict(f"container {rec.name} is restarting", hint="connect it once it runs, or stop it first")
         spec = dict(rec.spec)
-        add_to_spec(spec, rec.extra, name, aliases)
+        add_to_spec(spec, name, aliases)
         ContainerSpec.from_dict(spec).validate()  # a bad alias fails here, before anything is wired
         ep = _wire(nets, record, rec, aliases, first=mode == "none") if rec.status == RUNNING else None
         try:

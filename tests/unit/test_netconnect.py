@@ -33,12 +33,12 @@ def test_live_endpoints_and_the_next_free_interface():
 
 
 def test_connect_adds_an_extra_network_or_the_first_one_after_all_were_disconnected():
-    spec, extra = {"network": "front", "aliases": ["f"], "extra_networks": []}, {}
-    netconnect.add_to_spec(spec, extra, "back", ["b1"])
+    spec = {"network": "front", "aliases": ["f"], "extra_networks": []}
+    netconnect.add_to_spec(spec, "back", ["b1"])
     assert spec["network"] == "front" and spec["extra_networks"] == [{"name": "back", "aliases": ["b1"]}]
-    emptied, extra = {"network": "none", "aliases": [], "extra_networks": []}, {"network_mode": "front"}
-    netconnect.add_to_spec(emptied, extra, "back", ["b1"])
-    assert emptied["network"] == "back" and emptied["aliases"] == ["b1"] and extra == {"network_mode": "front"}
+    emptied = {"network": "none", "aliases": [], "extra_networks": []}
+    netconnect.add_to_spec(emptied, "back", ["b1"])
+    assert emptied["network"] == "back" and emptied["aliases"] == ["b1"]
 
 
 def test_disconnect_moves_the_next_network_up_and_remembers_the_mode_when_none_is_left():
