@@ -634,6 +634,19 @@ class Engine:
     def network_inspect(self, name: str) -> dict:
         return network.Networks(self).inspect(name)
 
+    def network_connect(self, name: str, ref: str, aliases: list | None = None) -> str:
+        """Connect container ``ref`` to network ``name`` (``aliases``: its more names there): recorded for a
+        created or stopped one, wired at once into a running one (runner.engine.netconnect)."""
+        self._require_root()
+        from runner.engine import netconnect
+        return netconnect.connect(self, name, ref, aliases)
+
+    def network_disconnect(self, name: str, ref: str, force: bool = False) -> str:
+        """Disconnect container ``ref`` from network ``name`` (``force``: drop a gone container's leftovers)."""
+        self._require_root()
+        from runner.engine import netconnect
+        return netconnect.disconnect(self, name, ref, force)
+
     def network_rm(self, name: str) -> str:
         self._require_root()
         found = network.Networks(self).inspect(name)

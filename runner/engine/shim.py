@@ -305,6 +305,10 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             error = f"cannot restart the container: {exc}"
             break
     _detach(net)
+    if net is network.NO_NETWORK and rec.extra.get("network_mode"):
+        # Started on no network after a `network disconnect` of its last one: a `network connect` since
+        # may have wired it, with veths and leases this shim never made.
+        network.forget(engine, cid)
     container_bundle.release()
     _finish(engine, rec, code, oom, error, died)
     _send(sync, {"exited": code})
@@ -335,7 +339,9 @@ def _record_running(store, cid: str, work: _Workload, net, restarted: bool):
         rec.shim_pid, rec.shim_start = os.getpid(), proc_start_time(os.getpid())
         rec.started_at, rec.exit_code, rec.oom_killed, rec.error = now(), None, False, ""
         rec.finished_at = None
-        rec.extra["network"] = net.settings
+        if not restarted or "network" not in rec.extra:
+            # (A restart keeps the namespace and what `network connect`/`disconnect` changed in it meanwhile.)
+            rec.extra["network"] = net.settings
         rec.extra["boot_id"] = boot_id()
         if restarted:
             rec.extra["restart_count"] = int(rec.extra.get("restart_count") or 0) + 1
