@@ -10,6 +10,9 @@ container is removed afterwards in every case, so a failed or interrupted build 
 process killed outright (SIGKILL) cannot remove its step container, so each carries :data:`STEP_LABEL` naming
 the building process (PID and start time): the next build, ``builder prune`` and ``system prune`` remove step
 containers whose builder is gone (:func:`sweep_steps`), running or not, and nothing of a killed build stays.
+A build whose *client* went away (the host's CLI killed while the agent builds in the VM, an API client that
+hung up) is cancelled through its :class:`runner.stdio.Cancel`, as dockerd cancels a classic build: the running
+step's container is killed at once, no later step runs and no image is named.
 Linux only, standard library only (runs in the guest).
 """
 
@@ -46,8 +49,9 @@ def sweep_steps(engine) -> list[str]:
     return gone
 
 
-def build(engine, stream, options: dict, progress) -> str:
+def build(engine, stream, options: dict, progress, cancel=None) -> str:
     from runner.images.build import build as build_image
+    from runner.images.builder import check_cancelled
     network = (options or {}).get("network") or "bridge"
     sweep_steps(engine)  # what killed builds left: their step containers, their temp files
     engine.images_store.sweep_tmp()
@@ -56,10 +60,12 @@ def build(engine, stream, options: dict, progress) -> str:
     def run(image_id: str, argv: list[str], env: list[str], user: str | None, workdir: str | None, output, say):
         spec = {"image": image_id, "command": argv, "entrypoint": [], "env": env, "user": user,
                 "workdir": workdir, "network": network, "labels": {STEP_LABEL: me}}
+        check_cancelled(cancel)
         cid = engine.create(spec)
         say(f" ---> Running in {cid[:12]}\n")
         try:
-            code = _run_attached(engine, cid, output)
+            code = _run_attached(engine, cid, output, cancel)
+            check_cancelled(cancel)  # killed because the client left: no layer, no later step
         except BaseException:
             _remove(engine, cid)
             raise
@@ -81,17 +87,19 @@ def build(engine, stream, options: dict, progress) -> str:
             engine.pull(ref)
             return engine._image(ref)
 
-    return build_image(engine.images_store, stream, options or {}, progress, run, base)
+    return build_image(engine.images_store, stream, options or {}, progress, run, base, cancel)
 
 
-def _run_attached(engine, cid: str, output) -> int:
+def _run_attached(engine, cid: str, output, cancel=None) -> int:
     """Start ``cid`` with stdout and stderr on one pipe (the order the step printed them), pass what it
-    prints to ``output`` until it exits; its exit code."""
+    prints to ``output`` until it exits; its exit code. Once ``cancel`` is set the container is killed (at
+    once if it was set while the container started)."""
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
     try:
         handle = engine.start(cid, Stdio(None, write_fd, write_fd))
     finally:
         os.close(write_fd)  # the shim holds its own copy: end-of-file comes when the container is gone
+    forget = cancel.on_set(lambda: _kill(engine, cid)) if cancel is not None else (lambda: None)
     try:
         while True:
             data = os.read(read_fd, 65536)
@@ -99,8 +107,15 @@ def _run_attached(engine, cid: str, output) -> int:
                 break
             output(data)
     finally:
+        forget()
         os.close(read_fd)
     return handle.wait()
+
+
+def _kill(engine, cid: str) -> None:
+    """The cancelled build's running step: SIGKILL, so its output pipe ends and the build thread moves on."""
+    with contextlib.suppress(Exception):
+        engine.kill(cid, "KILL")
 
 
 def _remove(engine, cid: str) -> None:

@@ -80,6 +80,13 @@ def check_options(options: dict) -> dict:
     return opts
 
 
+def check_cancelled(cancel) -> None:
+    """Raise the cancelled build's error once its :class:`runner.stdio.Cancel` is set (None: never)."""
+    if cancel is not None and cancel.is_set():
+        raise BuildError("the build was cancelled: its client went away",
+                         hint="nothing was tagged; run the build again (finished steps are cached)")
+
+
 class Stage:
     """One ``FROM`` and the instructions after it."""
 
@@ -124,6 +131,7 @@ class Builder:
         self.used_args: set[str] = set()
         self.step, self.total = 0, 0
         self.escape = "\\"
+        self.cancel = None  # a runner.stdio.Cancel: set when the build's client went away
 
     # -- events
     def say(self, text: str) -> None:
@@ -145,6 +153,7 @@ class Builder:
         for stage in order:
             self._build_stage(stage, labels=self.opts.get("labels") if stage is target else None)
         image_id = target.image_id
+        check_cancelled(self.cancel)  # nothing is named for a client that left
         unused = sorted(set(self.opts.get("buildargs", {})) - self.used_args - PREDEFINED_ARGS)
         if unused:
             self.say(f"[Warning] One or more build-args [{' '.join(unused)}] were not consumed\n")
@@ -227,6 +236,7 @@ class Builder:
         run_step = self.run_step
         state = self._from(stage)
         for inst in stage.instructions:
+            check_cancelled(self.cancel)
             self.step += 1
             self.say(f"Step {self.step}/{self.total} : {inst.keyword} {inst.rest}\n")
             run_step(self, stage, state, inst)

@@ -98,3 +98,54 @@ def test_buildkit_and_remote_contexts_are_refused_clearly(served, ctx):
     prune = client.prune_builds()
     assert isinstance(prune["SpaceReclaimed"], int) and isinstance(prune["CachesDeleted"], list)
     client.close()
+
+
+@pytest.mark.root
+def test_a_client_that_hangs_up_mid_run_cancels_the_build(native_api, native_driver, tmp_path):
+    """As dockerd's classic builder: the docker CLI SIGKILLed while a RUN step sleeps ends the build within
+    moments (the step's container killed and removed, nothing tagged, no image committed), not when the
+    step would have ended; the server serves on."""
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    from tests.api.conftest import DOCKER
+    from tests.helpers import wait_for
+    rn = native_driver
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {IMG}\nRUN echo step-started; sleep 1000\n")
+    images_before = rn("images", "-a", "-q", "--no-trunc").stdout.split()
+    env = dict(os.environ, DOCKER_HOST=native_api.host, DOCKER_BUILDKIT="0",
+               DOCKER_CONFIG=os.path.join(native_api.dir, "docker-config"))
+    client = subprocess.Popen([DOCKER, "build", "-t", "api-build:cancelled", str(ctx)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    guard = threading.Timer(120, client.kill)  # a build that never prints the line fails the test, never hangs it
+    guard.start()
+    try:
+        seen = b""
+        while b"\nstep-started" not in seen:
+            line = client.stdout.readline()
+            assert line, seen.decode()
+            seen += line
+        steps = rn("ps", "-aq", "--no-trunc", "--filter", "label=io.runner.build.step").stdout.split()
+        assert len(steps) == 1, seen.decode()
+        client.send_signal(signal.SIGKILL)
+        assert client.wait(timeout=30) == -signal.SIGKILL
+        hung_up = time.monotonic()
+    finally:
+        guard.cancel()
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+        client.stdout.close()
+    wait_for(lambda: rn("ps", "-aq", "--filter", "label=io.runner.build.step").stdout == b"", 20,
+             "the cancelled build's step container to be removed")
+    took = time.monotonic() - hung_up
+    assert took < 15, took  # seconds, not the step's 1000 s
+    assert rn("images", "-a", "-q", "--no-trunc").stdout.split() == images_before
+    assert rn("inspect", "api-build:cancelled").returncode != 0
+    assert not [n for n in os.listdir(os.path.join(rn.root, "images", "tmp")) if not n.startswith(".")]
+    assert native_api.docker("version", "--format", "{{.Server.Version}}").returncode == 0
+    assert "Traceback" not in native_api.output()
