@@ -387,10 +387,7 @@ class Engine:
         from runner.engine.volumes import volumes_dir
         f = flt.normalize(filters, flt.CONTAINER_KEYS)
         all = all or "status" in f or "exited" in f
-        ids = {}
-        for ref in f.get("ancestor", []):
-            with contextlib.suppress(Exception):
-                ids[ref] = self.images_store.resolve(ref).id
+        ancestors = flt.ancestor_ids(self.images_store, f["ancestor"]) if "ancestor" in f else None
         out = []
         for cid in self.state.ids():
             with contextlib.suppress(NotFound, ValueError):
@@ -398,7 +395,7 @@ class Engine:
                 if all or rec.status in LIVE:
                     summary = views.container_summary(rec, volumes_root=volumes_dir(self.root))
                     if not f or flt.container_match({**summary, "Health": views.health_status(rec) or "none",
-                                                     "ExitCode": rec.exit_code}, f, ids):
+                                                     "ExitCode": rec.exit_code}, f, ancestors):
                         out.append((rec.created, summary))
         return [c for _, c in sorted(out, key=lambda c: c[0], reverse=True)]
 
