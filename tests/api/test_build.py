@@ -149,3 +149,37 @@ def test_a_client_that_hangs_up_mid_run_cancels_the_build(native_api, native_dri
     assert not [n for n in os.listdir(os.path.join(rn.root, "images", "tmp")) if not n.startswith(".")]
     assert native_api.docker("version", "--format", "{{.Server.Version}}").returncode == 0
     assert "Traceback" not in native_api.output()
+
+
+def test_system_df_lists_the_build_cache_the_cli_counts(served, ctx):
+    """GET /system/df's BuildCache: Docker's records (step images, the kept context) from the engine's own
+    numbers, so `docker system df` shows the same "Build Cache" row as `runner system df`, and -v lists them."""
+    import docker
+    api, rn = served
+    p = api.docker("build", "-t", "api-build:cli", ctx, env={"DOCKER_BUILDKIT": "0"})
+    assert p.returncode == 0, p.stderr
+    ours = json.loads(rn("system", "df", "--format", "json").stdout)
+    row = ours["Build Cache"]
+    assert row["Total"] >= 2 and row["Total"] == len(ours["BuildCacheList"])  # step images + the context
+    client = docker.APIClient(base_url=api.host, version="1.41")
+    try:
+        df = client.df()
+    finally:
+        client.close()
+    cache = df["BuildCache"]
+    assert len(cache) == row["Total"] and df["BuilderSize"] == sum(c["Size"] for c in cache) == row["Size"]
+    types = {"ID": str, "Type": str, "Description": str, "InUse": bool, "Shared": bool, "Size": int,
+             "CreatedAt": str, "LastUsedAt": str, "UsageCount": int}
+    for record in cache:
+        assert all(isinstance(record[k], t) for k, t in types.items()), record
+        assert record["Type"] in ("regular", "source.local") and record["CreatedAt"].endswith("Z")
+    steps = [c for c in cache if c["Type"] == "regular"]
+    assert any("built for" in c["Description"] for c in steps), steps  # the RUN step, by its command
+    assert [c for c in cache if c["Type"] == "source.local"]
+    table = api.docker("system", "df", "--format", "{{.Type}}|{{.TotalCount}}|{{.Active}}")
+    assert table.returncode == 0, table.stderr
+    rows = dict(line.split("|", 1) for line in table.stdout.decode().splitlines())
+    assert rows["Build Cache"] == f"{row['Total']}|{row['Active']}"
+    verbose = api.docker("system", "df", "-v")
+    assert verbose.returncode == 0 and "Build cache usage" in verbose.stdout.decode(), verbose.stderr
+    assert steps[0]["ID"][:12] in verbose.stdout.decode()
