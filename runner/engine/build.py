@@ -8,8 +8,11 @@ step's command, environment, user and working directory, its output streamed int
 step's layer is the container's overlay upper directory (runner.engine.bundle), read after it exited; the
 container is removed afterwards in every case, so a failed or interrupted build leaves none behind. A build
 process killed outright (SIGKILL) cannot remove its step container, so each carries :data:`STEP_LABEL` naming
-the building process (PID and start time): the next build, ``builder prune`` and ``system prune`` remove step
-containers whose builder is gone (:func:`sweep_steps`), running or not, and nothing of a killed build stays.
+the building process (PID and start time): the step's shim watches that process and, once it is gone, kills
+the step and removes the container (:func:`watch_builder`, :func:`orphaned`), so a ``runner build`` killed
+natively mid-RUN stops its step within moments, as dockerd does for a client that left; the next build,
+``builder prune`` and ``system prune`` remove whatever step container is left of a builder that is gone
+(:func:`sweep_steps`), running or not, and nothing of a killed build stays.
 A build whose *client* went away (the host's CLI killed while the agent builds in the VM, an API client that
 hung up) is cancelled through its :class:`runner.stdio.Cancel`, as dockerd cancels a classic build: the running
 step's container is killed at once, no later step runs and no image is named.
@@ -29,6 +32,47 @@ STEP_LABEL = "io.runner.build.step"
 def _me() -> str:
     from runner.procs import start_time
     return f"{os.getpid()}:{start_time(os.getpid())}"
+
+
+def _builder(rec) -> tuple[int, int] | None:
+    """The (pid, start time) of the process building with the step container ``rec``; None for another."""
+    owner = (rec.spec.get("labels") or {}).get(STEP_LABEL)
+    pid, _, started = (owner or "").partition(":")
+    return (int(pid), int(started)) if pid.isdigit() and started.isdigit() else None
+
+
+def orphaned(rec) -> bool:
+    """Whether ``rec`` is a build step whose building process is gone (nobody will read its layer)."""
+    from runner.procs import alive
+    builder = _builder(rec)
+    return builder is not None and not alive(*builder)
+
+
+def watch_builder(rec, kill) -> None:
+    """In a step container's shim: call ``kill()`` once the building process is gone. Natively the builder
+    is the ``runner build`` process itself: killed outright, nothing else would stop a RUN step that runs
+    for ever. A pidfd (Linux 5.3) becomes readable when that process exits: no polling. (In the VM the
+    builder is the agent, which cancels a build whose client left: runner.stdio.Cancel.)"""
+    import select
+    import threading
+    builder = _builder(rec)
+    if builder is None or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        fd = os.pidfd_open(builder[0])
+    except OSError:  # gone already
+        kill()
+        return
+    if orphaned(rec):  # the pid was another process's by now
+        os.close(fd)
+        kill()
+        return
+
+    def wait() -> None:
+        select.select([fd], [], [])
+        os.close(fd)
+        kill()
+    threading.Thread(target=wait, name="builder-watch", daemon=True).start()
 
 
 def sweep_steps(engine) -> list[str]:
