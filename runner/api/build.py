@@ -8,7 +8,8 @@ Docker's JSON stream, one object per chunk: ``{"stream": ...}`` lines, ``{"aux":
 and a failure in-band as ``{"errorDetail": {"message", "code"}, "error": ...}`` after a 200 (the answer has
 begun by then), as dockerd does. runner's own ``step`` events (for ``runner build --progress plain``) are not
 part of Docker's stream and are dropped. BuildKit (``version=2``) and remote contexts are refused with a 400
-that says how to get a classic build.
+that says how to get a classic build. A client that hangs up cancels its build (the running RUN step is
+killed, nothing is tagged), as dockerd cancels a build whose request context ended.
 """
 
 from __future__ import annotations
