@@ -69,7 +69,10 @@ def watch_builder(rec, kill) -> None:
         return
 
     def wait() -> None:
-        select.select([fd], [], [])
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while not poller.poll():
+            pass
         os.close(fd)
         kill()
     threading.Thread(target=wait, name="builder-watch", daemon=True).start()
