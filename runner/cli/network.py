@@ -31,7 +31,7 @@ def create(name: str = typer.Argument(..., help="network name"),
 @network_app.command("ls")
 def ls(quiet: bool = typer.Option(False, "-q", "--quiet", help="only print names"),
        filter_: List[str] = typer.Option([], "-f", "--filter", help="label=k[=v], name=, id=, driver="),
-       fmt: Optional[str] = typer.Option(None, "--format", help="json (the API objects), or a Go template")):
+       fmt: Optional[str] = typer.Option(None, "--format", help="json (one object a line, as docker), or a Go template")):
     """List networks (host and none always exist; bridge appears once first used)."""
     from runner.engine.filters import parse_cli
     filters = parse_cli(filter_)
@@ -39,9 +39,6 @@ def ls(quiet: bool = typer.Option(False, "-q", "--quiet", help="only print names
     if quiet:
         for n in items:
             print(n["Name"])
-        return
-    if fmt == "json":
-        render.print_json(items)
         return
     if fmt:
         render.formatted(fmt, [render.network_row(n) for n in items], render.NETWORK_HEADERS)

@@ -246,6 +246,7 @@ class Builder:
     def _build_stage(self, stage: Stage, labels: dict | None) -> None:
         run_step = self.run_step
         state = self._from(stage)
+        self._run_triggers(stage, state)
         for inst in stage.instructions:
             check_cancelled(self.cancel)
             self.step += 1
@@ -285,6 +286,28 @@ class Builder:
             self.say(f" ---> {image_id.split(':', 1)[1][:12]}\n")
         self.step_event("done", text, seconds=round(time.monotonic() - started, 3))
         return state
+
+    def _run_triggers(self, stage: Stage, state: State) -> None:
+        """The base image's ONBUILD triggers run first, as the classic builder does: each is parsed as a
+        Dockerfile line and dispatched in this build (its context, its ARGs), and the triggers leave the config
+        so the child image does not run them again downstream. Errors name the FROM line."""
+        triggers = list(state.config.get("OnBuild") or [])
+        if not triggers:
+            return
+        self.say(f"# Executing {len(triggers)} build trigger{'s' if len(triggers) > 1 else ''}...\n")
+        state.config["OnBuild"] = []
+        for text in triggers:
+            try:
+                instructions = df.parse(text, heredocs=True)
+            except UsageError as exc:
+                raise _error(stage.inst, f"ONBUILD trigger {text!r}: {exc.message}") from exc
+            for inst in instructions:
+                if inst.keyword == "ONBUILD":
+                    raise _error(stage.inst, "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")
+                if inst.keyword in ("MAINTAINER", "FROM"):
+                    raise _error(stage.inst, f"{inst.keyword} isn't allowed as an ONBUILD trigger")
+                inst.line = stage.inst.line
+                self.run_step(self, stage, state, inst)
 
     def _arg_pairs(self, inst: df.Instruction, env: dict) -> list[tuple[str, str | None]]:
         pairs = []
