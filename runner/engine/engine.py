@@ -387,10 +387,7 @@ class Engine:
         from runner.engine.volumes import volumes_dir
         f = flt.normalize(filters, flt.CONTAINER_KEYS)
         all = all or "status" in f or "exited" in f
-        ids = {}
-        for ref in f.get("ancestor", []):
-            with contextlib.suppress(Exception):
-                ids[ref] = self.images_store.resolve(ref).id
+        ancestors = flt.ancestor_ids(self.images_store, f["ancestor"]) if "ancestor" in f else None
         out = []
         for cid in self.state.ids():
             with contextlib.suppress(NotFound, ValueError):
@@ -398,7 +395,7 @@ class Engine:
                 if all or rec.status in LIVE:
                     summary = views.container_summary(rec, volumes_root=volumes_dir(self.root))
                     if not f or flt.container_match({**summary, "Health": views.health_status(rec) or "none",
-                                                     "ExitCode": rec.exit_code}, f, ids):
+                                                     "ExitCode": rec.exit_code}, f, ancestors):
                         out.append((rec.created, summary))
         return [c for _, c in sorted(out, key=lambda c: c[0], reverse=True)]
 
@@ -731,13 +728,14 @@ class Engine:
         return image_id
 
     @needs_space("building an image")
-    def build(self, stream: IO[bytes], options: dict | None = None, progress=None) -> str:
+    def build(self, stream: IO[bytes], options: dict | None = None, progress=None, cancel=None) -> str:
         """Build an image from a context tar ``stream`` (a Dockerfile inside it) as Docker's classic builder;
         ``options``: tags, dockerfile, buildargs, target, nocache, labels, network, ... (runner.images.builder
-        check_options); ``progress`` gets Docker's ``POST /build`` JSON events. Returns the image ID."""
+        check_options); ``progress`` gets Docker's ``POST /build`` JSON events; ``cancel`` (a
+        runner.stdio.Cancel) stops it when its client goes away. Returns the image ID."""
         self._require_root()
         from runner.engine import build
-        return build.build(self, stream, options or {}, progress)
+        return build.build(self, stream, options or {}, progress, cancel)
 
     def build_prune(self) -> dict:
         """Forget the build cache: remove the build's intermediate step images nobody named (and the blobs

@@ -254,6 +254,8 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         work.start(runtime, container_bundle.dir, cid, stdio, tty, devnull)
         engine.journal_container("start", _record_running(store, cid, work, net, restarted=False))
         net.serve()
+        from runner.engine.build import watch_builder
+        watch_builder(rec, lambda: work.kill())  # a build step dies with its builder
     except (RunnerError, OSError) as exc:
         if work.pid is not None:  # the workload runs, but its bookkeeping failed: it must not live on unwatched
             work.kill()
@@ -319,7 +321,8 @@ def _finish(engine, rec, code: int, oom: bool, error: str, died: bool) -> None:
     """The last exit: recorded, told to the event journal; with --rm the container and its anonymous volumes
     go. With --rm the record is removed right after this write, so a crash could only leave a record that is
     gone anyway: no fsync for it (the write itself stays atomic for concurrent readers)."""
-    auto_remove = bool(rec.spec.get("auto_remove"))
+    from runner.engine.build import orphaned
+    auto_remove = bool(rec.spec.get("auto_remove")) or orphaned(rec)  # a killed build's step: nobody reads it
     _record_exit(engine, rec.id, code, oom, error, restarting=False, durable=not auto_remove)
     if not died:  # (a stop between two runs: its exit was told already)
         engine.journal_container("die", rec, exitCode=str(code))
