@@ -96,7 +96,7 @@ def sweep_steps(engine) -> list[str]:
     return gone
 
 
-def build(engine, stream, options: dict, progress, cancel=None) -> str:
+def build(engine, stream, options: dict, progress, cancel=None, endpoints: dict | None = None) -> str:
     from runner.images.build import build as build_image
     from runner.images.builder import check_cancelled
     network = (options or {}).get("network") or "bridge"
@@ -131,7 +131,7 @@ def build(engine, stream, options: dict, progress, cancel=None) -> str:
         except ImageNotFound:
             if progress is not None:
                 progress({"stream": f"Pulling {ref} (not in the image store)\n"})
-            engine.pull(ref)
+            engine.pull(ref, endpoints=endpoints)  # through the VM: the host's loopback registries too
             return engine._image(ref)
 
     return build_image(engine.images_store, stream, options or {}, progress, run, base, cancel)

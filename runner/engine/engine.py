@@ -728,14 +728,16 @@ class Engine:
         return image_id
 
     @needs_space("building an image")
-    def build(self, stream: IO[bytes], options: dict | None = None, progress=None, cancel=None) -> str:
+    def build(self, stream: IO[bytes], options: dict | None = None, progress=None, cancel=None,
+              endpoints: dict | None = None) -> str:
         """Build an image from a context tar ``stream`` (a Dockerfile inside it) as Docker's classic builder;
         ``options``: tags, dockerfile, buildargs, target, nocache, labels, network, ... (runner.images.builder
         check_options); ``progress`` gets Docker's ``POST /build`` JSON events; ``cancel`` (a
-        runner.stdio.Cancel) stops it when its client goes away. Returns the image ID."""
+        runner.stdio.Cancel) stops it when its client goes away; ``endpoints`` as for :meth:`pull`, for the base
+        images it pulls. Returns the image ID."""
         self._require_root()
         from runner.engine import build
-        return build.build(self, stream, options or {}, progress, cancel)
+        return build.build(self, stream, options or {}, progress, cancel, endpoints)
 
     def build_prune(self) -> dict:
         """Forget the build cache: remove the build's intermediate step images nobody named (and the blobs
