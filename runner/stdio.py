@@ -1,4 +1,5 @@
-"""The vocabulary of attached processes that every layer shares: stdio fds, terminal sizes, process handles.
+"""The vocabulary of attached processes that every layer shares: stdio fds, terminal sizes, process handles,
+and the cancellation of a long call whose caller went away.
 
 Why its own module: the engine and the guest agent need these types as much as the CLI and the backends do,
 and they are shipped into the VM guest, which must not carry the host-side seam (``runner.backends``).
@@ -8,6 +9,7 @@ Standard library only.
 from __future__ import annotations
 
 import os
+import threading
 
 from runner.records import FrozenRecord, Record
 
@@ -62,3 +64,42 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+class Cancel:
+    """A long call's "stop now", set once by whoever serves its caller and finds the caller gone (the agent when
+    the host's channel drops, the API server when the client hangs up), as dockerd cancels a classic build whose
+    client left. The work checks :meth:`is_set` between its steps and registers with :meth:`on_set` what ends
+    the step it is blocked in (a build kills its running RUN container): no polling, and the stop comes within
+    moments, not when the step would have ended anyway."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._set = False
+        self._hooks: list = []
+
+    def set(self) -> None:
+        with self._lock:
+            if self._set:
+                return
+            self._set = True
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            hook()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def on_set(self, hook) -> "Callable[[], None]":
+        """Call ``hook()`` once when (or, if already, as soon as) this is set; returns what unregisters it."""
+        with self._lock:
+            if not self._set:
+                self._hooks.append(hook)
+                return lambda: self._forget(hook)
+        hook()
+        return lambda: None
+
+    def _forget(self, hook) -> None:
+        with self._lock:
+            if hook in self._hooks:
+                self._hooks.remove(hook)

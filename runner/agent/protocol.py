@@ -41,7 +41,7 @@ A session, seen from both ends::
     logs:                                                 ◄── DATA n stdout|stderr ... ◄── REPLY n
     load / import:   DATA n blob ... EOF n blob ──►       ◄── REPLY n
     build:           DATA n blob ... EOF n blob ──►       ◄── PROGRESS n {...} ... (also during the upload)
-                                                          ◄── REPLY n
+    SIGNAL n {signal} ──► cancels it (a cancellable call) ◄── REPLY n (or ERROR n once cancelled)
     save:                                                 ◄── DATA n blob ... EOF n blob ◄── REPLY n
 
 EOF on stdin is the half-close: the container reads end-of-file while its output keeps flowing. A call
@@ -52,7 +52,10 @@ accepts, or outside the handshake order ends the connection with a :class:`Proto
 
 If the connection drops, the client fails every pending call with a :class:`runner.errors.VMError`; the
 agent lets attached containers run on detached, as Docker does when its client dies (output still reaches
-the container's log).
+the container's log), and cancels the cancellable calls (a build: its running step is killed, nothing is
+tagged), as dockerd cancels a build whose client left. A cancellable call is one whose method takes the local
+``cancel`` parameter; a host that wants one stopped while its connection stays (the API server whose own
+client hung up) sends it a SIGNAL frame.
 """
 
 from __future__ import annotations
@@ -415,6 +418,11 @@ class Method(FrozenRecord):
     def wire_params(self) -> tuple[Param, ...]:
         return tuple(p for p in self.params if not p.local)
 
+    @property
+    def cancellable(self) -> bool:
+        """Whether the call takes a ``cancel`` (see the diagram): a SIGNAL frame or a dropped connection stops it."""
+        return any(p.name == "cancel" for p in self.params)
+
 
 def _m(name: str, result: type | tuple[type, ...], *params: Param, kind: str = PLAIN, stdio: str = "none"
        ) -> Method:
@@ -447,6 +455,7 @@ _FILTERS = Param("filters", _nullable(dict), False, _filters)
 _STDIO = Param("stdio", (), local=True)
 _STREAM = Param("stream", (), local=True)
 _PROGRESS = Param("progress", (), False, local=True)
+_CANCEL = Param("cancel", (), False, local=True)  # a runner.stdio.Cancel: a SIGNAL frame or a drop sets it
 _NONE = type(None)
 
 # The one method table: exactly the Backend's engine methods (runner.backends.base.Backend, served by
@@ -481,13 +490,17 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _m("import_image", str, _STREAM, Param("name", (str,)), Param("changes", _nullable(list), False,
              lambda v: v is None or _str_list(v)),
        kind=UPLOAD),
-    _m("build", str, _STREAM, Param("options", _nullable(dict), False), _PROGRESS, kind=UPLOAD_PROGRESS),
+    _m("build", str, _STREAM, Param("options", _nullable(dict), False), _PROGRESS, _CANCEL, _ENDPOINTS,
+       kind=UPLOAD_PROGRESS),
     _m("build_prune", dict),
     _m("port", dict, _REF),
     _m("network_create", dict, Param("name", (str,)), Param("subnet", _nullable(str), False), _LABELS),
     _m("network_ls", list, _FILTERS),
     _m("network_inspect", dict, Param("name", (str,))),
     _m("network_rm", str, Param("name", (str,))),
+    _m("network_connect", str, Param("name", (str,)), _REF,
+       Param("aliases", _nullable(list), False, lambda v: v is None or (len(v) <= 64 and _str_list(v)))),
+    _m("network_disconnect", str, Param("name", (str,)), _REF, Param("force", (bool,), False)),
     _m("volume_create", dict, Param("name", _nullable(str), False), _LABELS,
        Param("options", _nullable(dict), False, _str_map)),
     _m("volume_ls", list, _FILTERS),

@@ -18,7 +18,9 @@ streams and progress become file objects and callbacks backed by frames.
 
 When a connection drops, attached containers run on detached, as Docker's do when its client dies: stdin is
 closed (Docker's StdinOnce), output is no longer relayed (the engine's shim drops a sink it cannot write to
-and keeps logging), and the exit status is still collected so nothing is left a zombie.
+and keeps logging), and the exit status is still collected so nothing is left a zombie. A build, though, is
+cancelled (its :class:`runner.stdio.Cancel` is set: the running step's container is killed, nothing is tagged),
+as dockerd cancels a classic build whose client left; so is a build the client sends a SIGNAL.
 
 With ``--daemon`` the process detaches (double fork, new session), writes ``/run/runner/agent.pid`` (JSON:
 pid, version, port) and logs to ``/run/runner/agent.log``; the parent exits 0 only once the socket listens and
@@ -50,7 +52,7 @@ from typing import Any, Callable
 
 from runner import procs
 from runner.agent import protocol as P
-from runner.stdio import Stdio, TermSize, write_all
+from runner.stdio import Cancel, Stdio, TermSize, write_all
 from runner.errors import RunnerError, VMError
 
 RUN_DIR = "/run/runner"
@@ -401,6 +403,7 @@ class Call:
         # stdin (attached calls with stdin) or the uploaded tar (load, import): bytes from the client
         self.inbox = P.Inbox(INBOX_LIMIT) if req.stdin or req.method.kind in P.UPLOAD_KINDS else None
         self.handle: Any = None
+        self.cancel = Cancel() if req.method.cancellable else None  # set by a SIGNAL or a dropped connection
         self._early: list[P.Frame] = []  # RESIZE/SIGNAL that arrived before the process existed
         self._lock = threading.Lock()
 
@@ -412,6 +415,11 @@ class Call:
                 raise P.ProtocolError(f"{P.KIND_NAMES[frame.kind]} on stream {frame.stream} for "
                                       f"{self.req.method.name}")
             self.inbox.put(frame.payload if frame.kind == P.DATA else None, len(frame.payload))
+            return
+        if self.cancel is not None and frame.kind == P.SIGNAL:
+            P.parse_signal(frame)
+            log.info("call %d (%s) cancelled by its client", self.id, self.req.method.name)
+            Connection.workers.submit(self.cancel.set, f"cancel-{self.id}")  # kills a step: not in this thread
             return
         if self.req.method.kind != P.ATTACH:
             raise P.ProtocolError(f"{P.KIND_NAMES[frame.kind]} for {self.req.method.name}")
@@ -436,6 +444,9 @@ class Call:
     def disconnected(self) -> None:
         if self.inbox is not None:
             self.inbox.fail()  # an upload ends in an error, stdin in EOF (Docker's StdinOnce)
+        if self.cancel is not None:  # a build whose client left stops now, as dockerd's does
+            log.info("call %d (%s) cancelled: its client went away", self.id, self.req.method.name)
+            self.cancel.set()
 
     # -- the call's own thread
     def took(self) -> float:
@@ -477,6 +488,8 @@ class Call:
 
     def _simple(self) -> Any:
         kind, args = self.req.method.kind, dict(self.req.args)
+        if self.cancel is not None:
+            args["cancel"] = self.cancel
         if kind == P.PROGRESS_CALL:
             args["progress"] = self._progress
         elif kind in P.UPLOAD_KINDS:

@@ -152,6 +152,19 @@ class PipeReaders:
             self._on_fail()
 
 
+def hung_up(sock: socket.socket, timeout: float) -> bool:
+    """Wait up to ``timeout`` for the client to close its end (or even only its sending half, as Go's server
+    takes a read EOF after the body for a cancelled request); True when it did. Unread data does not wake it."""
+    if hasattr(sock, "peer_closed"):  # a Windows named pipe (runner.api.npipe)
+        return sock.peer_closed(timeout)
+    poller = select.poll()
+    poller.register(sock.fileno(), _HUP | _RDHUP)
+    try:
+        return bool(poller.poll(int(timeout * 1000)))
+    except (OSError, ValueError):
+        return True
+
+
 class AttachSession:
     """The pipes behind one attached connection and the pump between them and the socket."""
 

@@ -8,16 +8,20 @@ Docker's JSON stream, one object per chunk: ``{"stream": ...}`` lines, ``{"aux":
 and a failure in-band as ``{"errorDetail": {"message", "code"}, "error": ...}`` after a 200 (the answer has
 begun by then), as dockerd does. runner's own ``step`` events (for ``runner build --progress plain``) are not
 part of Docker's stream and are dropped. BuildKit (``version=2``) and remote contexts are refused with a 400
-that says how to get a classic build.
+that says how to get a classic build. A client that hangs up cancels its build (the running RUN step is
+killed, nothing is tagged), as dockerd cancels a build whose request context ended.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 
+from runner.api.attach import hung_up
 from runner.api.router import route
 from runner.api.streams import json_line
 from runner.errors import RunnerError, UsageError
+from runner.stdio import Cancel
 
 # Query parameters of Docker's classic build that change nothing here (resource limits of the build
 # containers, cache sources, squash, ...): accepted and ignored, as podman's compat handler does for most.
@@ -65,22 +69,51 @@ def build(req) -> None:
     quiet = req.flag("q")
     out = req.stream("application/json")
 
-    def progress(event: dict) -> None:
-        if "stream" in event and not quiet:
-            out.write(json_line({"stream": event["stream"]}))
-        elif "aux" in event:
-            out.write(json_line({"aux": event["aux"]}))
+    cancel = Cancel()
 
+    def progress(event: dict) -> None:
+        line = json_line({"stream": event["stream"]}) if "stream" in event and not quiet else \
+            json_line({"aux": event["aux"]}) if "aux" in event else None
+        if line is None or cancel.is_set():
+            return
+        try:
+            out.write(line)
+        except OSError:  # the client is gone: so is the build (the engine must not die of our broken pipe)
+            cancel.set()
+
+    watching = _watch_client(req, cancel)
     try:
-        image_id = req.backend.build(req.body, options, progress)
+        image_id = req.backend.build(req.body, options, progress, cancel)
         if quiet:
             out.write(json_line({"stream": image_id + "\n"}))
     except RunnerError as exc:
+        if cancel.is_set():  # nobody is listening: the build stopped because its client left
+            req._handler.close_connection = True
+            return
         message = exc.message + (f" ({exc.hint})" if exc.hint and "\n" not in exc.hint else "")
         if exc.hint and "\n" in exc.hint:
             message += "\n" + exc.hint
         out.write(json_line({"errorDetail": {"message": message, "code": exc.exit_code}, "error": message}))
+    finally:
+        watching.set()
     out.close()
+
+
+def _watch_client(req, cancel: Cancel) -> threading.Event:
+    """Cancel the build once its client hangs up, as dockerd cancels a classic build when the request's
+    context ends: its running RUN step is killed, nothing is tagged. Set the returned event when the build is
+    over (the watcher then ends within a poll)."""
+    over = threading.Event()
+    sock = req.connection
+
+    def watch() -> None:
+        while not over.is_set():
+            if hung_up(sock, 0.5):
+                if not over.is_set():
+                    cancel.set()
+                return
+    threading.Thread(target=watch, name="build-client", daemon=True).start()
+    return over
 
 
 @route("POST", "/build/prune")

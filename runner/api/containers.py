@@ -8,7 +8,6 @@ running or stopping a stopped container. Streams (attach, wait, logs) are in :mo
 from __future__ import annotations
 
 import contextlib
-import re
 
 from runner.api.http import ApiError
 from runner.api.monitor import monitor_of
@@ -175,65 +174,16 @@ def term_size(req) -> TermSize:
 
 # ------------------------------------------------------------------------------------------------ list
 
-_STATUSES = ("created", "restarting", "running", "removing", "paused", "exited", "dead")
-
-
 @route("GET", "/containers/json")
 def list_containers(req) -> None:
+    """Filtered where the containers live, by the engine's one implementation of Docker's filters
+    (runner.engine.filters): the same keys, checks and meaning as ``runner ps --filter``."""
     filters = req.filters()
-    for key in filters:
-        if key not in ("label", "name", "id", "status", "ancestor"):
-            raise UsageError(f"invalid filter '{key}'")
-    for status in filters.get("status", []):
-        if status not in _STATUSES:
-            raise UsageError(f"invalid filter 'status={status}'")
     limit = req.int_arg("limit", -1)
-    every = req.flag("all") or limit > 0 or "status" in filters
-    out = [c for c in req.backend.ps(all=every) if matches(c, filters)]
+    out = req.backend.ps(all=req.flag("all") or limit > 0, filters=filters)
     if limit > 0:
         out = out[:limit]
     if req.flag("size"):
         for c in out:
             c.update(SizeRw=0, SizeRootFs=0)
     req.reply(out)
-
-
-def matches(c: dict, filters: dict[str, list[str]]) -> bool:
-    """Docker's container list filters: every key must match; values of one key are alternatives (label:
-    all must match)."""
-    checks = {
-        "id": lambda v: c["Id"].startswith(v),
-        "name": lambda v: any(_search(v, n.lstrip("/")) for n in c["Names"]),
-        "status": lambda v: c["State"] == v,
-        "ancestor": lambda v: _is_ancestor(c, v),
-    }
-    for key, values in filters.items():
-        if key == "label":
-            if not all(_has_label(c.get("Labels") or {}, v) for v in values):
-                return False
-        elif values and not any(checks[key](v) for v in values):
-            return False
-    return True
-
-
-def _search(pattern: str, text: str) -> bool:
-    try:
-        return re.search(pattern, text) is not None
-    except re.error as exc:
-        raise UsageError(f"invalid filter 'name={pattern}': {exc}") from exc
-
-
-def _has_label(labels: dict, want: str) -> bool:
-    key, eq, value = want.partition("=")
-    return key in labels and (not eq or labels[key] == value)
-
-
-def _is_ancestor(c: dict, ref: str) -> bool:
-    image = c.get("Image") or ""
-    if ref in (image, c.get("ImageID")) or c.get("ImageID", "").startswith(ref) or \
-            c.get("ImageID", "").startswith("sha256:" + ref):
-        return True
-    with contextlib.suppress(UsageError):
-        from runner.images.reference import Reference
-        return str(Reference.parse(ref)) == str(Reference.parse(image))
-    return False

@@ -1,4 +1,4 @@
-"""Network routes: create, list, inspect, remove, prune; connect/disconnect answer 501 with the reason.
+"""Network routes: create, list, inspect, remove, prune, connect and disconnect.
 
 runner's engine keeps user bridge networks (runner.engine.network); Docker clients also expect the three
 pre-defined ones, ``bridge``, ``host`` and ``none``, in every list. ``bridge`` is a real runner network made
@@ -121,15 +121,59 @@ def prune_networks(req) -> None:
     req.reply({"NetworksDeleted": deleted or None})
 
 
+def _container_ref(body: dict) -> str:
+    ref = body.get("Container")
+    if not isinstance(ref, str) or not ref:
+        raise UsageError("Container is required")
+    return ref
+
+
 @route("POST", "/networks/{id}/connect")
 def connect(req) -> None:
-    _find(req, req.params["id"])
-    raise ApiError(501, "connecting a container to a network after it was created is not supported by runner: "
-                        "give the network when creating the container (NetworkMode / --network)")
+    """``{"Container": ref, "EndpointConfig": {"Aliases": [...]}}``; 200 with no body, as dockerd answers."""
+    net = _find(req, req.params["id"])
+    body = req.json()
+    ref = _container_ref(body)
+    endpoint = body.get("EndpointConfig") or {}
+    if not isinstance(endpoint, dict):
+        raise UsageError("EndpointConfig must be an object")
+    ipam = endpoint.get("IPAMConfig") or {}
+    if isinstance(ipam, dict) and (ipam.get("IPv4Address") or ipam.get("IPv6Address")):
+        raise UsageError("a user specified IP address is not supported by runner: addresses are leased")
+    aliases = endpoint.get("Aliases") or []
+    try:
+        req.backend.network_connect(net["Name"], ref, aliases)
+    except NotFound as exc:
+        raise _not_found(exc, ref, net["Name"]) from exc
+    except Conflict as exc:
+        if "already exists in network" in exc.message:
+            raise ApiError(403, exc.message) from exc  # libnetwork's Forbidden
+        raise
+    req.reply_empty(200)
 
 
 @route("POST", "/networks/{id}/disconnect")
 def disconnect(req) -> None:
-    _find(req, req.params["id"])
-    raise ApiError(501, "disconnecting a container from its network is not supported by runner: remove the "
-                        "container, or recreate it on another network")
+    """``{"Container": ref, "Force": bool}``; 200 with no body."""
+    net = _find(req, req.params["id"])
+    body = req.json()
+    ref = _container_ref(body)
+    force = body.get("Force", False)
+    if not isinstance(force, bool):
+        raise UsageError("Force must be a boolean")
+    try:
+        req.backend.network_disconnect(net["Name"], ref, force)
+    except NotFound as exc:
+        raise _not_found(exc, ref, net["Name"]) from exc
+    except Conflict as exc:
+        if "is not connected to" in exc.message:
+            raise ApiError(500, exc.message) from exc  # dockerd answers this one with a plain error: 500
+        raise
+    req.reply_empty(200)
+
+
+def _not_found(exc: NotFound, ref: str, network: str) -> ApiError:
+    """Docker's 404 texts, which clients match on: the container's, or the network's."""
+    if exc.message.startswith("network "):
+        return ApiError(404, f"network {network} not found")
+    return ApiError(404, f"No such container: {ref}")

@@ -59,9 +59,11 @@ def system_df(req) -> None:
     for image in images:
         image["Containers"] = sum(1 for c in containers if c.get("ImageID") == image["Id"])
         image["SharedSize"] = 0
+    cache = df.get("BuildCacheList") or []  # what the CLI's "Build Cache" row counts, record by record
     req.reply({"LayersSize": df["Images"]["Size"], "Images": images,
                "Containers": [{**c, "SizeRw": 0, "SizeRootFs": 0} for c in containers],
-               "Volumes": df.get("VolumesList") or [], "BuildCache": []})
+               "Volumes": df.get("VolumesList") or [], "BuildCache": cache,
+               "BuilderSize": sum(c.get("Size", 0) for c in cache)})
 
 
 @route("POST", "/auth")

@@ -19,6 +19,7 @@ from typing import IO, Any, Callable
 from runner.agent import protocol as P
 from runner.agent.client import AgentClient, RemoteProcess
 from runner.backends.base import Features
+from runner.errors import RunnerError
 from runner.stdio import Stdio, TermSize, write_all
 
 _MISSING = object()
@@ -120,6 +121,7 @@ class AgentBackend:
         progress = local.get("progress")
         client = self.client
         call = client.begin(method, args)
+        forget = _cancel_by_signal(client, call, local.get("cancel"))
         try:
             while True:
                 early = client.next_frame(call, block=False)
@@ -138,7 +140,22 @@ class AgentBackend:
                 client.send_frame(P.encode(P.DATA, call.id, data, P.BLOB))
             return client.finish(call, progress)
         finally:
+            forget()
             client.end(call)
+
+
+def _cancel_by_signal(client: AgentClient, call, cancel) -> Callable[[], None]:
+    """A caller's :class:`runner.stdio.Cancel` (the API server's client hung up) passed on to the agent as a
+    SIGNAL frame for the call, which cancels it there; what unregisters that once the call is over."""
+    if cancel is None:
+        return lambda: None
+
+    def signal() -> None:
+        try:
+            client.send_frame(P.encode_json(P.SIGNAL, call.id, {"signal": "INT"}))
+        except RunnerError:
+            pass  # the connection is gone: the agent cancels the call itself
+    return cancel.on_set(signal)
 
 
 _BY_KIND = {P.PLAIN: AgentBackend._plain, P.PROGRESS_CALL: AgentBackend._plain, P.ATTACH: AgentBackend._attach,

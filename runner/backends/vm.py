@@ -259,6 +259,13 @@ class VMBackend(AgentBackend):
         return super().push(ref, credentials, progress, **_endpoints(ref))
 
 
+    def build(self, stream, options: dict | None = None, progress: ProgressFn | None = None, cancel=None) -> str:
+        """A base image the guest's build pulls may live on the host's loopback too (``FROM 127.0.0.1:5000/x``):
+        its references are only known in the guest, so every loopback name is mapped, any port."""
+        return super().build(stream, options, progress, cancel,
+                             endpoints={name: GUEST_HOST_ADDRESS for name in _LOOPBACK_NAMES})
+
+
 def _endpoints(ref: str) -> dict:
     """``{"endpoints": {...}}`` for a registry on the host's loopback (else ``{}``): the guest connects to
     10.0.2.2 instead, same port. Loopback host names map too (any port), for token servers on loopback."""

@@ -104,7 +104,7 @@ def ps(
     filter_: List[str] = typer.Option([], "-f", "--filter",
                                       help="label=k[=v], name=, status=, ancestor=, id=, volume=, network=, health="),
     fmt: Optional[str] = typer.Option(None, "--format",
-                                      help="json (the API objects), or a Go template: {{.Names}}, table {{.ID}}"),
+                                      help="json (one object a line, as docker), or a Go template: {{.Names}}, table {{.ID}}"),
     last: int = typer.Option(-1, "-n", "--last", help="show the n last created containers (all states)"),
     latest: bool = typer.Option(False, "-l", "--latest", help="show the latest created container"),
 ):
@@ -118,9 +118,6 @@ def ps(
     if quiet:
         for c in items:
             print(c["Id"] if no_trunc else c["Id"][:12])
-        return
-    if fmt == "json":
-        render.print_json(items)
         return
     if fmt:
         render.formatted(fmt, [render.ps_row(c, no_trunc) for c in items], render.PS_HEADERS)

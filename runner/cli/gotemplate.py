@@ -196,8 +196,16 @@ def _compare(op):
     return fn
 
 
+def json_text(value) -> str:
+    """Go's ``json`` of a value: compact. A row's helper functions (``.Label "k"``) are methods in Go, not fields,
+    so they are left out."""
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if not callable(v)}
+    return json.dumps(value, separators=(",", ":"))
+
+
 FUNCS = {
-    "json": lambda v: json.dumps(v, separators=(",", ":")),
+    "json": lambda v: json_text(v),
     "index": _index,
     "join": lambda items, sep: sep.join(go_str(i) for i in (items or [])),
     "split": lambda s, sep: str(s).split(sep),
@@ -322,8 +330,9 @@ def format_rows(fmt: str, rows: list[dict], headers: dict[str, str]) -> list[str
     """Docker's ``--format`` for a list: ``json`` (one JSON object a line), ``table [TEMPLATE]`` (a header from
     ``headers`` = field -> column title, then rows aligned as Go's tabwriter with padding 3), or a template
     (one line per row)."""
+    rows = [dict(sorted(r.items())) for r in rows]  # docker marshals a row context as a map: keys sorted
     if fmt == "json":
-        return [json.dumps(r, separators=(",", ":")) for r in rows]
+        return [json_text(r) for r in rows]
     fmt = fmt.replace("\\t", "\t").replace("\\n", "\n")  # docker's CLI reads a typed \t as a tab
     if not is_table(fmt):
         nodes = parse(fmt)

@@ -40,16 +40,13 @@ def pull_image(ref: str, platform: str | None, quiet: bool, to_stderr: bool = Fa
 def images(
     quiet: bool = typer.Option(False, "-q", "--quiet", help="only print image ids"),
     fmt: Optional[str] = typer.Option(None, "--format",
-                                      help="json (the API objects), or a Go template: {{.Repository}}:{{.Tag}}"),
+                                      help="json (one object a line, as docker), or a Go template: {{.Repository}}:{{.Tag}}"),
 ):
     """List images (docker images)."""
     items = _backend().images()
     if quiet:
         for img in items:
             print(img["Id"].split(":")[-1][:12])
-        return
-    if fmt == "json":
-        render.print_json(items)
         return
     if fmt:
         render.formatted(fmt, [row for img in items for row in render.image_rows(img)], render.IMAGE_HEADERS)

@@ -1,4 +1,4 @@
-"""`runner network create|ls|rm|inspect` and `runner port`: the user's view of runner.engine.network."""
+"""`runner network create|ls|rm|inspect|connect|disconnect` and `runner port`: the user's view of runner.engine.network."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def create(name: str = typer.Argument(..., help="network name"),
 @network_app.command("ls")
 def ls(quiet: bool = typer.Option(False, "-q", "--quiet", help="only print names"),
        filter_: List[str] = typer.Option([], "-f", "--filter", help="label=k[=v], name=, id=, driver="),
-       fmt: Optional[str] = typer.Option(None, "--format", help="json (the API objects), or a Go template")):
+       fmt: Optional[str] = typer.Option(None, "--format", help="json (one object a line, as docker), or a Go template")):
     """List networks (host and none always exist; bridge appears once first used)."""
     from runner.engine.filters import parse_cli
     filters = parse_cli(filter_)
@@ -39,9 +39,6 @@ def ls(quiet: bool = typer.Option(False, "-q", "--quiet", help="only print names
     if quiet:
         for n in items:
             print(n["Name"])
-        return
-    if fmt == "json":
-        render.print_json(items)
         return
     if fmt:
         render.formatted(fmt, [render.network_row(n) for n in items], render.NETWORK_HEADERS)
@@ -60,6 +57,23 @@ def rm(names: List[str] = typer.Argument(..., help="networks to remove")):
 def inspect(names: List[str] = typer.Argument(...)):
     """Show networks as JSON, with the containers attached to them."""
     render.print_json([_backend().network_inspect(n) for n in names])
+
+
+@network_app.command("connect")
+def connect(network: str = typer.Argument(..., help="network name"),
+            container: str = typer.Argument(..., help="container name or id"),
+            alias: List[str] = typer.Option([], "--alias", help="add a network-scoped alias for the container")):
+    """Connect a container to a network: a running one at once (a new ethN), a stopped one from its next start."""
+    _backend().network_connect(network, container, list(alias) or None)
+
+
+@network_app.command("disconnect")
+def disconnect(network: str = typer.Argument(..., help="network name"),
+               container: str = typer.Argument(..., help="container name or id"),
+               force: bool = typer.Option(False, "-f", "--force",
+                                          help="also drop what a removed container left on the network")):
+    """Disconnect a container from a network (a running one loses the interface at once)."""
+    _backend().network_disconnect(network, container, force)
 
 
 def port(container: str = typer.Argument(...),

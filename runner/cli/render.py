@@ -41,6 +41,14 @@ def ago(value: float | str | None) -> str:
     return f"{duration(time.time() - ts)} ago"
 
 
+def _go_time_text(value: float | str | None) -> str:
+    """A time as Go's ``time.Time.String()`` in UTC, which docker's formatters print for ``CreatedAt``."""
+    ts = timestamp(value)
+    if ts is None:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e9):09d} +0000 UTC"
+
+
 def duration(seconds: float) -> str:
     """'3 seconds', '5 minutes': docker's human durations (runner.engine.views, where ps's Status is made)."""
     from runner.engine.views import human_duration
@@ -150,7 +158,8 @@ def ps_row(c: dict, no_trunc: bool = False) -> dict:
             "Names": ",".join(n.lstrip("/") for n in c["Names"]), "Labels": _labels_text(c.get("Labels")),
             "Label": _label_fn(c.get("Labels")), "State": c.get("State", ""), "Size": "0B",
             "Mounts": ",".join(m.get("Name") or m.get("Source") or "" for m in c.get("Mounts") or []),
-            "Networks": ",".join(((c.get("NetworkSettings") or {}).get("Networks") or {}))}
+            "Networks": ",".join(((c.get("NetworkSettings") or {}).get("Networks") or {})),
+            "LocalVolumes": str(sum(m.get("Type") == "volume" for m in c.get("Mounts") or []))}
 
 
 def image_rows(img: dict) -> list[dict]:
@@ -161,18 +170,23 @@ def image_rows(img: dict) -> list[dict]:
         out.append({"Repository": repo, "Tag": tag, "ID": img["Id"].split(":")[-1][:12], "Digest": digest,
                     "CreatedSince": ago(img.get("Created")), "Size": human_size(img.get("Size")),
                     "CreatedAt": time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime(img.get("Created") or 0)),
-                    "Labels": _labels_text(img.get("Labels")), "Label": _label_fn(img.get("Labels"))})
+                    "Labels": _labels_text(img.get("Labels")), "Label": _label_fn(img.get("Labels")),
+                    "VirtualSize": human_size(img.get("Size")), "Containers": "N/A", "SharedSize": "N/A",
+                    "UniqueSize": "N/A"})
     return out
 
 
 def volume_row(v: dict) -> dict:
     return {"Driver": v["Driver"], "Name": v["Name"], "Mountpoint": v["Mountpoint"], "Scope": v["Scope"],
-            "Labels": _labels_text(v.get("Labels")), "Label": _label_fn(v.get("Labels"))}
+            "Labels": _labels_text(v.get("Labels")), "Label": _label_fn(v.get("Labels")),
+            **dict.fromkeys(("Availability", "Group", "Links", "Size", "Status"), "N/A")}  # cluster/size fields
 
 
 def network_row(n: dict) -> dict:
     return {"ID": n["Id"][:12], "Name": n["Name"], "Driver": n["Driver"], "Scope": n.get("Scope", "local"),
-            "Labels": _labels_text(n.get("Labels")), "Label": _label_fn(n.get("Labels"))}
+            "Labels": _labels_text(n.get("Labels")), "Label": _label_fn(n.get("Labels")),
+            "IPv6": str(bool(n.get("EnableIPv6"))).lower(), "Internal": str(bool(n.get("Internal"))).lower(),
+            "CreatedAt": _go_time_text(n.get("Created"))}
 
 
 def formatted(fmt: str, rows: list[dict], headers: dict) -> None:

@@ -34,16 +34,13 @@ def create(name: Optional[str] = typer.Argument(None, help="volume name (default
 @volume_app.command("ls")
 def ls(quiet: bool = typer.Option(False, "-q", "--quiet", help="only print names"),
        filter_: List[str] = typer.Option([], "-f", "--filter", help="label=k[=v], name=, dangling=true|false"),
-       fmt: Optional[str] = typer.Option(None, "--format", help="json (the API objects), or a Go template")):
+       fmt: Optional[str] = typer.Option(None, "--format", help="json (one object a line, as docker), or a Go template")):
     """List volumes."""
     from runner.engine.filters import parse_cli
     items = _backend().volume_ls(parse_cli(filter_) or None)
     if quiet:
         for v in items:
             print(v["Name"])
-        return
-    if fmt == "json":
-        render.print_json(items)
         return
     render.formatted(fmt or "table {{.Driver}}\t{{.Name}}", [render.volume_row(v) for v in items],
                      render.VOLUME_HEADERS)

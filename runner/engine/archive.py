@@ -7,7 +7,7 @@ symlinks included) as if that root were ``/``:
 
 * a running container: its root as its PID 1 sees it, ``/proc/<pid>/root``, volumes and binds included;
 * a stopped one: the child mounts the container's overlay in a private mount namespace (as the shim does;
-  the mount disappears with the child), without its volumes.
+  the mounts disappear with the child), and its volumes and bind mounts on it, as Docker's cp does.
 
 The child sends one JSON status line (the stat of the path, or an error) on a pipe before any data, so a
 missing path is a clean NotFound before a byte of tar is written. The stat dict is Docker's
@@ -18,6 +18,7 @@ Linux only, standard library only (runs in the guest).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -71,8 +72,38 @@ def _enter(engine, rec) -> None:
         bundle = engine.bundle(rec.id)
         bundle.mount_rootfs(lowers, volatile=False)
         root = bundle.rootfs
+        _mount_volumes(engine, rec, root)
     os.chroot(root)
     os.chdir("/")
+
+
+def _mount_volumes(engine, rec, root: str) -> None:
+    """A stopped container's volumes and bind mounts, where its start would put them (docker cp sees them too),
+    read-only ones read-only, in the child's private mount namespace (they vanish with it). Each target is
+    resolved inside the root (oci.open_in_root): a symlink in the image cannot aim a mount at the machine."""
+    from runner.engine.runtime import linux, oci
+    from runner.engine.runtime.builtin import _mount_flags_of
+    from runner.engine.volumes import volumes_dir
+    from runner.spec import ContainerSpec
+    mounts = [m for m in ContainerSpec.from_dict(rec.spec).mounts if m.type in ("volume", "bind")]
+    for m in sorted(mounts, key=lambda m: len([p for p in m.target.split("/") if p])):  # /a before /a/b
+        source = os.path.join(volumes_dir(engine.root), m.source, "_data") if m.type == "volume" else m.source
+        if not os.path.exists(source):
+            continue  # a bind source removed since: nothing to show (its start would fail, not this copy)
+        create = "dir" if os.path.isdir(source) else "file"
+        fd = oci.open_in_root(root, m.target, os.O_PATH, create=create)
+        try:
+            linux.mount(source, f"/proc/self/fd/{fd}", None, linux.MS_BIND | linux.MS_REC)
+        finally:
+            os.close(fd)
+        if m.readonly:  # a bind mount takes MS_RDONLY only on a remount of the new mount: re-open it
+            fd = oci.open_in_root(root, m.target, os.O_PATH)
+            try:
+                path = f"/proc/self/fd/{fd}"
+                linux.mount(None, path, None,
+                            linux.MS_BIND | linux.MS_REMOUNT | linux.MS_RDONLY | _mount_flags_of(path))
+            finally:
+                os.close(fd)
 
 
 def _child(engine, rec, status_w: int, work) -> None:
@@ -92,7 +123,10 @@ def _child(engine, rec, status_w: int, work) -> None:
             status({"error": exc.strerror or str(exc), "kind": "usage"})
         except (OSError, RunnerError, ValueError, EOFError) as exc:
             import tarfile
-            if isinstance(exc, tarfile.TarError) or not isinstance(exc, RunnerError):
+            if isinstance(exc, OSError) and exc.errno == errno.EROFS:  # docker: "marked read-only"
+                status({"error": f"{exc.filename or 'the destination'} is on a read-only file system (a read-only "
+                                 f"volume or bind mount, or --read-only)", "kind": "usage"})
+            elif isinstance(exc, tarfile.TarError) or not isinstance(exc, RunnerError):
                 status({"error": f"{exc}", "kind": "error"})
             else:
                 status({"error": exc.message, "kind": "error"})

@@ -387,10 +387,7 @@ class Engine:
         from runner.engine.volumes import volumes_dir
         f = flt.normalize(filters, flt.CONTAINER_KEYS)
         all = all or "status" in f or "exited" in f
-        ids = {}
-        for ref in f.get("ancestor", []):
-            with contextlib.suppress(Exception):
-                ids[ref] = self.images_store.resolve(ref).id
+        ancestors = flt.ancestor_ids(self.images_store, f["ancestor"]) if "ancestor" in f else None
         out = []
         for cid in self.state.ids():
             with contextlib.suppress(NotFound, ValueError):
@@ -398,7 +395,7 @@ class Engine:
                 if all or rec.status in LIVE:
                     summary = views.container_summary(rec, volumes_root=volumes_dir(self.root))
                     if not f or flt.container_match({**summary, "Health": views.health_status(rec) or "none",
-                                                     "ExitCode": rec.exit_code}, f, ids):
+                                                     "ExitCode": rec.exit_code}, f, ancestors):
                         out.append((rec.created, summary))
         return [c for _, c in sorted(out, key=lambda c: c[0], reverse=True)]
 
@@ -634,6 +631,19 @@ class Engine:
     def network_inspect(self, name: str) -> dict:
         return network.Networks(self).inspect(name)
 
+    def network_connect(self, name: str, ref: str, aliases: list | None = None) -> str:
+        """Connect container ``ref`` to network ``name`` (``aliases``: its more names there): recorded for a
+        created or stopped one, wired at once into a running one (runner.engine.netconnect)."""
+        self._require_root()
+        from runner.engine import netconnect
+        return netconnect.connect(self, name, ref, aliases)
+
+    def network_disconnect(self, name: str, ref: str, force: bool = False) -> str:
+        """Disconnect container ``ref`` from network ``name`` (``force``: drop a gone container's leftovers)."""
+        self._require_root()
+        from runner.engine import netconnect
+        return netconnect.disconnect(self, name, ref, force)
+
     def network_rm(self, name: str) -> str:
         self._require_root()
         found = network.Networks(self).inspect(name)
@@ -718,13 +728,16 @@ class Engine:
         return image_id
 
     @needs_space("building an image")
-    def build(self, stream: IO[bytes], options: dict | None = None, progress=None) -> str:
+    def build(self, stream: IO[bytes], options: dict | None = None, progress=None, cancel=None,
+              endpoints: dict | None = None) -> str:
         """Build an image from a context tar ``stream`` (a Dockerfile inside it) as Docker's classic builder;
         ``options``: tags, dockerfile, buildargs, target, nocache, labels, network, ... (runner.images.builder
-        check_options); ``progress`` gets Docker's ``POST /build`` JSON events. Returns the image ID."""
+        check_options); ``progress`` gets Docker's ``POST /build`` JSON events; ``cancel`` (a
+        runner.stdio.Cancel) stops it when its client goes away; ``endpoints`` as for :meth:`pull`, for the base
+        images it pulls. Returns the image ID."""
         self._require_root()
         from runner.engine import build
-        return build.build(self, stream, options or {}, progress)
+        return build.build(self, stream, options or {}, progress, cancel, endpoints)
 
     def build_prune(self) -> dict:
         """Forget the build cache: remove the build's intermediate step images nobody named (and the blobs

@@ -4,10 +4,21 @@ Why here: ``ps``, ``network ls`` and ``volume ls`` filter where the objects live
 as dockerd does, so the CLI and the Engine API server share one meaning. Docker's rules: values of the same
 key are ORed, different keys are ANDed; ``label`` is the exception, each ``label=`` must hold (ANDed);
 ``label=k`` asks for the key, ``label=k=v`` for the value. Unknown keys are an error (Docker: "invalid filter").
+The Engine API's ``GET /containers/json`` passes its filters here too (runner.api.containers): one meaning.
+
+What dockerd does, and so this module (read in moby's ``daemon/list.go`` and ``api/types/filters``, checked
+against a dockerd 20.10): ``name`` is a value equal to the name, or a regular expression searched in it, with
+and without its leading ``/``; a value that is not a valid expression is skipped (it matches only exactly),
+not an error. ``ancestor`` resolves each value as an image reference or ID (a missing image matches nothing)
+and keeps the containers whose image is that image or one built on it (see :func:`ancestor_ids`), so
+``ancestor=busybox`` follows ``busybox`` to whatever image it names now, not the text a container was
+created with.
 Standard library only (runs in the guest).
 """
 
 from __future__ import annotations
+
+import re
 
 from runner.errors import UsageError
 
@@ -59,25 +70,28 @@ def labels_match(labels: dict | None, wanted: list[str]) -> bool:
 
 
 def _name_match(names: list[str], wanted: list[str]) -> bool:
-    """Docker matches names as a regular expression search; a plain word is a substring test."""
-    import re
+    """dockerd's ``Match``: a value equal to a name, or a regular expression found in it (a plain word is a
+    substring test); a value that is no valid expression matches only exactly, as dockerd skips it."""
     for pattern in wanted:
+        if pattern in names:
+            return True
         try:
             rx = re.compile(pattern)
-        except re.error:
-            rx = re.compile(re.escape(pattern))
+        except (re.error, RecursionError):
+            continue
         if any(rx.search(n) for n in names):
             return True
     return False
 
 
-def container_match(summary: dict, f: dict[str, list[str]], image_ids: dict | None = None) -> bool:
+def container_match(summary: dict, f: dict[str, list[str]], ancestors: set[str] | None = None) -> bool:
     """Does a container list entry (views.container_summary) pass the filters ``f``?
 
-    ``image_ids``: for ``ancestor``, image reference -> image id as the engine resolves it (or absent)."""
+    ``ancestors``: for ``ancestor``, the image IDs it stands for (:func:`ancestor_ids`)."""
     if "label" in f and not labels_match(summary.get("Labels"), f["label"]):
         return False
-    if "name" in f and not _name_match([n.lstrip("/") for n in summary.get("Names") or []], f["name"]):
+    names = [n for name in summary.get("Names") or [] for n in {name, name.lstrip("/")}]
+    if "name" in f and not _name_match(names, f["name"]):
         return False
     if "id" in f and not any(summary["Id"].startswith(v) for v in f["id"]):
         return False
@@ -93,13 +107,47 @@ def container_match(summary: dict, f: dict[str, list[str]], image_ids: dict | No
     if "volume" in f and not any(m.get("Name") in f["volume"] or m.get("Destination") in f["volume"]
                                  for m in summary.get("Mounts") or []):
         return False
-    if "ancestor" in f:
-        ids = image_ids or {}
-        refs = {summary.get("Image"), summary.get("ImageID")}
-        if not any(a in refs or (ids.get(a) and ids.get(a) == summary.get("ImageID"))
-                   or summary.get("ImageID", "").startswith("sha256:" + a) for a in f["ancestor"]):
-            return False
+    if "ancestor" in f and summary.get("ImageID") not in (ancestors or ()):
+        return False
     return True
+
+
+_HEX_PREFIX = re.compile(r"(?:sha256:)?([0-9a-f]{1,64})")
+
+
+def ancestor_ids(store, refs: list[str]) -> set[str]:
+    """The image IDs ``ancestor=REF`` values stand for in ``store`` (runner.images.store.Store): each
+    resolved image (a name, a digest reference, an ID or an unambiguous ID prefix of any length, as dockerd
+    takes) and every image built on it. A reference that names no image adds nothing (dockerd logs it)."""
+    images = store.list(all=True)
+    roots = []
+    for ref in refs:
+        try:
+            roots.append(store.resolve(ref))
+            continue
+        except Exception:  # no such image, a malformed reference: then maybe a short ID
+            pass
+        short = _HEX_PREFIX.fullmatch(ref.strip())
+        hits = {img.id: img for img in images if short and img.id.startswith("sha256:" + short.group(1))}
+        if len(hits) == 1:
+            roots.extend(hits.values())
+    out = set()
+    for root in roots:
+        out.add(root.id)
+        out.update(img.id for img in images if built_on(img.config, root.config))
+    return out
+
+
+def built_on(child: dict, parent: dict) -> bool:
+    """Whether the image config ``child`` was made from ``parent`` (FROM, a build step, a commit): its layers
+    and its history start with the parent's and it has more of either. dockerd's classic store follows the
+    ``Parent`` a build records; a pulled image has none, so the layers and history say it here."""
+    def layers(doc: dict) -> list:
+        return list((doc.get("rootfs") or {}).get("diff_ids") or [])
+    c_layers, p_layers = layers(child), layers(parent)
+    c_hist, p_hist = list(child.get("history") or []), list(parent.get("history") or [])
+    return (c_layers[:len(p_layers)] == p_layers and c_hist[:len(p_hist)] == p_hist
+            and (len(c_layers) > len(p_layers) or len(c_hist) > len(p_hist)))
 
 
 def named_match(entry: dict, f: dict[str, list[str]]) -> bool:

@@ -471,7 +471,8 @@ class Networks:
             for cid in self.engine.state.ids():
                 with contextlib.suppress(Exception):
                     rec = self.engine.state.load(cid)
-                    if rec.spec.get("network") == name and rec.name not in users:
+                    wanted = [rec.spec.get("network")] + [n.get("name") for n in rec.spec.get("extra_networks") or []]
+                    if name in wanted and rec.name not in users:
                         users.append(rec.name)
             if users:
                 raise Conflict(f"network {name} is in use by {', '.join(sorted(users))}",
@@ -489,8 +490,10 @@ class Networks:
         return views.network(record, self.live_leases(name), prefix, mac_for)
 
     # -- leases
-    def lease(self, record: dict, rec, hostname: str, aliases: list[str] | None = None) -> str:
-        """Lease the lowest free address of the network to container ``rec`` on behalf of this process;
+    def lease(self, record: dict, rec, hostname: str, aliases: list[str] | None = None,
+              owner: tuple | None = None) -> str:
+        """Lease the lowest free address of the network to container ``rec`` on behalf of this process, or of
+        ``owner`` (``(pid, start time)``: the running container's shim, for a ``network connect``);
         ``aliases``: its names on this network (default: the spec's, for its first network)."""
         net = ipaddress.IPv4Network(record["Subnet"])
         gateway = ipaddress.IPv4Address(record["Gateway"])
@@ -504,21 +507,22 @@ class Networks:
                 raise Conflict(f'network {record["Name"]} has no free address left ({net})')
             leases[str(addr)] = {"Id": rec.id, "Name": rec.name, "Hostname": hostname,
                                  "Aliases": list(rec.spec.get("aliases") or [] if aliases is None else aliases),
-                                 "Shim": [os.getpid(), proc_start_time(os.getpid())]}
+                                 "Shim": list(owner or (os.getpid(), proc_start_time(os.getpid())))}
             self._save_leases(record["Name"], leases)
             self._write_hosts(record, leases)
             return str(addr)
 
-    def release(self, cid: str) -> None:
-        """Drop every lease of container ``cid`` and tell its peers it left."""
+    def release(self, cid: str, network: str | None = None) -> None:
+        """Drop every lease of container ``cid`` (or only its lease on ``network``) and tell its peers it left.
+        When it leaves only one network it lives on: its own hosts file loses that network's peers too."""
         with self.lock():
-            for name in self.names():
+            for name in self.names() if network is None else [network]:
                 leases = self.leases(name)
                 if any(lease["Id"] == cid for lease in leases.values()):
                     live = {ip: lease for ip, lease in leases.items() if lease["Id"] != cid}
                     self._save_leases(name, live)
                     with contextlib.suppress(NotFound):
-                        self._write_hosts(self.get(name), live)
+                        self._write_hosts(self.get(name), live, also=() if network is None else (cid,))
 
     def rename(self, cid: str, new_name: str) -> None:
         """A renamed container's leases carry its new name, and its peers' hosts files say so."""
@@ -533,16 +537,17 @@ class Networks:
                     with contextlib.suppress(NotFound):
                         self._write_hosts(self.get(name), self.live_leases(name))
 
-    def _write_hosts(self, record: dict, leases: dict) -> None:
-        """Rewrite the hosts file of every container on the network: its peers on every network it is on
-        (only its own entry on ``bridge``). Called under the lock, after ``leases`` of ``record`` were saved."""
+    def _write_hosts(self, record: dict, leases: dict, also: tuple = ()) -> None:
+        """Rewrite the hosts file of every container on the network (and of the containers ``also``, which
+        just left it): its peers on every network it is on (only its own entry on ``bridge``). Called under
+        the lock, after ``leases`` of ``record`` were saved."""
         def names(lease: dict) -> list[str]:
             return list(dict.fromkeys([lease["Name"], lease["Hostname"], *lease.get("Aliases", [])]))
 
         def ordered(items: dict) -> list:
             return sorted(items.items(), key=lambda kv: ipaddress.ip_address(kv[0]))
 
-        ids = {lease["Id"] for lease in leases.values()}
+        ids = {lease["Id"] for lease in leases.values()} | set(also)
         entries: dict[str, list] = {cid: [] for cid in ids}
         for name in [record["Name"]] + [n for n in self.names() if n != record["Name"]]:
             net_leases = leases if name == record["Name"] else self.leases(name)
@@ -553,13 +558,23 @@ class Networks:
                 if lease["Id"] in ids:
                     entries[lease["Id"]] += [(ip, names(lease))] if name == DEFAULT_NETWORK else peers
         for cid, lines in entries.items():
-            path = os.path.join(self.engine.state.dir(cid), "etc", "hosts")
-            with contextlib.suppress(OSError):
-                # In place (same inode, no O_CREAT): the file is bind-mounted into the running container,
-                # and a container being removed must not get its directory re-created.
-                fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
-                with os.fdopen(fd, "w") as f:
-                    f.write(hosts_file(list(dict.fromkeys((ip, tuple(n)) for ip, n in lines))))
+            if lines:
+                write_hosts(self.engine, cid, hosts_file(list(dict.fromkeys((ip, tuple(n)) for ip, n in lines))))
+            else:  # on no network any more: only itself, as a container made without one
+                with contextlib.suppress(Exception):
+                    hostname = self.engine.state.load(cid).extra.get("hostname") or cid[:12]
+                    write_hosts(self.engine, cid, hosts_file([("127.0.1.1", [hostname])]))
+
+
+def write_hosts(engine, cid: str, text: str) -> None:
+    """Replace the text of container ``cid``'s hosts file, best effort."""
+    path = os.path.join(engine.state.dir(cid), "etc", "hosts")
+    with contextlib.suppress(OSError):
+        # In place (same inode, no O_CREAT): the file is bind-mounted into the running container,
+        # and a container being removed must not get its directory re-created.
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
 
 
 def sweep_stale_bridges() -> None:
@@ -633,11 +648,11 @@ class BridgeAttachment(Attachment):
         for index, net in enumerate(self.rec.spec.get("extra_networks") or [], 1):
             extra = self.networks.ensure(net["name"])
             delete_link(veth_name(self.rec.id, index))
-            self.extra.append(_endpoint_settings(extra, self.networks.lease(extra, self.rec, hostname,
+            self.extra.append(endpoint_settings(extra, self.networks.lease(extra, self.rec, hostname,
                                                                               net.get("aliases") or []),
                                                  veth_name(self.rec.id, index), f"eth{index}"))
         self._wire(record, prefix)
-        self.settings = {**_endpoint_settings(record, self.ip, self.veth, "eth0"), "Ports": self.proxy.bound}
+        self.settings = {**endpoint_settings(record, self.ip, self.veth, "eth0"), "Ports": self.proxy.bound}
         if self.extra:
             self.settings["Extra"] = self.extra
 
@@ -702,8 +717,7 @@ class BridgeAttachment(Attachment):
         if self.proxy is not None:
             self.proxy.close()  # the host ports are free again before anything else is released
         delete_link(self.veth)
-        for ep in self.extra:
-            delete_link(ep["Veth"])
+        delete_extra_veths(self.rec.id)  # eth1.. of the create, and those a `network connect` added since
         if self.netns_fd is not None:
             os.close(self.netns_fd)
             self.netns_fd = None
@@ -713,7 +727,7 @@ class BridgeAttachment(Attachment):
             self.ip = None
 
 
-def _endpoint_settings(record: dict, ip: str, veth: str, interface: str) -> dict:
+def endpoint_settings(record: dict, ip: str, veth: str, interface: str) -> dict:
     """What the record keeps of one network endpoint (inspect's NetworkSettings.Networks entry)."""
     return {"Network": record["Name"], "NetworkID": record["Id"], "IPAddress": ip,
             "IPPrefixLen": ipaddress.IPv4Network(record["Subnet"]).prefixlen, "Gateway": record["Gateway"],
@@ -759,14 +773,20 @@ def join_config(config: dict, netns_path: str | None) -> None:
                 ns["path"] = netns_path
 
 
-def forget(engine, cid: str) -> None:
-    """At rm: whatever a killed shim could not release (lease, host veth) goes now."""
-    with contextlib.suppress(Exception):
-        delete_link(veth_name(cid))
+def delete_extra_veths(cid: str) -> None:
+    """Delete the host ends of container ``cid``'s veths on its extra networks (``vx<n><id>``), whichever
+    index they have: found by name, since a ``network connect`` may have added some its shim never saw."""
     with contextlib.suppress(OSError):
         for link in os.listdir("/sys/class/net"):
             if link.startswith("vx") and link[2:-10].isdigit() and link.endswith(cid[:10]):
                 delete_link(link)
+
+
+def forget(engine, cid: str) -> None:
+    """At rm: whatever a killed shim could not release (lease, host veth) goes now."""
+    with contextlib.suppress(Exception):
+        delete_link(veth_name(cid))
+    delete_extra_veths(cid)
     with contextlib.suppress(OSError):
         Networks(engine).release(cid)
 

@@ -254,6 +254,8 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         work.start(runtime, container_bundle.dir, cid, stdio, tty, devnull)
         engine.journal_container("start", _record_running(store, cid, work, net, restarted=False))
         net.serve()
+        from runner.engine.build import watch_builder
+        watch_builder(rec, lambda: work.kill())  # a build step dies with its builder
     except (RunnerError, OSError) as exc:
         if work.pid is not None:  # the workload runs, but its bookkeeping failed: it must not live on unwatched
             work.kill()
@@ -305,6 +307,10 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             error = f"cannot restart the container: {exc}"
             break
     _detach(net)
+    if net is network.NO_NETWORK and rec.extra.get("network_mode"):
+        # Started on no network after a `network disconnect` of its last one: a `network connect` since
+        # may have wired it, with veths and leases this shim never made.
+        network.forget(engine, cid)
     container_bundle.release()
     _finish(engine, rec, code, oom, error, died)
     _send(sync, {"exited": code})
@@ -315,7 +321,8 @@ def _finish(engine, rec, code: int, oom: bool, error: str, died: bool) -> None:
     """The last exit: recorded, told to the event journal; with --rm the container and its anonymous volumes
     go. With --rm the record is removed right after this write, so a crash could only leave a record that is
     gone anyway: no fsync for it (the write itself stays atomic for concurrent readers)."""
-    auto_remove = bool(rec.spec.get("auto_remove"))
+    from runner.engine.build import orphaned
+    auto_remove = bool(rec.spec.get("auto_remove")) or orphaned(rec)  # a killed build's step: nobody reads it
     _record_exit(engine, rec.id, code, oom, error, restarting=False, durable=not auto_remove)
     if not died:  # (a stop between two runs: its exit was told already)
         engine.journal_container("die", rec, exitCode=str(code))
@@ -335,7 +342,9 @@ def _record_running(store, cid: str, work: _Workload, net, restarted: bool):
         rec.shim_pid, rec.shim_start = os.getpid(), proc_start_time(os.getpid())
         rec.started_at, rec.exit_code, rec.oom_killed, rec.error = now(), None, False, ""
         rec.finished_at = None
-        rec.extra["network"] = net.settings
+        if not restarted or "network" not in rec.extra:
+            # (A restart keeps the namespace and what `network connect`/`disconnect` changed in it meanwhile.)
+            rec.extra["network"] = net.settings
         rec.extra["boot_id"] = boot_id()
         if restarted:
             rec.extra["restart_count"] = int(rec.extra.get("restart_count") or 0) + 1

@@ -27,7 +27,8 @@ def _row(total: int, active: int, size: int, reclaimable: int) -> dict:
 
 def df(engine) -> dict:
     """Docker's ``system df`` rows in bytes (Images, Containers, Local Volumes, Build Cache, Partial
-    downloads), the volumes one by one (the API's ``Volumes`` list), plus the filesystem."""
+    downloads), the volumes and the build cache records one by one (the API's ``Volumes`` and ``BuildCache``
+    lists), plus the filesystem."""
     records = []
     for cid in engine.state.ids():
         with contextlib.suppress(NotFound, ValueError):
@@ -43,6 +44,7 @@ def df(engine) -> dict:
     size_of = {p: _usage(p) for p in every}
     partials, partial_size = store.tmp_usage()
     vols = _volumes(engine)
+    cache = build_cache(engine, size_of, every, used_ids)
     point, fstype = mount_of(engine.root)
     st = os.statvfs(engine.root)
     return {
@@ -53,9 +55,11 @@ def df(engine) -> dict:
         "Local Volumes": _row(len(vols), sum(1 for v in vols if v["UsageData"]["RefCount"]),
                               sum(v["UsageData"]["Size"] for v in vols),
                               sum(v["UsageData"]["Size"] for v in vols if not v["UsageData"]["RefCount"])),
-        "Build Cache": _build_cache_row(engine, size_of, kept),
+        "Build Cache": _row(len(cache), sum(1 for c in cache if c["InUse"]), sum(c["Size"] for c in cache),
+                            sum(c["Size"] for c in cache if not c["InUse"])),
         "Partial downloads": _row(partials, 0, partial_size, partial_size),
         "VolumesList": vols,
+        "BuildCacheList": cache,
         "Disk": {"Root": engine.root, "Mount": point, "Type": fstype, "Size": st.f_blocks * st.f_frsize,
                  "Used": (st.f_blocks - st.f_bfree) * st.f_frsize, "Free": free_bytes(engine.root) or 0},
     }
@@ -75,20 +79,78 @@ def _volumes(engine) -> list[dict]:
     return out
 
 
-def _build_cache_row(engine, size_of: dict, kept: set) -> dict:
-    """Docker's "Build Cache" row: the build's intermediate step images nobody named, and the unpacked
-    contexts kept for rebuilds (all of it is what ``builder prune`` removes; in use while a build holds it)."""
+def build_cache(engine, size_of: dict, named: set, used_ids: set) -> list[dict]:
+    """Docker's build cache records (the API's ``BuildCache``: ID, Type, Description, InUse, Shared, Size,
+    CreatedAt, LastUsedAt, UsageCount, Parents): the build's intermediate step images nobody named
+    ("regular", described by their step) and the unpacked contexts kept for rebuilds ("source.local"); all of
+    it is what ``builder prune`` removes. A step image's Size is what only it takes: files of the images
+    ``images`` lists (``named``, counted in the Images row) are not counted, and a file several step images
+    share is counted once, for the first step that has it (its layer's maker). In use: a step image a
+    container runs (a build's step), a context a running build holds."""
+    from runner.engine.filters import built_on
+    from runner.images.rootfs import rfc3339
     store = engine.images_store
-    paths, count = set(), 0
+    uses = _cache_uses(store)
+    steps = []
     for digest in store.intermediates():
         with contextlib.suppress(NotFound, KeyError, ValueError, OSError):
-            image = store.resolve(store.read_json(digest)["config"]["digest"])
-            paths.update(store.image_files(image))
-            count += 1
-    steps = sum(size_of.get(p, 0) or _usage(p) for p in paths - kept)
-    contexts = _listdir(os.path.join(store.root, "build-contexts"))
-    ctx_size = sum(_usage(os.path.join(store.root, "build-contexts", n)) for n in contexts)
-    return _row(count + len(contexts), 0, steps + ctx_size, steps + ctx_size)
+            steps.append(store.resolve(store.read_json(digest)["config"]["digest"]))
+    steps.sort(key=lambda img: (len(img.config.get("history") or []), img.created or ""))
+    counted, out = set(named), []
+    for image in steps:
+        own = [p for p in store.image_files(image) if p not in counted]
+        counted.update(own)
+        history = image.config.get("history") or [{}]
+        parents = [p.id for p in steps if p is not image and built_on(image.config, p.config)]
+        out.append(_cache_record(image.id.split(":", 1)[1], "regular", history[-1].get("created_by", ""),
+                                 image.id in used_ids, sum(size_of.get(p, 0) or _usage(p) for p in own),
+                                 image.created, uses.get(image.id, (None, 1)), parents[-1:]))
+    root = os.path.join(store.root, "build-contexts")
+    for name in _listdir(root):
+        path = os.path.join(root, name)
+        if name.endswith(".gone"):  # being removed by a prune
+            continue
+        with contextlib.suppress(OSError):
+            made = os.stat(os.path.join(path, "dockerfile")).st_mtime
+            out.append(_cache_record(name, "source.local", "local source for context", _held(path), _usage(path),
+                                     rfc3339(made), (os.stat(path).st_mtime, 1), []))
+    return out
+
+
+def _cache_record(ident: str, kind: str, description: str, in_use: bool, size: int, created: str | None,
+                  used: tuple, parents: list[str]) -> dict:
+    from runner.images.rootfs import rfc3339
+    last, count = used
+    return {"ID": ident, "Parent": parents[0] if parents else "", "Parents": parents, "Type": kind,
+            "Description": description, "InUse": in_use, "Shared": False, "Size": size, "CreatedAt": created,
+            "LastUsedAt": rfc3339(last) if last is not None else created, "UsageCount": count}
+
+
+def _cache_uses(store) -> dict:
+    """Step image ID -> (when a build last made or used it, how many times): from the cache entries."""
+    from runner.images.builder import read_cache_entry
+    root = os.path.join(store.root, "build-cache")
+    out: dict = {}
+    for name in _listdir(root):
+        with contextlib.suppress(OSError, ValueError):
+            path = os.path.join(root, name)
+            image_id, count = read_cache_entry(path)
+            last, before = out.get(image_id, (0.0, 0))
+            out[image_id] = (max(last, os.stat(path).st_mtime), before + count)
+    return out
+
+
+def _held(path: str) -> bool:
+    """Whether a running build holds the unpacked context ``path`` (its shared flock, runner.images.build)."""
+    import fcntl
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def prune(engine, all_images: bool = False, volumes: bool = False) -> dict:

@@ -122,15 +122,19 @@ def container_summary(rec, now: float | None = None, volumes_root: str = "") -> 
     return {"Id": rec.id, "Names": ["/" + rec.name], "Image": rec.image_ref, "ImageID": rec.image_id,
             "Command": " ".join(cmd), "Created": int(rec.created), "Ports": port_list(live.get("Ports") or []),
             "Labels": dict(spec.get("labels") or {}), "State": state_of(rec), "Status": status,
-            "HostConfig": {"NetworkMode": mode},
+            "HostConfig": {"NetworkMode": rec.extra.get("network_mode") or mode},
             "NetworkSettings": {"Networks": _networks(mode, spec.get("aliases"), spec.get("extra_networks"),
-                                                      live, False)},
+                                                      live, False, bool(rec.extra.get("network_mode")))},
             "Mounts": [_mount(m, volumes_root) for m in spec.get("mounts") or []]}
 
 
-def _networks(mode: str, aliases, extra_networks, live: dict, with_aliases: bool = True) -> dict:
+def _networks(mode: str, aliases, extra_networks, live: dict, with_aliases: bool = True,
+              disconnected: bool = False) -> dict:
     """``NetworkSettings.Networks``: the container's first network and its extra ones (``extra_networks``),
-    with the addresses the shim recorded (``live``) while it runs."""
+    with the addresses the shim recorded (``live``) while it runs; ``disconnected``: its last network was
+    taken away (``network disconnect``), so ``none`` is no network at all, as in Docker."""
+    if disconnected and mode == "none":
+        return {}
     extra_live = {ep.get("Network"): ep for ep in live.get("Extra") or []}
     out = {mode: {**_endpoint(live), **({"Aliases": list(aliases or []) or None} if with_aliases else {})}}
     for net in extra_networks or []:
@@ -178,7 +182,8 @@ def network_settings(rec, spec) -> dict:
             "Ports": port_map(live.get("Ports") or []),
             **{k: endpoint[k] for k in ("EndpointID", "Gateway", "IPAddress", "IPPrefixLen", "IPv6Gateway",
                                         "GlobalIPv6Address", "GlobalIPv6PrefixLen", "MacAddress")},
-            "Networks": _networks(spec.network, spec.aliases, spec.extra_networks, live)}
+            "Networks": _networks(spec.network, spec.aliases, spec.extra_networks, live,
+                                  disconnected=bool(rec.extra.get("network_mode")))}
 
 
 def container_inspect(rec, spec, config: dict, paths: dict, volumes_root: str = "") -> dict:
@@ -221,7 +226,7 @@ def _host_config(rec, spec) -> dict:
     return {"Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "") for m in spec.mounts
                       if m.type in ("bind", "volume") and m.source] or None,
             "RestartPolicy": {"Name": name, "MaximumRetryCount": count}, "Tmpfs": tmpfs or None,
-            "NetworkMode": spec.network, "PortBindings": port_bindings(spec),
+            "NetworkMode": rec.extra.get("network_mode") or spec.network, "PortBindings": port_bindings(spec),
             "AutoRemove": spec.auto_remove, "PublishAllPorts": spec.publish_all,
             "ReadonlyRootfs": spec.read_only, "Runtime": rec.runtime,
             "Memory": spec.limits.memory or 0, "NanoCpus": int((spec.limits.cpus or 0) * 1e9),

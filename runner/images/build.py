@@ -33,9 +33,10 @@ KEEP_CONTEXTS = 3
 _CHUNK = 1 << 20
 
 
-def build(store, stream, options: dict, progress, run, base) -> str:
+def build(store, stream, options: dict, progress, run, base, cancel=None) -> str:
     """Build from the context tar ``stream``; returns the image ID. ``run`` runs a RUN step's container and
-    ``base`` resolves FROM images (see :class:`runner.images.builder.Builder`)."""
+    ``base`` resolves FROM images (see :class:`runner.images.builder.Builder`); ``cancel`` (a
+    :class:`runner.stdio.Cancel`, or None) stops the build between steps once set."""
     opts = check_options(options)
     name = opts.get("dockerfile", "Dockerfile")
     spool, lock = store._claim_temp("context-")  # locked: a killed build's spool is swept (sweep_tmp)
@@ -48,7 +49,9 @@ def build(store, stream, options: dict, progress, run, base) -> str:
         with _context(store, spool, name, digest.hexdigest(), fresh=bool(opts.get("nocache"))) as where:
             with open(os.path.join(where, "dockerfile"), encoding="utf-8") as f:
                 text = f.read()
-            return Builder(store, os.path.join(where, "ctx"), opts, progress, run, base, run_step).build(text)
+            builder = Builder(store, os.path.join(where, "ctx"), opts, progress, run, base, run_step)
+            builder.cancel = cancel
+            return builder.build(text)
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(spool)

@@ -10,8 +10,9 @@ WORKDIR a new layer on top). Each committed step image is kept in the store as a
 
 so a rebuild with nothing changed commits nothing and runs no container (" ---> Using cache"), and a change
 to one COPY source reruns that step and every step after it (their parents change). The cache is a directory of
-small files (``<store>/build-cache/<key>`` holding an image ID), each written atomically, so concurrent builds
-need no lock; an entry whose image was removed since is a miss.
+small files (``<store>/build-cache/<key>`` holding an image ID and how often the build used it, for ``system
+df``'s build cache records), each written atomically, so concurrent builds need no lock (two hits at once may
+count one); an entry whose image was removed since is a miss.
 
 Who does what: this module is the Dockerfile's meaning (stages, ARG scoping, substitution, COPY/ADD rules,
 config and history); a RUN step's container comes from the ``run`` callable the engine passes
@@ -80,6 +81,23 @@ def check_options(options: dict) -> dict:
     return opts
 
 
+def read_cache_entry(path: str) -> tuple[str, int]:
+    """A build cache entry: (the step image's ID, how many builds made or used it; 1 for an entry written
+    before the count was kept)."""
+    with open(path) as f:
+        words = f.read().split()
+    if not words:
+        raise ValueError(f"empty build cache entry {path}")
+    return words[0], int(words[1]) if len(words) > 1 and words[1].isdigit() else 1
+
+
+def check_cancelled(cancel) -> None:
+    """Raise the cancelled build's error once its :class:`runner.stdio.Cancel` is set (None: never)."""
+    if cancel is not None and cancel.is_set():
+        raise BuildError("the build was cancelled: its client went away",
+                         hint="nothing was tagged; run the build again (finished steps are cached)")
+
+
 class Stage:
     """One ``FROM`` and the instructions after it."""
 
@@ -124,6 +142,7 @@ class Builder:
         self.used_args: set[str] = set()
         self.step, self.total = 0, 0
         self.escape = "\\"
+        self.cancel = None  # a runner.stdio.Cancel: set when the build's client went away
 
     # -- events
     def say(self, text: str) -> None:
@@ -145,6 +164,7 @@ class Builder:
         for stage in order:
             self._build_stage(stage, labels=self.opts.get("labels") if stage is target else None)
         image_id = target.image_id
+        check_cancelled(self.cancel)  # nothing is named for a client that left
         unused = sorted(set(self.opts.get("buildargs", {})) - self.used_args - PREDEFINED_ARGS)
         if unused:
             self.say(f"[Warning] One or more build-args [{' '.join(unused)}] were not consumed\n")
@@ -226,7 +246,9 @@ class Builder:
     def _build_stage(self, stage: Stage, labels: dict | None) -> None:
         run_step = self.run_step
         state = self._from(stage)
+        self._run_triggers(stage, state)
         for inst in stage.instructions:
+            check_cancelled(self.cancel)
             self.step += 1
             self.say(f"Step {self.step}/{self.total} : {inst.keyword} {inst.rest}\n")
             run_step(self, stage, state, inst)
@@ -265,6 +287,28 @@ class Builder:
         self.step_event("done", text, seconds=round(time.monotonic() - started, 3))
         return state
 
+    def _run_triggers(self, stage: Stage, state: State) -> None:
+        """The base image's ONBUILD triggers run first, as the classic builder does: each is parsed as a
+        Dockerfile line and dispatched in this build (its context, its ARGs), and the triggers leave the config
+        so the child image does not run them again downstream. Errors name the FROM line."""
+        triggers = list(state.config.get("OnBuild") or [])
+        if not triggers:
+            return
+        self.say(f"# Executing {len(triggers)} build trigger{'s' if len(triggers) > 1 else ''}...\n")
+        state.config["OnBuild"] = []
+        for text in triggers:
+            try:
+                instructions = df.parse(text, heredocs=True)
+            except UsageError as exc:
+                raise _error(stage.inst, f"ONBUILD trigger {text!r}: {exc.message}") from exc
+            for inst in instructions:
+                if inst.keyword == "ONBUILD":
+                    raise _error(stage.inst, "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")
+                if inst.keyword in ("MAINTAINER", "FROM"):
+                    raise _error(stage.inst, f"{inst.keyword} isn't allowed as an ONBUILD trigger")
+                inst.line = stage.inst.line
+                self.run_step(self, stage, state, inst)
+
     def _arg_pairs(self, inst: df.Instruction, env: dict) -> list[tuple[str, str | None]]:
         pairs = []
         for word in df.words(inst.rest, env, self.escape):
@@ -283,8 +327,7 @@ class Builder:
         if self.opts.get("nocache"):
             return None
         try:
-            with open(os.path.join(self.cache_dir, key)) as f:
-                image_id = f.read().strip()
+            image_id, _ = read_cache_entry(os.path.join(self.cache_dir, key))
             self.store.resolve(image_id)
         except (OSError, NotFound, UsageError):
             return None
@@ -298,12 +341,15 @@ class Builder:
         state.image_id = image_id
         state.doc = copy.deepcopy(self.store.resolve(image_id).config)
         self.say(" ---> Using cache\n")
+        with contextlib.suppress(OSError, ValueError):  # the count is for system df: never fail a build on it
+            _, uses = read_cache_entry(os.path.join(self.cache_dir, key))
+            self.remember(key, image_id, uses + 1, durable=False)
         return True
 
-    def remember(self, key: str, image_id: str) -> None:
+    def remember(self, key: str, image_id: str, uses: int = 1, durable: bool = True) -> None:
         from runner.procs import write_atomic
         os.makedirs(self.cache_dir, exist_ok=True)
-        write_atomic(os.path.join(self.cache_dir, key), image_id.encode())
+        write_atomic(os.path.join(self.cache_dir, key), f"{image_id}\n{uses}\n".encode(), durable=durable)
 
     def commit(self, state: State, created_by: str, layer: tuple[str, int] | None, key: str) -> str:
         """A new image: ``state``'s config with one more history entry (and ``layer`` (diff_id, size) on top)."""

@@ -220,3 +220,35 @@ def test_restart_kill_and_wait(api):
         assert api.docker("stop", name).returncode == 0  # 304: already stopped, still a success for the CLI
     finally:
         api.docker("rm", "-f", name)
+
+
+def test_name_and_ancestor_filters_mean_the_same_through_the_api_and_the_cli(api, rn, tmp_path):
+    """`docker ps` (GET /containers/json) and `runner ps` filter with the engine's one implementation, with
+    dockerd's meaning (checked against a dockerd 20.10): a `name` that is no valid regular expression lists
+    nothing, without an error; `ancestor` resolves the image and also takes the containers of images built
+    on it; a missing image lists nothing."""
+    prefix = _name("flt")
+    child = f"{prefix}-img"
+    (tmp_path / "Dockerfile").write_text(f"FROM {IMAGE}\nLABEL flt=child\n")
+    _ok(rn("build", "-q", "-t", child, str(tmp_path)))
+    try:
+        _ok(rn("create", "--name", f"{prefix}-parent", IMAGE, "true"))
+        _ok(rn("create", "--name", f"{prefix}-child", child, "true"))
+        for ps in (lambda *a: api.docker("ps", "-a", "--format", "{{.Names}}", *a),
+                   lambda *a: rn("ps", "-a", "--format", "{{.Names}}", *a)):
+            def names(*filters: str) -> list[str]:
+                args = [x for f in filters for x in ("--filter", f)]
+                return sorted(n for n in _ok(ps(*args)).split() if n.startswith(prefix))
+            assert names("name=[") == [] and names("name=(") == []
+            assert names("name=[", f"name=^/{prefix}-par") == [f"{prefix}-parent"]  # values ORed; slash or not
+            assert names(f"name=^{prefix}-chi") == [f"{prefix}-child"]
+            assert names(f"ancestor={IMAGE}") == [f"{prefix}-child", f"{prefix}-parent"]
+            assert names(f"ancestor={child}") == [f"{prefix}-child"]
+            image_id = _ok(rn("inspect", "-f", "{{.Id}}", child)).strip()
+            assert names(f"ancestor={image_id.split(':')[1][:10]}") == [f"{prefix}-child"]
+            assert names("ancestor=no-such-image") == []
+            bad = ps("--filter", "colour=red")
+            assert bad.returncode != 0 and "invalid filter 'colour'" in bad.stderr.decode()
+    finally:
+        rn("rm", "-f", f"{prefix}-parent", f"{prefix}-child")
+        rn("rmi", "-f", child)

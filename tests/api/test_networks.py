@@ -1,5 +1,6 @@
 """Network routes with the docker CLI and docker-py, natively and through the VM: the pre-defined networks,
-create/inspect/ls/rm, and containers on a user network reaching each other by name and by alias.
+create/inspect/ls/rm, containers on a user network reaching each other by name and by alias, and connect /
+disconnect of a running and of a stopped container.
 
 Containers are made with runner's own CLI on the same state (the API's container routes are another
 branch's); the network they join is the one the docker CLI created through the API.
@@ -7,6 +8,7 @@ branch's); the network they join is the one the docker CLI created through the A
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -16,6 +18,7 @@ pytestmark = pytest.mark.network
 
 IMG = "localhost/busybox"
 HTTPD = ("sh", "-c", "mkdir -p /www && echo hello-from-peer > /www/index.html && exec httpd -f -p 80 -h /www")
+WGET = "for i in $(seq 100); do wget -qO- http://{}/ && exit 0; sleep 0.1; done; exit 1"
 
 
 def test_predefined_networks_are_listed_and_cannot_be_removed(api):
@@ -74,9 +77,72 @@ def test_containers_reach_each_other_by_name_and_alias(api, rn):
         api.docker("network", "rm", "apinet2")
 
 
-def test_connect_is_refused_with_a_reason(api):
-    proc = api.docker("network", "connect", "bridge", "whatever")
-    assert proc.returncode != 0 and "not supported by runner" in proc.stderr.decode()
+def test_docker_cli_connects_and_disconnects_a_running_container(api, rn):
+    ok(api.docker("network", "create", "apinet4"))
+    cids = []
+    try:
+        cids.append(ok(rn("run", "-d", "--name", "apiweb", "--network", "apinet4", IMG, *HTTPD)).strip())
+        cids.append(ok(rn("run", "-d", "--name", "apicli", IMG, "sleep", "300")).strip())
+        assert ok(api.docker("network", "connect", "--alias", "cli-alias", "apinet4", "apicli")) == ""
+        proc = rn("exec", "apicli", "sh", "-c", WGET.format("apiweb"))
+        assert proc.returncode == 0 and b"hello-from-peer" in proc.stdout, proc.stderr
+        ok(rn("exec", "apiweb", "ping", "-c", "1", "-W", "5", "cli-alias"))  # the peer reaches it by its alias
+        nets = json.loads(ok(api.docker("inspect", "apicli")))[0]["NetworkSettings"]["Networks"]
+        assert sorted(nets) == ["apinet4", "bridge"] and nets["apinet4"]["Aliases"] == ["cli-alias"]
+        assert nets["apinet4"]["IPAddress"]
+        members = json.loads(ok(api.docker("network", "inspect", "apinet4")))[0]["Containers"]
+        assert sorted(c["Name"] for c in members.values()) == ["apicli", "apiweb"]
+
+        again = api.docker("network", "connect", "apinet4", "apicli")
+        assert again.returncode != 0 and \
+            "endpoint with name apicli already exists in network apinet4" in again.stderr.decode()
+        assert ok(api.docker("network", "disconnect", "apinet4", "apicli")) == ""
+        gone = rn("exec", "apicli", "ping", "-c", "1", "-W", "2", "apiweb")
+        assert gone.returncode != 0 and b"bad address" in gone.stderr
+        twice = api.docker("network", "disconnect", "apinet4", "apicli")
+        assert twice.returncode != 0 and f"container {cids[1]} is not connected to network apinet4" in \
+            twice.stderr.decode()
+        for args, text in ((("connect", "apinet4", "nosuchbox"), "No such container: nosuchbox"),
+                           (("connect", "nosuchnet", "apicli"), "network nosuchnet not found"),
+                           (("disconnect", "host", "apicli"), "is not connected to network host")):
+            proc = api.docker("network", *args)
+            assert proc.returncode != 0 and text in proc.stderr.decode(), (args, proc.stderr)
+    finally:
+        for cid in cids:
+            rn("rm", "-f", cid)
+        api.docker("network", "rm", "apinet4")
+
+
+def test_docker_py_connects_a_stopped_container_and_disconnects_it(api, rn):
+    docker = pytest.importorskip("docker")
+    client = docker.DockerClient(base_url=api.host, version="auto", timeout=120)
+    box = None
+    try:
+        net = client.networks.create("apinet5", driver="bridge")
+        box = ok(rn("create", "--name", "apibox", IMG, "sleep", "300")).strip()
+        container = client.containers.get("apibox")
+        net.connect(container, aliases=["box-alias"])  # stopped: recorded, wired at its start
+        container.reload()
+        assert container.attrs["NetworkSettings"]["Networks"]["apinet5"]["Aliases"] == ["box-alias"]
+        container.start()
+        container.reload()
+        address = container.attrs["NetworkSettings"]["Networks"]["apinet5"]["IPAddress"]
+        assert address and address in ok(rn("exec", "apibox", "ip", "-o", "-4", "addr"))
+        with pytest.raises(docker.errors.APIError) as twice:
+            net.connect(container)
+        assert twice.value.status_code == 403
+        with pytest.raises(docker.errors.NotFound, match="No such container: nosuchbox"):
+            net.connect("nosuchbox")
+        net.disconnect(container)
+        container.reload()
+        assert sorted(container.attrs["NetworkSettings"]["Networks"]) == ["bridge"]
+        assert net.attrs["Name"] == "apinet5" and not client.networks.get(net.id).attrs["Containers"]
+    finally:
+        if box:
+            rn("rm", "-f", box)
+        with contextlib.suppress(Exception):
+            client.networks.get("apinet5").remove()
+        client.close()
 
 
 def test_docker_py_networks(api):

@@ -122,6 +122,44 @@ CMD ["default-arg"]
     assert config["Healthcheck"] == {"Test": ["CMD-SHELL", "true"], "Interval": 5_000_000_000, "Retries": 2}
 
 
+def test_onbuild_triggers_run_in_the_child_build_and_only_there(rn, ctx, images):
+    """A base image's ONBUILD triggers run right after the child's FROM (in the child's context), then leave the
+    config: the grandchild does not run them again (the classic builder's processOnBuild)."""
+    write(ctx, "Dockerfile", f"""FROM {IMG}
+ONBUILD COPY marker.txt /from-child-context.txt
+ONBUILD RUN echo trigger ran >> /triggers.log
+""")
+    write(ctx, "marker.txt", "parent context\n")
+    images.extend(["contract-onbuild:parent", "contract-onbuild:child", "contract-onbuild:grandchild"])
+    p = build(rn, ctx, "-t", "contract-onbuild:parent")
+    assert p.returncode == 0, p.stderr
+    assert "# Executing" not in text(p)  # recording a trigger runs nothing
+    write(ctx, "Dockerfile", "FROM contract-onbuild:parent\nRUN echo own step\n")
+    write(ctx, "marker.txt", "child context\n")
+    p = build(rn, ctx, "-t", "contract-onbuild:child")
+    assert p.returncode == 0, p.stderr
+    assert "# Executing 2 build triggers..." in text(p) and "own step" in text(p)
+    p = rn("run", "--rm", "contract-onbuild:child", "cat", "/from-child-context.txt", "/triggers.log")
+    assert text(p) == "child context\ntrigger ran\n", p.stderr
+    assert not inspect(rn, "contract-onbuild:child")["Config"]["OnBuild"]
+    write(ctx, "Dockerfile", "FROM contract-onbuild:child\n")
+    p = build(rn, ctx, "-t", "contract-onbuild:grandchild")
+    assert p.returncode == 0 and "# Executing" not in text(p), p.stderr
+    assert text(rn("run", "--rm", "contract-onbuild:grandchild", "cat", "/triggers.log")) == "trigger ran\n"
+
+
+def test_a_failing_onbuild_trigger_fails_the_child_at_its_from_line(rn, ctx, images):
+    write(ctx, "Dockerfile", f"FROM {IMG}\nONBUILD RUN echo trigger says no; exit 3\n")
+    images.extend(["contract-onbuild:bad", "contract-onbuild:badchild"])
+    assert build(rn, ctx, "-t", "contract-onbuild:bad").returncode == 0
+    write(ctx, "Dockerfile", "ARG X=1\nFROM contract-onbuild:bad\nRUN echo never\n")
+    p = build(rn, ctx, "-t", "contract-onbuild:badchild")
+    err = p.stderr.decode()
+    assert p.returncode == 1 and "(RUN echo trigger says no; exit 3)" in err, err
+    assert "returned a non-zero code: 3" in err and "trigger says no" in err and "never" not in text(p)
+    assert rn("inspect", "contract-onbuild:badchild").returncode != 0  # no image
+
+
 def test_multi_stage_copy_from_and_target_build_only_what_is_needed(rn, ctx, images):
     write(ctx, "Dockerfile", f"""FROM {IMG} AS builder
 RUN echo built > /artifact
@@ -247,12 +285,10 @@ def test_dockerfile_on_stdin_and_save_is_a_valid_oci_archive(rn, images, tmp_pat
     assert "sha256:" + json.loads(config.stdout)["rootfs"]["diff_ids"][-1].split(":")[1]
 
 
-@pytest.mark.root
 @pytest.mark.registry
-def test_a_missing_base_image_is_pulled(native_driver, registry, ctx):
-    """Natively only: a registry on the host's loopback is reached from the guest through the VM backend's
-    endpoint map, which a build inside the guest does not have (a real registry works on both)."""
-    rn = native_driver
+def test_a_missing_base_image_is_pulled(rn, registry, ctx):
+    """A FROM image not in the store is pulled, also from a registry on the host's loopback through the VM
+    (the guest's build reaches it at the host's address, as pull and push do)."""
     ref = f"{registry.host}/build/base:v1"
     assert rn("run", "--rm", IMG, "true").returncode == 0  # the default image is made on first use
     assert rn("tag", IMG, ref).returncode == 0

@@ -326,3 +326,28 @@ def test_image_of_the_other_cpu_architecture_runs_with_platform(rn, tmp_path):
         assert (p.returncode, text(p)) == (0, UNAME[foreign] + "\n"), p.stderr.decode()
     finally:
         rn("rmi", name)
+
+
+def test_network_connect_and_disconnect_a_running_container(rn):
+    """The same engine operation natively and through the guest's agent (the method table's network_connect)."""
+    assert rn("network", "create", "contract-net").returncode == 0
+    try:
+        for args in (("--name", "contract-peer", "--network", "contract-net"), ("--name", "contract-box")):
+            p = rn("run", "-d", *args, IMG, "sleep", "300")
+            assert p.returncode == 0, p.stderr
+        p = rn("network", "connect", "--alias", "boxy", "contract-net", "contract-box")
+        assert (p.returncode, text(p)) == (0, ""), p.stderr
+        for ref, target in (("contract-box", "contract-peer"), ("contract-peer", "boxy")):
+            p = rn("exec", ref, "ping", "-c", "1", "-W", "5", target)
+            assert p.returncode == 0, (ref, target, p.stderr)
+        nets = json.loads(text(rn("inspect", "contract-box")))[0]["NetworkSettings"]["Networks"]
+        assert sorted(nets) == ["bridge", "contract-net"] and nets["contract-net"]["IPAddress"]
+        assert rn("network", "disconnect", "contract-net", "contract-box").returncode == 0
+        p = rn("exec", "contract-box", "ping", "-c", "1", "-W", "2", "contract-peer")
+        assert p.returncode != 0 and b"bad address" in p.stderr
+        p = rn("network", "disconnect", "contract-net", "contract-box")
+        assert p.returncode == 125 and b"is not connected to network contract-net" in p.stderr
+    finally:
+        rn("rm", "-f", "contract-box")
+        rn("rm", "-f", "contract-peer")
+        rn("network", "rm", "contract-net")

@@ -210,6 +210,26 @@ def test_cp_both_ways_and_symlinks_never_reach_the_machine(rn, tmp_path):
     assert secret.read_text() == "HOST SECRET\n"
 
 
+def test_cp_of_a_stopped_container_reaches_its_volumes(rn, tmp_path):
+    """docker cp mounts a stopped (or never started) container's volumes: files go into and come out of the
+    volume, not the container's own layer, and a read-only volume refuses a copy in."""
+    host_file = tmp_path / "in.txt"
+    host_file.write_text("from host\n")
+    try:
+        ok(rn("run", "--rm", "-v", "vr-cpvol:/vol", IMG, "sh", "-c", "echo in volume > /vol/f"))
+        ok(rn("create", "--name", "vr-cpstop", "-v", "vr-cpvol:/vol", "-v", "vr-cpro:/ro:ro", IMG, "true"))
+        ok(rn("cp", "vr-cpstop:/vol/f", str(tmp_path / "out.txt")))
+        assert (tmp_path / "out.txt").read_text() == "in volume\n"
+        ok(rn("cp", str(host_file), "vr-cpstop:/vol/new.txt"))
+        assert ok(rn("run", "--rm", "-v", "vr-cpvol:/v", IMG, "cat", "/v/new.txt")) == "from host\n"
+        p = rn("cp", str(host_file), "vr-cpstop:/ro/")
+        assert p.returncode != 0 and b"read-only file system" in p.stderr, p.stderr
+        assert ok(rn("run", "--rm", "-v", "vr-cpro:/r", IMG, "ls", "-A", "/r")) == ""
+    finally:
+        rn("rm", "-f", "vr-cpstop")
+        rn("volume", "rm", "vr-cpvol", "vr-cpro")
+
+
 # ------------------------------------------------------------------------------------------------ the VM itself
 
 def _qemu_pid(vm_driver) -> int:

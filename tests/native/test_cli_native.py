@@ -171,6 +171,27 @@ def test_ps_never_shows_a_dead_container_running(native_root):
         run(native_root, "rm", "-f", cid)
 
 
+def test_format_json_prints_one_docker_row_a_line(native_root):
+    """`docker ps/images/network ls/volume ls --format json`: one object per line, docker's row fields (scripts
+    pipe it to jq line by line), not the API objects."""
+    cid = text(run(native_root, "run", "-d", "--name", "fmtjson", "-v", "fmtjson-vol:/data", IMG, "sleep", "100"))
+    try:
+        rows = [json.loads(line) for line in text(run(native_root, "ps", "--format", "json")).splitlines()]
+        assert [(r["ID"], r["Names"], r["State"], r["LocalVolumes"]) for r in rows] == \
+            [(cid.strip()[:12], "fmtjson", "running", "1")]
+        assert set(rows[0]) >= {"Command", "CreatedAt", "Image", "Labels", "Mounts", "Networks", "Ports",
+                                "RunningFor", "Size", "Status"}
+        images = [json.loads(line) for line in text(run(native_root, "images", "--format", "json")).splitlines()]
+        assert [(i["Repository"], i["Tag"]) for i in images] == [(IMG, "latest")]
+        nets = [json.loads(line) for line in text(run(native_root, "network", "ls", "--format", "json")).splitlines()]
+        assert "bridge" in [n["Name"] for n in nets] and all(n["Internal"] in ("true", "false") for n in nets)
+        vols = [json.loads(line) for line in text(run(native_root, "volume", "ls", "--format", "json")).splitlines()]
+        assert [(v["Name"], v["Driver"]) for v in vols] == [("fmtjson-vol", "local")]
+    finally:
+        run(native_root, "rm", "-f", "-v", "fmtjson")
+        run(native_root, "volume", "rm", "fmtjson-vol")
+
+
 @pytest.mark.parametrize("args, needle", [
     (["run", "--rm", "--pull", "never", "localhost/nope:1", "true"], "not found"),
     (["run", "--rm", "-v", "x:/x", IMG, "true"], "volume"),

@@ -54,7 +54,8 @@ def _teardown(path):
     """Remove every container and network of the root (even after a failed warm-up), then check."""
     for cid in out(cli(["ps", "-a", "-q", "--no-trunc"], root=path)).split():
         cli(["rm", "-f", cid], root=path)
-    nets = json.loads(out(cli(["network", "ls", "--format", "json"], root=path)) or "[]")
+    names = out(cli(["network", "ls", "-q"], root=path)).split()
+    nets = json.loads(out(cli(["network", "inspect", *names], root=path))) if names else []
     bridges = [n["Options"]["bridge"] for n in nets]
     for n in nets:
         cli(["network", "rm", n["Name"]], root=path)
@@ -77,7 +78,8 @@ def inspect(root, ref):
 
 
 def bridges(root):
-    return {n["Name"]: n for n in json.loads(out(run(root, "network", "ls", "--format", "json")))}
+    names = out(run(root, "network", "ls", "-q")).split()
+    return {n["Name"]: n for n in json.loads(out(run(root, "network", "inspect", *names)))} if names else {}
 
 
 def footprint(root):

@@ -120,12 +120,20 @@ class FakeEngine:
             raise RunnerError("not a tar archive")
         return ["localhost/x:latest"]
 
-    def build(self, stream, options=None, progress=None) -> str:
-        """Reports progress *while* the context still uploads (first chunk read), then at the end."""
+    def build(self, stream, options=None, progress=None, cancel=None) -> str:
+        """Reports progress *while* the context still uploads (first chunk read), then at the end. With the
+        option ``tags: ["wait"]`` it waits for its cancel (a RUN step that would run for long)."""
         first = stream.read(1000)
         progress({"stream": "Step 1/1 : FROM x\n"})
         rest = stream.read()
         self.built = first + rest
+        self.cancel = cancel
+        if options and options.get("tags") == ["wait"]:
+            stopped = threading.Event()
+            cancel.on_set(stopped.set)
+            progress({"stream": "running\n"})
+            if stopped.wait(10):
+                raise RunnerError("the build was cancelled: its client went away")
         if options and options.get("fail"):
             raise RunnerError("step 1/1 failed", hint="its last output lines")
         progress({"aux": {"ID": "sha256:" + "b" * 64}})
@@ -455,6 +463,39 @@ def test_build_uploads_the_context_and_streams_progress_back(backend, engine):
     assert info.value.hint == "its last output lines"
     assert backend.create({"image": "x"}) == "c0ffee"
     assert P.METHODS["build"].kind == P.UPLOAD_PROGRESS and P.METHODS["load"].kind == P.UPLOAD
+
+
+def test_a_build_is_cancelled_by_the_hosts_cancel_and_by_a_dropped_connection(backend, engine):
+    """The host's Cancel (the API server's client hung up) reaches the guest's build as a SIGNAL frame; a
+    connection that drops (the host's CLI killed) cancels it too, as dockerd cancels a build whose client left."""
+    from runner.stdio import Cancel
+    cancel = Cancel()
+    events = []
+
+    def progress(event):
+        events.append(event)
+        if event == {"stream": "running\n"}:
+            cancel.set()  # from the caller's side, while the build runs
+    with pytest.raises(RunnerError, match="cancelled"):
+        backend.build(io.BytesIO(b"ctx"), {"tags": ["wait"]}, progress, cancel)
+    first = engine.cancel
+    assert first.is_set()
+    assert backend.create({"image": "x"}) == "c0ffee"  # the connection survives a cancelled call
+    sock, _ = serve(engine)
+    client = AgentClient(sock, TOKEN, VERSION)
+    dropped = AgentBackend(lambda: client)
+    done = threading.Event()
+
+    def build():
+        with pytest.raises(VMError):
+            dropped.build(io.BytesIO(b"ctx"), {"tags": ["wait"]}, lambda e: e == {"stream": "running\n"}
+                          and sock.shutdown(socket.SHUT_RDWR))
+        done.set()
+    threading.Thread(target=build, daemon=True).start()
+    assert done.wait(10)
+    wait_for(lambda: engine.cancel is not first and engine.cancel.is_set(), 10,
+             "the agent to cancel the build of a client that is gone")
+    assert P.METHODS["build"].cancellable and not P.METHODS["load"].cancellable
 
 
 def test_connection_loss_fails_pending_calls_and_lets_the_container_run_on(engine):

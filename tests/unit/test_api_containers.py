@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from runner.api.containers import matches
 from runner.api.createspec import container_spec
 from runner.errors import UsageError
 from runner.spec import ContainerSpec
@@ -160,15 +159,66 @@ def test_malformed_bodies_are_usage_errors(body):
         container_spec(body, None)
 
 
-def test_list_filters_as_docker():
+class _Store:
+    """Images as runner.images.store.Store lists and resolves them (what ancestor_ids asks of it)."""
+
+    def __init__(self, images: dict, names: dict):
+        self.images, self.names = images, names
+
+    def list(self, all=False):
+        return list(self.images.values())
+
+    def resolve(self, ref):
+        from runner.errors import ImageNotFound
+        key = self.names.get(ref, ref)
+        if key not in self.images:
+            raise ImageNotFound(f"image {ref} not found")
+        return self.images[key]
+
+
+def _image(image_id: str, layers: list[str], history: list[str]):
+    from types import SimpleNamespace
+    return SimpleNamespace(id=image_id, config={"rootfs": {"diff_ids": layers},
+                                                "history": [{"created_by": h} for h in history]})
+
+
+def test_list_filters_as_dockerd():
+    """The one implementation of Docker's container filters (runner.engine.filters), which the API's
+    GET /containers/json and `runner ps` both use: dockerd's meaning, not a second one."""
+    from runner.engine import filters as flt
     c = {"Id": "abc123", "Names": ["/web-1"], "State": "running", "Image": "busybox:latest",
          "ImageID": "sha256:feed", "Labels": {"app": "web", "tier": "front"}}
-    assert matches(c, {}) and matches(c, {"id": ["abc"]}) and not matches(c, {"id": ["bc"]})
-    assert matches(c, {"name": ["web"]}) and matches(c, {"name": ["^web-1$"]}) and not matches(c, {"name": ["db"]})
-    assert matches(c, {"status": ["exited", "running"]}) and not matches(c, {"status": ["exited"]})
-    assert matches(c, {"label": ["app=web", "tier"]}) and not matches(c, {"label": ["app=web", "tier=back"]})
-    assert matches(c, {"ancestor": ["busybox"]}) and matches(c, {"ancestor": ["sha256:feed"]})
-    assert matches(c, {"ancestor": ["docker.io/library/busybox:latest"]})
-    assert not matches(c, {"ancestor": ["alpine"]})
-    with pytest.raises(UsageError):
-        matches(c, {"name": ["("]})
+
+    def matches(f, ancestors=None):
+        return flt.container_match(c, flt.normalize(f, flt.CONTAINER_KEYS), ancestors)
+    assert matches({}) and matches({"id": ["abc"]}) and not matches({"id": ["bc"]})
+    assert matches({"name": ["web"]}) and matches({"name": ["^web-1$"]}) and not matches({"name": ["db"]})
+    assert matches({"name": ["^/web"]}) and matches({"name": ["/web-1"]})  # with and without the slash
+    assert not matches({"name": ["("]}) and not matches({"name": ["[", "db"]})  # skipped, as dockerd: no error
+    assert matches({"name": ["[", "web"]})
+    assert matches({"status": ["exited", "running"]}) and not matches({"status": ["exited"]})
+    assert matches({"label": ["app=web", "tier"]}) and not matches({"label": ["app=web", "tier=back"]})
+    assert matches({"ancestor": ["busybox"]}, {"sha256:feed"}) and not matches({"ancestor": ["x"]}, set())
+    with pytest.raises(UsageError, match="invalid filter 'colour'"):
+        matches({"colour": ["red"]})
+
+
+def test_ancestor_is_the_resolved_image_and_every_image_built_on_it():
+    """As dockerd: the value is resolved (a name, an ID, a short ID of any length) and images made from it
+    count (a build's RUN adds a layer, a LABEL only history); a sibling or the image's own base do not; a name
+    that was moved to another image follows it; a missing image matches nothing."""
+    from runner.engine.filters import ancestor_ids
+    base = _image("sha256:" + "a" * 64, ["l1"], ["ADD"])
+    run = _image("sha256:" + "b" * 64, ["l1", "l2"], ["ADD", "RUN"])
+    label = _image("sha256:" + "c" * 64, ["l1"], ["ADD", "LABEL"])
+    other = _image("sha256:" + "d" * 64, ["l9"], ["ADD"])
+    store = _Store({i.id: i for i in (base, run, label, other)},
+                   {"busybox": base.id, "child": run.id, "docker.io/library/busybox:latest": base.id})
+    assert ancestor_ids(store, ["busybox"]) == {base.id, run.id, label.id}
+    assert ancestor_ids(store, ["docker.io/library/busybox:latest"]) == ancestor_ids(store, ["busybox"])
+    assert ancestor_ids(store, ["child"]) == {run.id}
+    assert ancestor_ids(store, ["aaaaaaaa"]) == {base.id, run.id, label.id}  # 8 hex digits, as dockerd takes
+    assert ancestor_ids(store, ["nothing"]) == set() and ancestor_ids(store, ["d" * 64, "child"]) == {other.id,
+                                                                                                      run.id}
+    store.names["busybox"] = label.id  # re-tagged: the name now means the other image
+    assert ancestor_ids(store, ["busybox"]) == {label.id}

@@ -60,3 +60,6 @@ def test_method_fields_and_tables():
     assert gt.format_rows(r"table {{.ID}}\t{{.Names}}", rows, {"ID": "CONTAINER ID", "Names": "NAMES"}) == [
         "CONTAINER ID   NAMES", "abc            web", "defghij        cache"]
     assert gt.format_rows("json", [{"a": 1}], {}) == ['{"a":1}']
+    # docker prints each row as a map (keys sorted); helper methods such as .Label are not fields
+    assert gt.format_rows("json", rows, {}) == ['{"ID":"abc","Names":"web"}', '{"ID":"defghij","Names":"cache"}']
+    assert gt.format_rows("{{json .}}", rows[:1], {}) == ['{"ID":"abc","Names":"web"}']

@@ -2,7 +2,9 @@
 --disk-size 128M`) filled from a container, then written by a load and a pull, gives the same one-line error + hint as natively
 (tests/native/test_diskfull.py), `vm status` shows the disk line while it runs, and `ps`, `rm -f`, `rmi`,
 `system prune` get the space back without a traceback. A `load` SIGKILLed mid-stream leaves no temp blob in
-the guest: the agent drops it as soon as the stream breaks.
+the guest: the agent drops it as soon as the stream breaks. A `build` SIGKILLed during a long RUN step is
+cancelled in the guest within seconds (its step container killed and removed, no image), as dockerd's classic
+builder cancels a build whose client left.
 
 Its own machine in a private state dir (RUNNER_VM_STATE_DIR); stopped and deleted at the end, even on failure.
 """
@@ -18,10 +20,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
+import time
 
 import pytest
 
-from tests.helpers import cli, wait_for
+from tests.helpers import REPO, cli, wait_for
 from tests.native.test_interrupted import start_killable_load
 
 # The registry fixture of tests/registry (a real docker-registry on 127.0.0.1; the guest reaches it as 10.0.2.2).
@@ -110,6 +114,42 @@ def test_a_load_killed_mid_stream_leaves_no_temp_blob_in_the_guest(rv):
     wait_for(lambda: temp_entries(rv) == 0, timeout=60, what="the agent to drop the killed load's temp blob")
 
 
+def test_a_build_killed_mid_run_is_cancelled_in_the_guest(rv, tmp_path):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM {IMG}\nRUN echo step-started; sleep 1000\n")
+    images = rv("images", "-a", "-q", "--no-trunc").stdout.split()
+    steps = ("ps", "-aq", "--no-trunc", "--filter", "label=io.runner.build.step")
+    build = subprocess.Popen([sys.executable, "-m", "runner", "--backend", "vm", "build", "--progress", "plain",
+                              "--network", "none", "-t", "cancelled:vm", str(ctx)], stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=REPO, **rv.env))
+    guard = threading.Timer(180, build.kill)  # a build that never prints the line fails the test, never hangs it
+    guard.start()
+    try:
+        seen = b""
+        while not seen.rstrip().endswith(b"step-started") or seen.rstrip().endswith(b"echo step-started"):
+            line = build.stdout.readline()
+            assert line, seen.decode()
+            seen += line
+        assert len(rv(*steps).stdout.split()) == 1, seen.decode()  # the step runs in the guest
+        build.send_signal(signal.SIGKILL)
+        assert build.wait(timeout=30) == -signal.SIGKILL
+        killed = time.monotonic()
+    finally:
+        guard.cancel()
+        if build.poll() is None:
+            build.kill()
+            build.wait()
+        build.stdout.close()
+    wait_for(lambda: rv(*steps).stdout == b"", 60, "the guest to cancel the build and remove its step container")
+    took = time.monotonic() - killed
+    assert took < 20, took  # seconds (the CLI calls of the wait included), not the step's 1000 s
+    assert rv("images", "-a", "-q", "--no-trunc").stdout.split() == images
+    assert rv("inspect", "cancelled:vm").returncode != 0
+    assert temp_entries(rv) == 0
+    print(f"guest build cancelled {took:.1f} s after the CLI was killed")
+
+
 @pytest.mark.registry
 def test_a_full_data_disk_is_one_clear_error_and_the_user_gets_the_space_back(rv, tmp_path, registry):
     archive = str(tmp_path / "busybox.tar")
@@ -144,7 +184,8 @@ def test_a_full_data_disk_is_one_clear_error_and_the_user_gets_the_space_back(rv
     assert temp_entries(rv) == 0  # the failed load and pull kept nothing (no partial on a full disk)
     # Read-only and space-freeing commands work on the full disk.
     ps = rv("ps", "-a", "--format", "json")
-    assert ps.returncode == 0 and [c["Names"] for c in json.loads(ps.stdout)] == [["/filler"]], ps.stdout
+    assert ps.returncode == 0 and [json.loads(row)["Names"] for row in ps.stdout.splitlines()] == ["filler"], \
+        ps.stdout
     for args in (["inspect", "filler"], ["images"], ["logs", "filler"], ["info"], ["system", "df"]):
         p = rv(*args)
         assert p.returncode == 0 and b"Traceback" not in p.stderr, (args, p.stderr.decode())
