@@ -39,6 +39,7 @@ from runner.stdio import Stdio, write_all
 _POLL = getattr(select, "poll", None)  # absent on Windows
 _POLL_PIPES = _POLL is not None  # whether PipeReaders may wait on pipes with poll (apart for the tests)
 _HUP = (select.POLLHUP | select.POLLERR | select.POLLNVAL) if _POLL is not None else 0
+_RDHUP = getattr(select, "POLLRDHUP", 0x2000) if _POLL is not None else 0  # the peer shut its sending half
 _WATCH = 0.25  # seconds between looks at a half-closed client whose full close nothing can wait for
 CHUNK = 65536
 
@@ -154,13 +155,24 @@ class PipeReaders:
 
 def hung_up(sock: socket.socket, timeout: float) -> bool:
     """Wait up to ``timeout`` for the client to close its end (or even only its sending half, as Go's server
-    takes a read EOF after the body for a cancelled request); True when it did. Unread data does not wake it."""
+    takes a read EOF after the body for a cancelled request); True when it did. Unread data does not wake it.
+
+    Without poll (Windows) the socket is selected and peeked: EOF or a reset is a hang-up; unread data is
+    not, and the rest of ``timeout`` is then waited out instead of selecting again at once (a busy loop)."""
     if hasattr(sock, "peer_closed"):  # a Windows named pipe (runner.api.npipe)
         return sock.peer_closed(timeout)
-    poller = select.poll()
-    poller.register(sock.fileno(), _HUP | _RDHUP)
     try:
-        return bool(poller.poll(int(timeout * 1000)))
+        if _POLL is not None:
+            poller = _POLL()
+            poller.register(sock.fileno(), _HUP | _RDHUP)
+            return bool(poller.poll(int(timeout * 1000)))
+        deadline = time.monotonic() + timeout
+        readable, _, _ = select.select([sock], [], [], timeout)
+        if readable:
+            if sock.recv(1, socket.MSG_PEEK) == b"":
+                return True
+            time.sleep(max(0.0, deadline - time.monotonic()))
+        return False
     except (OSError, ValueError):
         return True
 

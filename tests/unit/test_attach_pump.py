@@ -121,3 +121,23 @@ def test_without_poll_a_socket_is_gone_only_when_reset(monkeypatch):
         wait_for(lambda: client_gone(ours, 0.05), 10, "the reset to be seen")
     finally:
         ours.close()
+
+
+@pytest.mark.parametrize("poll", [True, False])
+def test_hung_up_sees_a_half_close_but_not_unread_data(poll, monkeypatch):
+    import time
+
+    if not poll:
+        monkeypatch.setattr(attach, "_POLL", None)  # as on Windows: select and a peek
+    ours, peer = socket.socketpair()
+    try:
+        peer.sendall(b"next request")
+        began = time.monotonic()
+        assert not attach.hung_up(ours, 0.2)
+        assert time.monotonic() - began >= 0.15  # waited, not a busy return the watcher would loop on
+        assert ours.recv(100) == b"next request"
+        peer.shutdown(socket.SHUT_WR)
+        assert attach.hung_up(ours, 5)
+    finally:
+        ours.close()
+        peer.close()
