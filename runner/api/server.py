@@ -76,6 +76,19 @@ class _Threads(socketserver.ThreadingMixIn):
     block_on_close = False
     request_queue_size = 128  # listen backlog: socketserver's 5 refuses the 6th of many clients connecting at once
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that vanished between requests (a killed docker CLI resets its kept-alive connections over
+        TCP) is nobody's error: socketserver would print a traceback for it. Anything else is one line, the
+        traceback only with --debug."""
+        import sys
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, TimeoutError)):
+            return
+        if getattr(self, "debug", False):
+            super().handle_error(request, client_address)
+        else:
+            sys.stderr.write(f"runner: error serving a client: {type(exc).__name__}: {exc}\n")
+
 
 if hasattr(socketserver, "UnixStreamServer"):  # not on Windows: its Python has no AF_UNIX
     class UnixServer(_Threads, socketserver.UnixStreamServer):

@@ -52,7 +52,8 @@ class WinsimServer:
 
     def docker_popen(self, *args: str) -> subprocess.Popen:
         env = dict(os.environ, DOCKER_HOST=self.host, DOCKER_CONFIG=str(self.config))
-        return subprocess.Popen([DOCKER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        return subprocess.Popen([DOCKER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.PIPE, env=env)
 
     def output(self) -> str:
         if not self.log.closed:
@@ -99,11 +100,23 @@ def test_docker_cli_through_a_windows_shaped_server(vm_driver, tmp_path):  # noq
         assert ok(server.docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", name)).split() == \
             ["exited", "0"]
         ok(server.docker("rm", name))
+        # A client killed mid-attach: its stdin ends with it (over TCP without poll, its FIN is all there is
+        # to see), the container's `read` returns, and the --rm container goes.
+        gone = f"{name}-gone"
+        client = server.docker_popen("run", "-i", "--rm", "--name", gone, IMAGE, "sh", "-c",
+                                     "echo started; read line; echo never")
+        try:
+            assert client.stdout.readline() == b"started\n"
+        finally:
+            client.kill()
+            client.communicate()
+        wait_for(lambda: server.docker("inspect", gone).returncode != 0, 60, "the abandoned container to go")
     finally:
         if logs is not None and logs.poll() is None:
             logs.kill()
             logs.wait()
         vm_driver("rm", "-f", name)
+        vm_driver("rm", "-f", f"{name}-gone")
         code = server.stop()
     out = server.output()
     assert code == 0 and "Traceback" not in out, out
