@@ -537,7 +537,10 @@ class Call:
             if self.inbox is not None:
                 self.inbox.fail()
             relay.finish(DRAIN_TIMEOUT)
-        self.conn.send(P.encode_json(P.EXIT, self.id, {"exit_code": code, "took": self.took()}))
+        done = {"exit_code": code, "took": self.took()}
+        if isinstance(getattr(handle, "ended", None), str):  # attach: how it ended (runner.engine.attach_client)
+            done["ended"] = handle.ended
+        self.conn.send(P.encode_json(P.EXIT, self.id, done))
 
     def _feed_stdin(self, fd: int) -> None:
         """Client stdin frames → the container's stdin pipe; EOF (or a drop) closes it: the half-close."""

@@ -254,15 +254,18 @@ def _copy_until_eof(src: int, dst: int) -> None:
 
 
 def relay(sources: dict[int, int], log: LogWriter | None, sinks: dict[int, int | None],
-          stdin: tuple[int, int] | None = None) -> None:
+          stdin: tuple[int, int] | None = None, hub=None) -> None:
     """Copy container output to the log and to attached sinks until every source reaches EOF.
 
     ``sources`` maps a readable fd to its stream number; ``sinks`` maps a stream number to the caller's fd
     (or None when detached). ``stdin`` is (caller fd, container fd) for terminals, where input must be
     pushed into the pty master. A sink that fails (the client went away) is dropped and logging goes on:
-    a container outlives its client, as in Docker.
+    a container outlives its client, as in Docker. ``hub``: the container's attach endpoint
+    (runner.engine.attach_server.Hub), which watches its own sockets in this loop and gets every chunk.
     """
     sel = selectors.DefaultSelector()
+    if hub is not None:
+        hub.register(sel)
     for fd, stream in sources.items():
         sel.register(fd, selectors.EVENT_READ, ("out", stream))
     if stdin is not None:
@@ -273,8 +276,11 @@ def relay(sources: dict[int, int], log: LogWriter | None, sinks: dict[int, int |
             threading.Thread(target=_copy_until_eof, args=stdin, daemon=True).start()
     open_sources = set(sources)
     while open_sources:
-        for key, _ in sel.select():
+        for key, mask in sel.select():
             kind, target = key.data
+            if kind == "hub":
+                target(mask)
+                continue
             try:
                 data = os.read(key.fd, 65536)
             except OSError as exc:
@@ -297,10 +303,14 @@ def relay(sources: dict[int, int], log: LogWriter | None, sinks: dict[int, int |
                 continue
             if log is not None:
                 log.write(target, data)
+            if hub is not None:
+                hub.output(target, data)
             sink = sinks.get(target)
             if sink is not None:
                 try:
                     write_all(sink, data)
                 except OSError:
                     sinks[target] = None
+    if hub is not None:
+        hub.unregister()
     sel.close()
