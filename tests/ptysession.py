@@ -17,11 +17,11 @@ class PtySession:
     def __init__(self, argv: list[str], env: dict, rows: int = 33, cols: int = 111):
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
-            try:
+            try:  # the size is set before the program starts and reads it
+                fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
                 os.execve(argv[0], argv, env)
             finally:
                 os._exit(127)
-        self.resize(rows, cols)
         self.output = b""
         self.code: int | None = None
 

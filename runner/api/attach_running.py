@@ -14,15 +14,27 @@ from runner.stdio import Stdio, write_all
 
 
 def feed(req, cid: str, session, logs: bool, detach_keys: str | None) -> None:
-    """In a thread: with ``logs``, the output so far from the log; then the live attach until the container
-    exits, the client detaches or goes away. The session's write ends close at the end, so its pump ends."""
+    """Wire ``session`` to the running container. Without ``logs`` the attach is made now, before the 101:
+    output the container writes from then on waits in the session's pipes, so a client that sends input the
+    moment it reads the 101 sees every answer (and a failure is still a plain HTTP error). With ``logs`` the
+    log comes first, in the thread (the pipes could not hold a long log before the pump runs), then the attach.
+    Either way the session's write ends close at the end, so its pump ends."""
+    handle = None
+    if not logs:
+        try:
+            handle = req.backend.attach(cid, session.stdio(), None, detach_keys=detach_keys)
+        except BaseException:
+            session.discard()
+            raise
+
     def run() -> None:
         stdio = session.stdio()
         try:
-            if logs:
+            attached = handle
+            if attached is None:
                 req.backend.logs(cid, Stdio(None, stdio.stdout, stdio.stderr))
-            handle = req.backend.attach(cid, stdio, None, detach_keys=detach_keys)
-            handle.wait()
+                attached = req.backend.attach(cid, stdio, None, detach_keys=detach_keys)
+            attached.wait()
         except (RunnerError, OSError) as exc:
             with contextlib.suppress(OSError):  # the 101 went out already: the reason goes to the stream
                 write_all(stdio.stderr, f"Error: {exc}\n".encode())

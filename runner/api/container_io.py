@@ -40,8 +40,8 @@ def attach(req) -> None:
         session.pump()
         return
     if running:  # wired to the running container by its shim (runner.api.attach_running)
-        req.hijack(content_type)
         attach_running.feed(req, cid, session, logs, req.arg("detachKeys") or None)
+        req.hijack(content_type)
         session.pump()
         return
     mon = monitor_of(req)
