@@ -209,8 +209,8 @@ class _Workload:
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         cin, in_w = (starter if starter is not None else devnull), None
-        if hub is not None and interactive:  # -i: the shim keeps the write end, so attachers can feed it
-            cin, in_w = os.pipe2(os.O_CLOEXEC)
+        if hub is not None and interactive and (starter is None or _pollable(starter)):
+            cin, in_w = os.pipe2(os.O_CLOEXEC)  # -i: the shim keeps the write end, so attachers can feed it
         try:
             self.pid = runtime.start(bundle, cid, (cin, out_w, err_w))
         finally:
@@ -219,12 +219,27 @@ class _Workload:
             if in_w is not None:
                 os.close(cin)
         if hub is not None:
-            hub.wire(in_w, None, starter if interactive else None)
+            hub.wire(in_w, None, starter if in_w is not None else None)
         self.sources = {out_r: logs.STDOUT, err_r: logs.STDERR}
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
+
+
+def _pollable(fd: int) -> bool:
+    """Whether the relay's selector can watch ``fd``: a regular file or /dev/null cannot (EPERM). Such a
+    starter's stdin (``run -i < file``) is then the container's own, as without an attach endpoint: the file
+    is read at the container's pace, never into the shim's memory."""
+    import select
+    ep = select.epoll()
+    try:
+        ep.register(fd, select.EPOLLIN)
+        return True
+    except OSError:
+        return False
+    finally:
+        ep.close()
 
 
 def _relay(engine, cid: str, work: _Workload, stdio: Stdio | None, sync: socket.socket, log_opts, hub=None) -> str:

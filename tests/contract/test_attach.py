@@ -201,3 +201,24 @@ def test_logs_until_and_since(rn, container):
     assert rn("logs", "--until", second, name).stdout == b"one\n"
     assert rn("logs", "--since", second, name).stdout == b"two\n"
     assert rn("logs", "--until", "2000-01-01T00:00:00Z", name).stdout == b""
+
+
+def test_start_ai_of_a_stopped_interactive_container_keeps_working(rn, container):
+    name = _name("att-startai")
+    container.append(name)
+    assert rn("create", "-i", "--name", name, IMG, "tr", "a-z", "A-Z").returncode == 0
+    for word in (b"first", b"again"):  # a second start wires the new run's stdin afresh
+        p = rn("start", "-ai", name, input=word + b"\n")
+        assert p.returncode == 0, p.stderr
+        assert p.stdout == word.upper() + b"\n"
+
+
+def test_run_i_reads_a_regular_file_as_stdin(rn, tmp_path):
+    from tests.helpers import cli
+    data = b"line\n" * 50000  # more than any pipe holds: read at the container's pace
+    src = tmp_path / "input.txt"
+    src.write_bytes(data)
+    with open(src, "rb") as f:
+        p = cli(["run", "--rm", "-i", IMG, "wc", "-c"], root=rn.root, backend=rn.backend, env=rn.env, stdin=f)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == str(len(data)).encode()
