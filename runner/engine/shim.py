@@ -295,8 +295,6 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         if monitor is not None:
             monitor.stop()
         code = exit_code_of(status)
-        if hub is not None:
-            hub.exited(code)
         oom = runtime.oom_killed(container_bundle.dir, cid)
         runtime.delete(container_bundle.dir, cid)
         delay = None if rec.spec.get("restart") in (None, "", "no") else \
@@ -305,6 +303,8 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             break
         _record_exit(engine, cid, code, oom, error, restarting=True)
         engine.journal_container("die", rec, exitCode=str(code))
+        if hub is not None:  # attachers hear of the exit after the record tells it (inspect agrees with them)
+            hub.exited(code)
         died = True
         if stdio is not None:  # the attached caller hears of the first exit; the restarts run detached
             _send(sync, {"exited": code})
@@ -325,10 +325,11 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             error = f"cannot restart the container: {exc}"
             break
     _detach(net)
-    if hub is not None:
-        hub.close()
     container_bundle.release()
     _finish(engine, rec, code, oom, error, died)
+    if hub is not None:  # after the record: an attacher told the exit code finds the container exited
+        hub.exited(code)
+        hub.close()
     _send(sync, {"exited": code})
     return code
 
