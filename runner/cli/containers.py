@@ -237,7 +237,8 @@ def inspect(refs: List[str] = typer.Argument(..., help="containers, images, volu
 def attach_(
     container: str = typer.Argument(...),
     no_stdin: bool = typer.Option(False, "--no-stdin", help="do not attach stdin"),
-    sig_proxy: bool = typer.Option(True, "--sig-proxy", help="proxy received signals to the container"),
+    sig_proxy: str = typer.Option("true", "--sig-proxy", metavar="BOOL",
+                                  help="proxy received signals to the container (--sig-proxy=false: do not)"),
     detach_keys: Optional[str] = typer.Option(None, "--detach-keys", help="key sequence for detaching"),
 ):
     """Attach the terminal to a running container (docker attach): its output, and its stdin if it was created
@@ -245,13 +246,15 @@ def attach_(
     backend = _backend()
     config = backend.inspect(container)["Config"]
     tty, interactive = bool(config["Tty"]), bool(config["OpenStdin"]) and not no_stdin
+    if sig_proxy.lower() not in ("true", "1", "false", "0"):
+        raise UsageError(f"invalid value {sig_proxy!r} for --sig-proxy", hint="use --sig-proxy=true or false")
     handles = []
 
     def start(stdio, size):
         handles.append(backend.attach(container, stdio, size, detach_keys=detach_keys))
         return handles[0]
 
-    code = attach(start, tty, interactive, sig_proxy=sig_proxy)
+    code = attach(start, tty, interactive, sig_proxy=sig_proxy.lower() in ("true", "1"))
     if handles and getattr(handles[0], "ended", None) == "eof":
         code = backend.wait(container)  # as the docker CLI: input ended, the container's exit is the answer
     raise typer.Exit(code)

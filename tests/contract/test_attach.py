@@ -222,3 +222,25 @@ def test_run_i_reads_a_regular_file_as_stdin(rn, tmp_path):
         p = cli(["run", "--rm", "-i", IMG, "wc", "-c"], root=rn.root, backend=rn.backend, env=rn.env, stdin=f)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == str(len(data)).encode()
+
+
+def test_sig_proxy_passes_ctrl_c_to_a_container_without_a_terminal(rn, container):
+    import signal
+    import subprocess
+    name = _name("att-sig")
+    _run_d(rn, container, name, "-i", IMG, "sh", "-c",
+           "trap 'echo got-int; exit 9' INT; while :; do echo tick; sleep 0.1; done")
+    env = dict(os.environ, PYTHONPATH=REPO, **rn.env)
+    if rn.root:
+        env["RUNNER_ROOT"] = rn.root
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "--backend", rn.backend, "attach", name], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"tick\n"  # attached (live output): its signal handlers are in place
+        proc.send_signal(signal.SIGINT)  # docker's --sig-proxy (the default): to the container, not the CLI
+        assert proc.wait(60) == 9, proc.stderr.read()
+        assert proc.stdout.read().endswith(b"got-int\n")  # (its stdin stayed open: the attach saw it all)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
