@@ -90,6 +90,9 @@ class EscapeScanner:
 def attach(engine, rec, stdio: Stdio, size: TermSize | None, detach_keys: str | None) -> AttachedProcess:
     keys = parse_detach_keys(detach_keys)
     sock = wire.connect(engine.state.dir(rec.id))
+    if sock is not None and not wire.await_ready(sock):
+        sock.close()  # the container ended meanwhile: the log and the record tell the rest
+        sock = None
     if sock is None:
         return LogAttach(engine, rec, stdio)
     return SocketAttach(engine, rec, sock, stdio, size, keys)

@@ -12,15 +12,16 @@ does: a state root deep in the file system would make the plain path longer than
 Wire format, both directions: frames of a 1-byte kind, a 4-byte big-endian length and the payload::
 
     client -> shim   IN (0) bytes for stdin       STDIN_EOF (3) the client's stdin ended      RESIZE (4) >HH rows cols
-    shim -> client   OUT (1) stdout bytes         ERR (2) stderr bytes                        EXIT (5) >i exit code
+    shim -> client   READY (6) first: accepted    OUT (1) stdout bytes     ERR (2) stderr bytes     EXIT (5) >i code
 
 A client leaves by closing its socket (detach); the container runs on. Docker's StdinOnce: STDIN_EOF closes the
 container's stdin only when the container was created with it (``run -i`` attached) and has no terminal;
 otherwise it is ignored here (the client ends its attach instead, see runner.engine.attach_client). Every
-client gets all output, live; the log still receives everything. A client too slow to take its output (more
-than ``MAX_PENDING`` bytes queued) is dropped rather than allowed to stall the container, whose output the
-shim must keep draining. Several clients may type at once: their input is interleaved as it arrives, as
-with Docker.
+client gets all output, live; the log still receives everything. A client slower than the container's output
+gets back-pressure, as with Docker: while more than ``MAX_PENDING`` bytes wait for it, the relay reads no more
+output (the container blocks on its pipe). A client that takes nothing at all for ``STALL_TIMEOUT`` seconds
+is dropped, so a hung attacher cannot stop a container for good. Several clients may type at once: their
+input is interleaved as it arrives, as with Docker.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ import os
 import selectors
 import socket
 import struct
+import time
 
-IN, OUT, ERR, STDIN_EOF, RESIZE, EXIT = 0, 1, 2, 3, 4, 5
+IN, OUT, ERR, STDIN_EOF, RESIZE, EXIT, READY = 0, 1, 2, 3, 4, 5, 6
 HEADER = struct.Struct(">BI")
 MAX_FRAME = 1024 * 1024
-MAX_PENDING = 4 * 1024 * 1024  # output queued for one client before it is dropped
+MAX_PENDING = 1024 * 1024  # output queued for one client before the relay waits for it
+STALL_TIMEOUT = 10.0  # seconds a client over MAX_PENDING may take nothing before it is dropped
 STDIN_HIGH = 256 * 1024  # stdin queued for the container before clients' input is no longer read
 SOCKET_NAME = "attach.sock"
 
@@ -66,6 +69,20 @@ def connect(container_dir: str) -> socket.socket | None:
     return sock
 
 
+def await_ready(sock: socket.socket, timeout: float = 10.0) -> bool:
+    """Wait for the shim's READY: from then on every output chunk reaches this client (a connection still in
+    the listen backlog would miss what the container writes before the shim accepts it)."""
+    sock.settimeout(timeout)
+    try:
+        data = sock.recv(HEADER.size, socket.MSG_WAITALL)
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(None)
+    return data == encode(READY)
+
+
 class Decoder:
     """Incremental frame parser for both ends."""
 
@@ -92,6 +109,7 @@ class _Client:
         self.decoder = Decoder()
         self.pending = bytearray()
         self.events = 0
+        self.stalled_since: float | None = None
 
 
 class Hub:
@@ -159,7 +177,9 @@ class Hub:
         sock.setblocking(False)
         client = _Client(sock)
         self._clients[sock.fileno()] = client
-        self._interest(client)
+        client.pending += encode(READY)
+        if self._flush(client):
+            self._interest(client)
 
     def _from_starter(self, _mask: int) -> None:
         try:
@@ -273,10 +293,23 @@ class Hub:
         frame = encode(OUT if stream == 1 else ERR, data)
         for client in list(self._clients.values()):
             client.pending += frame
-            if len(client.pending) > MAX_PENDING:
-                self._drop(client)  # too slow: the container must not wait for it
-            elif self._flush(client):
+            if self._flush(client):
                 self._interest(client)
+
+    def congested(self) -> bool:
+        """Whether some client has more than MAX_PENDING bytes waiting (the relay then pauses the output);
+        one that took nothing for STALL_TIMEOUT seconds meanwhile is dropped instead."""
+        busy, now = False, time.monotonic()
+        for client in list(self._clients.values()):
+            if len(client.pending) <= MAX_PENDING:
+                client.stalled_since = None
+            elif client.stalled_since is None:
+                client.stalled_since, busy = now, True
+            elif now - client.stalled_since > STALL_TIMEOUT:
+                self._drop(client)
+            else:
+                busy = True
+        return busy
 
     def _flush(self, client: _Client) -> bool:
         """Send what is queued for ``client``; False if it was dropped."""
@@ -284,6 +317,7 @@ class Hub:
             while client.pending:
                 n = client.sock.send(client.pending)
                 del client.pending[:n]
+                client.stalled_since = None  # it takes output: slow, not hung
         except BlockingIOError:
             pass
         except OSError:

@@ -261,7 +261,8 @@ def relay(sources: dict[int, int], log: LogWriter | None, sinks: dict[int, int |
     (or None when detached). ``stdin`` is (caller fd, container fd) for terminals, where input must be
     pushed into the pty master. A sink that fails (the client went away) is dropped and logging goes on:
     a container outlives its client, as in Docker. ``hub``: the container's attach endpoint
-    (runner.engine.attach_server.Hub), which watches its own sockets in this loop and gets every chunk.
+    (runner.engine.attach_server.Hub), which watches its own sockets in this loop and gets every chunk; while
+    an attacher has too much output queued, the output is not read (back-pressure, as Docker applies it).
     """
     sel = selectors.DefaultSelector()
     if hub is not None:
@@ -275,8 +276,16 @@ def relay(sources: dict[int, int], log: LogWriter | None, sinks: dict[int, int |
             # A regular file or /dev/null cannot be polled (EPERM): copy it from a thread instead.
             threading.Thread(target=_copy_until_eof, args=stdin, daemon=True).start()
     open_sources = set(sources)
+    paused = False
     while open_sources:
-        for key, mask in sel.select():
+        if hub is not None and hub.congested() != paused:  # an attacher lags: the container waits (Docker's too)
+            paused = not paused
+            for fd in open_sources:
+                if paused:
+                    sel.unregister(fd)
+                else:
+                    sel.register(fd, selectors.EVENT_READ, ("out", sources[fd]))
+        for key, mask in sel.select(1.0 if paused else None):
             kind, target = key.data
             if kind == "hub":
                 target(mask)
