@@ -143,6 +143,27 @@ class Hub:
         self.listener.listen(16)
         self.listener.setblocking(False)
 
+    def dispatch(self, callback, mask: int) -> None:
+        """Run one of the hub's selector callbacks for the relay. A failure here (a bug) must never cost the
+        container its monitor: the endpoint shuts down, the container and its log go on."""
+        try:
+            callback(mask)
+        except Exception:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop serving attachers for good (the relay keeps running without the hub's sockets)."""
+        if self._sel is not None:
+            for fd in [k.fd for k in self._sel.get_map().values() if k.data[0] == "hub"]:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._sel.unregister(fd)
+        for client in list(self._clients.values()):
+            client.events = 0
+            self._drop(client)
+        self.starter = None
+        with contextlib.suppress(OSError):
+            self.listener.close()
+
     # -- a new run of the container (its first start, or a restart)
     def wire(self, stdin: int | None, master: int | None, starter: int | None) -> None:
         self.stdin, self.master, self.starter = stdin, master, starter
@@ -153,6 +174,8 @@ class Hub:
 
     def register(self, sel: selectors.BaseSelector) -> None:
         self._sel = sel
+        if self.listener.fileno() < 0:
+            return  # shut down (see dispatch)
         sel.register(self.listener, selectors.EVENT_READ, ("hub", self._accept))
         for client in self._clients.values():
             self._interest(client)

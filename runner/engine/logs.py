@@ -288,7 +288,7 @@ def relay(sources: dict[int, int], log: LogWriter | None, sinks: dict[int, int |
         for key, mask in sel.select(1.0 if paused else None):
             kind, target = key.data
             if kind == "hub":
-                target(mask)
+                hub.dispatch(target, mask)
                 continue
             try:
                 data = os.read(key.fd, 65536)

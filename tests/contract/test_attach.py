@@ -244,3 +244,30 @@ def test_sig_proxy_passes_ctrl_c_to_a_container_without_a_terminal(rn, container
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_an_attacher_beside_the_terminal_that_started_the_container(rn, container):
+    """`run -it` in one terminal, `attach` in another: both type into the same shell, both see its output,
+    and both end with its exit code."""
+    name = _name("att-two")
+    container.append(name)
+    env = dict(os.environ, PYTHONPATH=REPO, **rn.env)
+    if rn.root:
+        env["RUNNER_ROOT"] = rn.root
+    starter = PtySession([sys.executable, "-m", "runner", "--backend", rn.backend, "run", "-it", "--name", name,
+                          IMG, "sh"], env)
+    other = None
+    try:
+        starter.send(b"echo started-$((1 + 1))\r")
+        starter.expect(b"started-2")
+        other = _attach_pty(rn, name)
+        other.send(b"echo from-other-$((3 + 4))\r")
+        other.expect(b"from-other-7")
+        starter.expect(b"from-other-7")  # the starter's terminal shows what the other typed, and its answer
+        starter.send(b"exit 3\r")
+        assert starter.wait() == 3
+        assert other.wait() == 3
+    finally:
+        starter.close()
+        if other is not None:
+            other.close()

@@ -177,3 +177,21 @@ def test_resize_reaches_the_terminal_and_input_goes_into_the_master(tmp_path):
         hub.close()
         os.close(slave)
         os.close(master)
+
+
+def test_a_failing_hub_shuts_down_and_the_relay_goes_on(tmp_path):
+    hub = wire.Hub(str(tmp_path), close_on_eof=False)
+    hub.wire(None, None, None)
+
+    def broken(_mask):
+        raise RuntimeError("a bug in the hub")
+    hub._accept = broken
+    relay = Relay(hub)
+    try:
+        sock = wire.connect(str(tmp_path))  # the accept fails: the endpoint goes, the relay does not
+        assert sock is not None and not wire.await_ready(sock, 5)
+        sock.close()
+        os.write(relay.out_w, b"still relayed")
+    finally:
+        relay.stop()  # returns: the relay survived
+        hub.close()
