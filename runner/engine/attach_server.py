@@ -166,6 +166,12 @@ class Hub:
 
     # -- a new run of the container (its first start, or a restart)
     def wire(self, stdin: int | None, master: int | None, starter: int | None) -> None:
+        """``stdin``: the fd the container's input goes to, now the hub's to close (a pipe's write end; for a
+        terminal pass the master, which is duplicated: the relay reads the master itself, and a duplicate can
+        be watched for writability beside it, so a long paste waits for room in the terminal, not for the
+        next key)."""
+        if stdin is not None and stdin == master:
+            stdin = os.dup(master)
         self.stdin, self.master, self.starter = stdin, master, starter
         self._stdin_buf.clear()
         self._pending_eof = False
@@ -286,8 +292,8 @@ class Hub:
         self._stdin_interest()
 
     def _stdin_interest(self) -> None:
-        if self._sel is None or self.stdin is None or self.master is not None:
-            return  # the pty master is read by the relay: its writability is retried with the next input
+        if self._sel is None or self.stdin is None:
+            return
         key = self._sel.get_map().get(self.stdin)
         if self._stdin_buf and key is None:
             self._sel.register(self.stdin, selectors.EVENT_WRITE, ("hub", self._write_stdin))
@@ -303,7 +309,7 @@ class Hub:
             self._close_stdin()
 
     def _close_stdin(self) -> None:
-        if self.stdin is None or self.master is not None:
+        if self.stdin is None:
             return
         if self._sel is not None and self._sel.get_map().get(self.stdin) is not None:
             self._sel.unregister(self.stdin)

@@ -195,3 +195,25 @@ def test_a_failing_hub_shuts_down_and_the_relay_goes_on(tmp_path):
     finally:
         relay.stop()  # returns: the relay survived
         hub.close()
+
+
+def test_a_long_paste_into_a_terminal_arrives_whole_without_more_input(tmp_path):
+    """More input than the terminal holds at once: the rest goes in as the program reads, not only when the
+    next key is typed."""
+    import tty
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    hub = wire.Hub(str(tmp_path), close_on_eof=False)
+    hub.wire(master, master, None)
+    relay = Relay(hub)
+    try:
+        client = _connect(str(tmp_path))
+        paste = bytes(range(32, 127)) * 2000  # ~190 KB
+        client.sendall(wire.encode(wire.IN, paste))
+        assert _read_exactly(slave, len(paste)) == paste
+        client.close()
+    finally:
+        relay.stop()
+        hub.close()
+        os.close(slave)
+        os.close(master)
