@@ -33,7 +33,7 @@ A session, seen from both ends::
                                                                                           hint, exit_code}
                                                           pull / push ....... ◄── PROGRESS n {...} ...
                                                                               ◄── REPLY n
-    attached run / start / exec / attach:                                              ◄── REPLY n {result:
+    attached run / start / exec / attach:                                     ◄── REPLY n {result:
                                                                                    {container_id}, attached}
     DATA n stdin bytes ──►  ...  EOF n stdin ──►          ◄── DATA n stdout|stderr bytes ...
     RESIZE n {rows, cols} ──►  SIGNAL n {signal} ──►      ◄── EOF n stdout, EOF n stderr

@@ -246,7 +246,8 @@ class Engine:
 
     def attach(self, ref: str, stdio: Stdio, size: TermSize | None = None, detach_keys: str | None = None):
         """Attach ``stdio`` to a running container (docker attach): its output from now on, and with ``-i`` its
-        stdin; returns a handle whose ``wait`` gives the exit code, or 0 once detached (runner.engine.attach_client)."""
+        stdin; returns a handle whose ``wait`` gives the exit code, or 0 once detached (its ``ended`` says how:
+        runner.engine.attach_client)."""
         from runner.engine import attach_client
         rec = self._live_record(ref, "attach to")
         return attach_client.attach(self, rec, stdio, size, detach_keys)
