@@ -412,6 +412,11 @@ class RemoteProcess:
         name = signals.Signals(signum).name[3:]
         self._control(P.SIGNAL, {"signal": name})
 
+    def detach(self) -> None:
+        """End an attach (runner.engine.attach_client) whose client went away, as closing its socket would
+        natively: the pseudo-signal DETACH, which the agent gives to the handle's ``detach``."""
+        self._control(P.SIGNAL, {"signal": "DETACH"})
+
     def _control(self, kind: int, msg: dict) -> None:
         if not self._done.is_set():
             with contextlib.suppress(RunnerError):  # the process ended meanwhile: nothing left to tell

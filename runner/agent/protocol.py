@@ -44,7 +44,8 @@ A session, seen from both ends::
                                                           ◄── REPLY n
     save:                                                 ◄── DATA n blob ... EOF n blob ◄── REPLY n
 
-EOF on stdin is the half-close: the container reads end-of-file while its output keeps flowing. A call
+EOF on stdin is the half-close: the container reads end-of-file while its output keeps flowing. SIGNAL
+``DETACH`` (no real signal's name) ends an ``attach`` call whose client went away; the container runs on. A call
 ends with exactly one REPLY (plain, logs, blob, progress and upload-with-progress calls), ERROR, or EXIT (attached calls, after
 their REPLY and their output). Frames for a call that has ended are ignored: the client may still be
 sending stdin when the process exits. A frame that is malformed, too large, of a kind the receiver never
@@ -87,6 +88,8 @@ _BINARY_KINDS = {DATA}
 # Which kinds each side may receive: a peer sending anything else is broken or hostile.
 FROM_CLIENT = {HELLO, REQUEST, DATA, EOF, SIGNAL, RESIZE}
 FROM_SERVER = {CHALLENGE, WELCOME, REPLY, ERROR, DATA, EOF, EXIT, PROGRESS}
+
+DETACH = "DETACH"  # SIGNAL's pseudo-signal for attach calls
 
 # streams (DATA and EOF frames)
 STDIN, STDOUT, STDERR, BLOB = 0, 1, 2, 3

@@ -427,6 +427,11 @@ class Call:
             self.handle.resize(TermSize(rows, cols))
         else:  # SIGNAL: by name, because signal numbers differ between the host's OS and Linux
             name = P.parse_signal(frame)
+            if name == P.DETACH:  # not a signal: an attach's client went away (runner.engine.attach_client)
+                detach = getattr(self.handle, "detach", None)
+                if detach is not None:
+                    detach()
+                return
             signum = getattr(signals, "SIG" + name, None)
             if isinstance(signum, signals.Signals):
                 self.handle.signal(int(signum))

@@ -40,9 +40,10 @@ def attach(req) -> None:
         session.pump()
         return
     if running:  # wired to the running container by its shim (runner.api.attach_running)
-        attach_running.feed(req, cid, session, logs, req.arg("detachKeys") or None)
+        pump_ended = attach_running.feed(req, cid, session, logs, req.arg("detachKeys") or None)
         req.hijack(content_type)
         session.pump()
+        pump_ended()
         return
     mon = monitor_of(req)
     mon.add_pending(cid, session)  # before the 101: the client sends its start the moment it reads that
