@@ -260,7 +260,7 @@ class ContainerSpec(Record):
     _fields = ("image", "command", "entrypoint", "env", "workdir", "user", "name", "hostname", "tty",
                "interactive", "mounts", "ports", "publish_all", "network", "limits", "read_only", "auto_remove",
                "labels", "runtime", "cap_add", "cap_drop", "privileged", "security_opt", "devices", "log_opts",
-               "platform", "aliases", "restart", "healthcheck", "extra_networks")
+               "platform", "aliases", "restart", "healthcheck", "extra_networks", "stdin_once")
 
     def __init__(self, image: str, command: list[str] | None = None, entrypoint: list[str] | None = None,
                  env: list[str] = _NEW, workdir: str | None = None, user: str | None = None,
@@ -271,7 +271,8 @@ class ContainerSpec(Record):
                  runtime: str | None = None, cap_add: list[str] = _NEW, cap_drop: list[str] = _NEW,
                  privileged: bool = False, security_opt: list[str] = _NEW, devices: list[str] = _NEW,
                  log_opts: dict[str, str] = _NEW, platform: str | None = None, aliases: list[str] = _NEW,
-                 restart: str = "no", healthcheck: dict | None = None, extra_networks: list[dict] = _NEW):
+                 restart: str = "no", healthcheck: dict | None = None, extra_networks: list[dict] = _NEW,
+                 stdin_once: bool = False):
         self.image, self.command, self.entrypoint = image, command, entrypoint
         self.env = [] if env is _NEW else env
         self.workdir, self.user, self.name, self.hostname = workdir, user, name, hostname
@@ -300,6 +301,9 @@ class ContainerSpec(Record):
         self.extra_networks = [] if extra_networks is _NEW else extra_networks
         self.restart = restart  # Docker's --restart text: no, always, unless-stopped, on-failure[:N]
         self.healthcheck = healthcheck  # Docker's HealthConfig (Test, Interval, ...); None: the image's
+        # Docker's StdinOnce (``run -i`` attached): an attached client's end of input closes the container's stdin;
+        # without it (``run -di``) the stdin stays open for the next attach.
+        self.stdin_once = stdin_once
 
     def to_dict(self) -> dict:
         return asdict(self)

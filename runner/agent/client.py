@@ -343,6 +343,7 @@ class RemoteProcess:
         self._code: int | None = None
         self._error: RunnerError | None = None
         self._sinks = {P.STDOUT: stdio.stdout, P.STDERR: stdio.stderr}
+        self.ended: str | None = None  # an attach's end (runner.engine.attach_client), from its EXIT
         threading.Thread(target=self._pump, name="attach-output", daemon=True).start()
         if stdio.stdin is not None:
             threading.Thread(target=self._feed, name="attach-stdin", daemon=True).start()
@@ -355,6 +356,7 @@ class RemoteProcess:
                     self._write(frame.stream, frame.payload)
                 elif frame.kind == P.EXIT:
                     self._code = P.parse_exit(frame)
+                    self.ended = P.parse_ended(frame)
                     self._client.note_took(self._call.method, frame)
                     return
                 elif frame.kind == P.ERROR:
@@ -409,6 +411,11 @@ class RemoteProcess:
         # By name: SIGUSR1 is 10 on Linux but 30 on macOS; the agent maps the name back to a number.
         name = signals.Signals(signum).name[3:]
         self._control(P.SIGNAL, {"signal": name})
+
+    def detach(self) -> None:
+        """End an attach (runner.engine.attach_client) whose client went away, as closing its socket would
+        natively: the pseudo-signal DETACH, which the agent gives to the handle's ``detach``."""
+        self._control(P.SIGNAL, {"signal": "DETACH"})
 
     def _control(self, kind: int, msg: dict) -> None:
         if not self._done.is_set():

@@ -33,18 +33,19 @@ A session, seen from both ends::
                                                                                           hint, exit_code}
                                                           pull / push ....... ◄── PROGRESS n {...} ...
                                                                               ◄── REPLY n
-    attached run / start / exec:                                              ◄── REPLY n {result:
+    attached run / start / exec / attach:                                     ◄── REPLY n {result:
                                                                                    {container_id}, attached}
     DATA n stdin bytes ──►  ...  EOF n stdin ──►          ◄── DATA n stdout|stderr bytes ...
     RESIZE n {rows, cols} ──►  SIGNAL n {signal} ──►      ◄── EOF n stdout, EOF n stderr
-                                                          ◄── EXIT n {exit_code}        (ends the call)
+                                                          ◄── EXIT n {exit_code[, ended]} (ends the call)
     logs:                                                 ◄── DATA n stdout|stderr ... ◄── REPLY n
     load / import:   DATA n blob ... EOF n blob ──►       ◄── REPLY n
     build:           DATA n blob ... EOF n blob ──►       ◄── PROGRESS n {...} ... (also during the upload)
     SIGNAL n {signal} ──► cancels it (a cancellable call) ◄── REPLY n (or ERROR n once cancelled)
     save:                                                 ◄── DATA n blob ... EOF n blob ◄── REPLY n
 
-EOF on stdin is the half-close: the container reads end-of-file while its output keeps flowing. A call
+EOF on stdin is the half-close: the container reads end-of-file while its output keeps flowing. SIGNAL
+``DETACH`` (no real signal's name) ends an ``attach`` call whose client went away; the container runs on. A call
 ends with exactly one REPLY (plain, logs, blob, progress and upload-with-progress calls), ERROR, or EXIT (attached calls, after
 their REPLY and their output). Frames for a call that has ended are ignored: the client may still be
 sending stdin when the process exits. A frame that is malformed, too large, of a kind the receiver never
@@ -90,6 +91,8 @@ _BINARY_KINDS = {DATA}
 # Which kinds each side may receive: a peer sending anything else is broken or hostile.
 FROM_CLIENT = {HELLO, REQUEST, DATA, EOF, SIGNAL, RESIZE}
 FROM_SERVER = {CHALLENGE, WELCOME, REPLY, ERROR, DATA, EOF, EXIT, PROGRESS}
+
+DETACH = "DETACH"  # SIGNAL's pseudo-signal for attach calls
 
 # streams (DATA and EOF frames)
 STDIN, STDOUT, STDERR, BLOB = 0, 1, 2, 3
@@ -334,6 +337,13 @@ def parse_exit(frame: Frame) -> int:
     return code
 
 
+def parse_ended(frame: Frame) -> str | None:
+    """How an attach ended (EXIT's optional ``ended``: exit, detach, eof or lost), None for other calls."""
+    ended = frame.json().get("ended")
+    _require(ended is None or ended in ("exit", "detach", "eof", "lost"), "malformed EXIT ended")
+    return ended
+
+
 def parse_signal(frame: Frame) -> str:
     name = frame.json().get("signal")
     _require(isinstance(name, str) and bool(_SIGNAL_RE.match(name)), "malformed SIGNAL")
@@ -468,6 +478,11 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _m("run", str, Param("spec", (dict,)), _STDIO, _SIZE, kind=ATTACH, stdio="optional"),
     _m("start", str, _REF, _STDIO, _SIZE, kind=ATTACH, stdio="optional"),
     _m("exec", str, _REF, Param("exec_spec", (dict,)), _STDIO, _SIZE, kind=ATTACH, stdio="required"),
+    _m("attach", str, _REF, _STDIO, _SIZE, Param("detach_keys", _nullable(str), False,
+                                                 lambda v: v is None or len(v) <= 64),
+       kind=ATTACH, stdio="required"),
+    _m("resize", _NONE, _REF, Param("rows", (int,), True, lambda v: 0 <= v <= 65535),
+       Param("cols", (int,), True, lambda v: 0 <= v <= 65535)),
     _m("stop", str, _REF, Param("timeout", (int, float), False)),
     _m("kill", str, _REF, Param("signal", (str,), False)),
     _m("rm", str, _REF, Param("force", (bool,), False), Param("volumes", (bool,), False)),
@@ -476,7 +491,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _m("inspect", dict, _REF),
     _m("logs", _NONE, _REF, _STDIO, Param("follow", (bool,), False), Param("tail", _nullable(int), False),
        Param("since", _nullable(int, float), False), Param("timestamps", (bool,), False),
-       kind=OUTPUT, stdio="required"),
+       Param("until", _nullable(int, float), False), kind=OUTPUT, stdio="required"),
     _m("images", list),
     _m("image_inspect", dict, _REF),
     _m("pull", dict, _REF, Param("platform", _nullable(str), False),

@@ -435,6 +435,11 @@ class Call:
             self.handle.resize(TermSize(rows, cols))
         else:  # SIGNAL: by name, because signal numbers differ between the host's OS and Linux
             name = P.parse_signal(frame)
+            if name == P.DETACH:  # not a signal: an attach's client went away (runner.engine.attach_client)
+                detach = getattr(self.handle, "detach", None)
+                if detach is not None:
+                    detach()
+                return
             signum = getattr(signals, "SIG" + name, None)
             if isinstance(signum, signals.Signals):
                 self.handle.signal(int(signum))
@@ -550,7 +555,10 @@ class Call:
             if self.inbox is not None:
                 self.inbox.fail()
             relay.finish(DRAIN_TIMEOUT)
-        self.conn.send(P.encode_json(P.EXIT, self.id, {"exit_code": code, "took": self.took()}))
+        done = {"exit_code": code, "took": self.took()}
+        if isinstance(getattr(handle, "ended", None), str):  # attach: how it ended (runner.engine.attach_client)
+            done["ended"] = handle.ended
+        self.conn.send(P.encode_json(P.EXIT, self.id, done))
 
     def _feed_stdin(self, fd: int) -> None:
         """Client stdin frames → the container's stdin pipe; EOF (or a drop) closes it: the half-close."""

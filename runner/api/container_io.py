@@ -3,8 +3,8 @@
 The docker CLI's ``run`` opens ``attach`` and ``wait`` before it calls ``start``: an attach to a container that
 does not run yet is parked in the server's :class:`runner.api.monitor.Monitor` until ``start`` wires its pipes
 to the container; ``wait`` sends its headers at once (the CLI blocks on them before starting) and its body
-when the monitor sees the exit. An attach to a container that already runs is served from its live log, output
-only: the engine cannot wire a new stdin into a running container (its stdin was fixed when it started).
+when the monitor sees the exit. An attach to a container that already runs goes through the engine's ``attach``
+(runner.api.attach_running): live output, and stdin when the container was created with ``-i``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import threading
 import time
 
+from runner.api import attach_running
 from runner.api.attach import AttachSession, PipeReaders, client_gone
 from runner.api.containers import inspect
 from runner.api.monitor import monitor_of
@@ -29,13 +30,19 @@ def attach(req) -> None:
     cid, tty = info["Id"], bool(info["Config"]["Tty"])
     stream, logs = req.flag("stream"), req.flag("logs")
     running = info["State"]["Running"]
-    stdin = req.flag("stdin") and stream and not running
+    stdin = req.flag("stdin") and stream and (not running or bool(info["Config"]["OpenStdin"]))
     content_type = attach_content_type(req.version, tty)
     session = AttachSession(req.connection, tty, stdin, req.flag("stdout"), req.flag("stderr"))
-    if running or not stream:
+    if not stream:
         req.hijack(content_type)
-        _from_log(req, cid, session, follow=stream and running, tail=None if logs else 0)
+        _from_log(req, cid, session, follow=False, tail=None if logs else 0)
         session.pump()
+        return
+    if running:  # wired to the running container by its shim (runner.api.attach_running)
+        pump_ended = attach_running.feed(req, cid, session, logs, req.arg("detachKeys") or None)
+        req.hijack(content_type)
+        session.pump()
+        pump_ended()
         return
     mon = monitor_of(req)
     mon.add_pending(cid, session)  # before the 101: the client sends its start the moment it reads that
@@ -156,6 +163,10 @@ def logs(req) -> None:
     since = _since(req)
     if since is not None:
         args["since"] = since
+    until = req.arg("until")
+    if until not in (None, "", "0"):
+        from runner.api.timefilter import parse_time
+        args["until"] = parse_time(until)
     if req.flag("timestamps"):
         args["timestamps"] = True
     out_r, out_w = os.pipe()  # not pipe2: Windows has none (os.pipe is non-inheritable everywhere)

@@ -162,6 +162,9 @@ def resize(req) -> None:
     handle = monitor_of(req).handle(info["Id"])
     if handle is not None:
         handle.resize(size)
+    elif info["State"]["Running"] and info["Config"]["Tty"]:
+        from runner.api import attach_running
+        attach_running.resize(req, info["Id"], size.rows, size.cols)
     req.reply_empty(200)
 
 

@@ -80,6 +80,7 @@ def container_spec(body: dict, name: str | None) -> dict:
         "workdir": _opt_str(body.get("WorkingDir"), "WorkingDir"), "user": _opt_str(body.get("User"), "User"),
         "name": name or None, "hostname": _opt_str(body.get("Hostname"), "Hostname"),
         "tty": bool(body.get("Tty")), "interactive": bool(body.get("OpenStdin")),
+        "stdin_once": bool(body.get("OpenStdin")) and bool(body.get("StdinOnce")),
         "labels": dict(labels), "network": _network(body, host),
         "mounts": _mounts(host, body), "ports": _ports(body, host), "publish_all": bool(host.get("PublishAllPorts")),
         "limits": _limits(host), "read_only": bool(host.get("ReadonlyRootfs")),

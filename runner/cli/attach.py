@@ -38,7 +38,7 @@ def raw_mode(enabled: bool):
     import tty
     saved = termios.tcgetattr(0)
     try:
-        tty.setraw(0)
+        tty.setraw(0, termios.TCSANOW)  # not TCSAFLUSH: keys typed while attaching are kept, as docker's CLI does
         yield
     finally:
         termios.tcsetattr(0, termios.TCSADRAIN, saved)
@@ -48,8 +48,9 @@ def stdio_for(interactive: bool) -> Stdio:
     return Stdio(0 if interactive else None, 1, 2)
 
 
-def attach(start: Callable[[Stdio, TermSize | None], ProcessHandle | str], tty: bool, interactive: bool) -> int:
-    """Start a process attached to this terminal and return its exit code."""
+def attach(start: Callable[[Stdio, TermSize | None], ProcessHandle | str], tty: bool, interactive: bool,
+           sig_proxy: bool = True) -> int:
+    """Start a process attached to this terminal (or attach to a running one) and return its exit code."""
     if tty and interactive and not os.isatty(0):
         # As docker: a pty fed from a file or pipe never sees EOF, so the container would wait forever.
         raise UsageError("the input device is not a TTY", hint="drop -t, or run the command from a terminal")
@@ -71,7 +72,7 @@ def attach(start: Callable[[Stdio, TermSize | None], ProcessHandle | str], tty: 
         if handle_box and new:
             handle_box[0].resize(new)
 
-    forwarded = () if tty else (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    forwarded = () if tty or not sig_proxy else (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     if os.name == "posix":
         for sig in forwarded:
             previous[sig] = signal.signal(sig, forward)

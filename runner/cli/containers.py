@@ -1,4 +1,5 @@
-"""Container commands, Docker-compatible: run, create, start, exec, ps, logs, stop, kill, rm, inspect, wait."""
+"""Container commands, Docker-compatible: run, create, start, attach, exec, ps, logs, stop, kill, rm, inspect,
+wait."""
 
 from __future__ import annotations
 
@@ -129,10 +130,22 @@ def logs(
     container: str = typer.Argument(...),
     follow: bool = typer.Option(False, "-f", "--follow", help="follow the output until the container exits"),
     tail: str = typer.Option("all", "-n", "--tail", help="number of lines to show from the end of the logs"),
+    since: Optional[str] = typer.Option(None, "--since", help="show logs since a time (e.g. 2013-01-02T13:23:37Z)"
+                                        " or a relative one (e.g. 42m)"),
+    until: Optional[str] = typer.Option(None, "--until", help="show logs before a time or a relative one"),
+    timestamps: bool = typer.Option(False, "-t", "--timestamps", help="show timestamps"),
 ):
     """Show a container's output (docker logs)."""
+    from runner.api.timefilter import parse_time
     from runner.stdio import Stdio
-    _backend().logs(container, Stdio(None, 1, 2), follow=follow, tail=_tail_lines(tail))
+    args = {"follow": follow, "tail": _tail_lines(tail)}
+    if since:
+        args["since"] = parse_time(since)
+    if until:
+        args["until"] = parse_time(until)
+    if timestamps:
+        args["timestamps"] = True
+    _backend().logs(container, Stdio(None, 1, 2), **args)
 
 
 def _tail_lines(text: str) -> int | None:
@@ -218,6 +231,32 @@ def inspect(refs: List[str] = typer.Argument(..., help="containers, images, volu
     render.print_json(out)
 
 
+def attach_(
+    container: str = typer.Argument(...),
+    no_stdin: bool = typer.Option(False, "--no-stdin", help="do not attach stdin"),
+    sig_proxy: str = typer.Option("true", "--sig-proxy", metavar="BOOL",
+                                  help="proxy received signals to the container (--sig-proxy=false: do not)"),
+    detach_keys: Optional[str] = typer.Option(None, "--detach-keys", help="key sequence for detaching"),
+):
+    """Attach the terminal to a running container (docker attach): its output, and its stdin if it was created
+    with -i; the detach keys (ctrl-p,ctrl-q) leave it running."""
+    backend = _backend()
+    config = backend.inspect(container)["Config"]
+    tty, interactive = bool(config["Tty"]), bool(config["OpenStdin"]) and not no_stdin
+    if sig_proxy.lower() not in ("true", "1", "false", "0"):
+        raise UsageError(f"invalid value {sig_proxy!r} for --sig-proxy", hint="use --sig-proxy=true or false")
+    handles = []
+
+    def start(stdio, size):
+        handles.append(backend.attach(container, stdio, size, detach_keys=detach_keys))
+        return handles[0]
+
+    code = attach(start, tty, interactive, sig_proxy=sig_proxy.lower() in ("true", "1"))
+    if handles and getattr(handles[0], "ended", None) == "eof":
+        code = backend.wait(container)  # as the docker CLI: input ended, the container's exit is the answer
+    raise typer.Exit(code)
+
+
 def wait(containers: List[str] = typer.Argument(...)):
     """Block until containers stop, then print their exit codes (docker wait)."""
     for ref in containers:
@@ -226,6 +265,6 @@ def wait(containers: List[str] = typer.Argument(...)):
 
 def register(app: typer.Typer) -> None:
     commands = {"run": _RUN_CTX, "create": _RUN_CTX, "exec": _CMD_CTX}  # the rest: Typer's defaults
-    for fn in (run, create, start, exec_, ps, logs, stop, kill, rm, inspect, wait):
+    for fn in (run, create, start, attach_, exec_, ps, logs, stop, kill, rm, inspect, wait):
         name = fn.__name__.rstrip("_")
         app.command(name, context_settings=commands.get(name))(fn)

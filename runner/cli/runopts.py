@@ -172,7 +172,7 @@ def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, 
                publish_all=False, label=(), runtime=None, cap_add=(), cap_drop=(), privileged=False,
                security_opt=(), device=(), log_opt=(), platform=None, network_alias=(), mount=(), tmpfs=(),
                restart="no", label_file=(), health_cmd=None, health_interval=None, health_timeout=None,
-               health_retries=None, health_start_period=None, no_healthcheck=False, **_ignored) -> dict:
+               health_retries=None, health_start_period=None, no_healthcheck=False, detach=False, **_ignored) -> dict:
     """The validated ContainerSpec (as a dict) for these option values."""
     from runner.spec import ContainerSpec, Limits, PortMapping, parse_size
     labels = parse_labels(label, label_file)
@@ -186,7 +186,7 @@ def build_spec(image: str, command: list[str], *, env, env_file, workdir, user, 
         image=image, command=list(command or []) or None,
         entrypoint=None if entrypoint is None else ([entrypoint] if entrypoint else []),
         env=parse_env(env, env_file), workdir=workdir, user=user, name=name, hostname=hostname, tty=tty,
-        interactive=interactive, mounts=parse_mounts(volume, mount, tmpfs),
+        interactive=interactive, stdin_once=interactive and not detach, mounts=parse_mounts(volume, mount, tmpfs),
         ports=[PortMapping.parse(p) for p in publish], publish_all=publish_all, network=network,
         limits=Limits(memory=parse_size(memory, "memory size") if memory else None, cpus=cpus,
                       pids=pids_limit if pids_limit is None or pids_limit > 0 else None),  # docker: <= 0 is unlimited

@@ -244,6 +244,31 @@ class Engine:
             self._remove(cid, spec.get("runtime"))  # nothing half-created is left behind
             raise
 
+    def attach(self, ref: str, stdio: Stdio, size: TermSize | None = None, detach_keys: str | None = None):
+        """Attach ``stdio`` to a running container (docker attach): its output from now on, and with ``-i`` its
+        stdin; returns a handle whose ``wait`` gives the exit code, or 0 once detached (its ``ended`` says how:
+        runner.engine.attach_client)."""
+        from runner.engine import attach_client
+        rec = self._live_record(ref, "attach to")
+        return attach_client.attach(self, rec, stdio, size, detach_keys)
+
+    def resize(self, ref: str, rows: int, cols: int) -> None:
+        """A running container's terminal gets a new window size (the API's ``/containers/{id}/resize``)."""
+        from runner.engine import attach_client
+        rec = self._live_record(ref, "resize")
+        if rows and cols:
+            attach_client.send_resize(self, rec.id, TermSize(rows, cols))
+
+    def _live_record(self, ref: str, what: str) -> ContainerRecord:
+        rec = self.state.reconcile(self._record(ref))
+        if rec.status != RUNNING:
+            raise Conflict(f"You cannot {what} a stopped container, start it first",
+                           hint=f"runner start {rec.name}")
+        if rec.extra.get("paused"):
+            raise Conflict(f"You cannot {what} a paused container, unpause it first",
+                           hint=f"runner unpause {rec.name}")
+        return rec
+
     @needs_space("starting a process in container {ref}")
     def exec(self, ref: str, exec_spec: dict, stdio: Stdio, size: TermSize | None = None):
         from runner.engine import execution
@@ -415,14 +440,17 @@ class Engine:
                                        volumes_dir(self.root))
 
     def logs(self, ref: str, stdio: Stdio, follow: bool = False, tail: int | None = None,
-             since: float | None = None, timestamps: bool = False) -> None:
+             since: float | None = None, timestamps: bool = False, until: float | None = None) -> None:
         """Write the container's output to ``stdio``. ``since``: only output written at or after this Unix
-        time (Docker's ``--since``); ``timestamps``: each line prefixed with its RFC 3339 time and a space, as
+        time (Docker's ``--since``); ``until``: only output written before it, and a follow ends when it is
+        reached (``--until``); ``timestamps``: each line prefixed with its RFC 3339 time and a space, as
         ``docker logs -t`` prints it (the log keeps a time per chunk: every line of a chunk gets it)."""
         rec = self._record(ref)
         cid = rec.id
 
         def running() -> bool:
+            if until is not None and time.time() >= until:
+                return False
             with contextlib.suppress(NotFound):
                 return self.state.reconcile(self.state.load(cid)).status == RUNNING
             return False
@@ -431,7 +459,8 @@ class Engine:
         sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr}
         def frames(follow_fn=None, idle: bool = False):
             for frame in logs.read_frames(path, follow_fn, idle=idle):
-                if since is None or frame[0] == logs.IDLE or frame[1] >= since:
+                if frame[0] == logs.IDLE or ((since is None or frame[1] >= since)
+                                             and (until is None or frame[1] < until)):
                     yield frame
 
         def emit(stream: int, ts: float, data: bytes) -> None:

@@ -254,15 +254,19 @@ def _copy_until_eof(src: int, dst: int) -> None:
 
 
 def relay(sources: dict[int, int], log: LogWriter | None, sinks: dict[int, int | None],
-          stdin: tuple[int, int] | None = None) -> None:
+          stdin: tuple[int, int] | None = None, hub=None) -> None:
     """Copy container output to the log and to attached sinks until every source reaches EOF.
 
     ``sources`` maps a readable fd to its stream number; ``sinks`` maps a stream number to the caller's fd
     (or None when detached). ``stdin`` is (caller fd, container fd) for terminals, where input must be
     pushed into the pty master. A sink that fails (the client went away) is dropped and logging goes on:
-    a container outlives its client, as in Docker.
+    a container outlives its client, as in Docker. ``hub``: the container's attach endpoint
+    (runner.engine.attach_server.Hub), which watches its own sockets in this loop and gets every chunk; while
+    an attacher has too much output queued, the output is not read (back-pressure, as Docker applies it).
     """
     sel = selectors.DefaultSelector()
+    if hub is not None:
+        hub.register(sel)
     for fd, stream in sources.items():
         sel.register(fd, selectors.EVENT_READ, ("out", stream))
     if stdin is not None:
@@ -272,9 +276,20 @@ def relay(sources: dict[int, int], log: LogWriter | None, sinks: dict[int, int |
             # A regular file or /dev/null cannot be polled (EPERM): copy it from a thread instead.
             threading.Thread(target=_copy_until_eof, args=stdin, daemon=True).start()
     open_sources = set(sources)
+    paused = False
     while open_sources:
-        for key, _ in sel.select():
+        if hub is not None and hub.congested() != paused:  # an attacher lags: the container waits (Docker's too)
+            paused = not paused
+            for fd in open_sources:
+                if paused:
+                    sel.unregister(fd)
+                else:
+                    sel.register(fd, selectors.EVENT_READ, ("out", sources[fd]))
+        for key, mask in sel.select(1.0 if paused else None):
             kind, target = key.data
+            if kind == "hub":
+                hub.dispatch(target, mask)
+                continue
             try:
                 data = os.read(key.fd, 65536)
             except OSError as exc:
@@ -297,10 +312,14 @@ def relay(sources: dict[int, int], log: LogWriter | None, sinks: dict[int, int |
                 continue
             if log is not None:
                 log.write(target, data)
+            if hub is not None:
+                hub.output(target, data)
             sink = sinks.get(target)
             if sink is not None:
                 try:
                     write_all(sink, data)
                 except OSError:
                     sinks[target] = None
+    if hub is not None:
+        hub.unregister()
     sel.close()

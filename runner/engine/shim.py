@@ -185,7 +185,9 @@ class _Workload:
     pump_stdin: tuple[int, int] | None = None
     sources: dict = {}
 
-    def start(self, runtime, bundle: str, cid: str, stdio: Stdio | None, tty: bool, devnull: int) -> None:
+    def start(self, runtime, bundle: str, cid: str, stdio: Stdio | None, tty: bool, devnull: int,
+              hub=None, interactive: bool = False) -> None:
+        starter = stdio.stdin if stdio is not None else None
         if tty:
             # runc's console socket: the pty is made inside the container, its master comes back here.
             console, console_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -199,17 +201,25 @@ class _Workload:
                 raise ContainerStartError("the container did not hand over its terminal")
             self.master = fds[0]
             self.sources = {self.master: logs.STDOUT}
-            if stdio is not None and stdio.stdin is not None:
-                self.pump_stdin = (stdio.stdin, self.master)
+            if hub is not None:  # the hub feeds the master: the starter's input and any attacher's
+                hub.wire(self.master if interactive else None, self.master, starter if interactive else None)
+            elif starter is not None:
+                self.pump_stdin = (starter, self.master)
             return
         out_r, out_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        cin = stdio.stdin if stdio is not None and stdio.stdin is not None else devnull
+        cin, in_w = (starter if starter is not None else devnull), None
+        if hub is not None and interactive and (starter is None or _pollable(starter)):
+            cin, in_w = os.pipe2(os.O_CLOEXEC)  # -i: the shim keeps the write end, so attachers can feed it
         try:
             self.pid = runtime.start(bundle, cid, (cin, out_w, err_w))
         finally:
             os.close(out_w)  # only the container holds the write ends now: EOF arrives when it exits
             os.close(err_w)
+            if in_w is not None:
+                os.close(cin)
+        if hub is not None:
+            hub.wire(in_w, None, starter if in_w is not None else None)
         self.sources = {out_r: logs.STDOUT, err_r: logs.STDERR}
 
     def kill(self) -> None:
@@ -217,7 +227,22 @@ class _Workload:
             os.kill(self.pid, signal.SIGKILL)
 
 
-def _relay(engine, cid: str, work: _Workload, stdio: Stdio | None, sync: socket.socket, log_opts) -> str:
+def _pollable(fd: int) -> bool:
+    """Whether the relay's selector can watch ``fd``: a regular file or /dev/null cannot (EPERM). Such a
+    starter's stdin (``run -i < file``) is then the container's own, as without an attach endpoint: the file
+    is read at the container's pace, never into the shim's memory."""
+    import select
+    ep = select.epoll()
+    try:
+        ep.register(fd, select.EPOLLIN)
+        return True
+    except OSError:
+        return False
+    finally:
+        ep.close()
+
+
+def _relay(engine, cid: str, work: _Workload, stdio: Stdio | None, sync: socket.socket, log_opts, hub=None) -> str:
     """Tell the caller the workload runs, then relay its output until it closes; returns an error text if
     the relay failed (the workload is then killed: nobody would drain its output any more)."""
     try:
@@ -227,7 +252,7 @@ def _relay(engine, cid: str, work: _Workload, stdio: Stdio | None, sync: socket.
         log = logs.LogWriter(engine.log_path(cid), max_size, max_file)
         sinks = {logs.STDOUT: stdio.stdout, logs.STDERR: stdio.stderr} if stdio is not None else {}
         try:
-            logs.relay(work.sources, log, sinks, work.pump_stdin)
+            logs.relay(work.sources, log, sinks, work.pump_stdin, hub)
         finally:
             log.close()
     except BaseException as exc:
@@ -243,30 +268,23 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
     container_bundle = engine.bundle(cid)
     work = _Workload()
     net = network.NO_NETWORK
-    runtime = None
+    runtime = hub = None
     try:
         rec = store.load(cid)  # read once: attaching the network does not change the record
+        interactive = bool(rec.spec.get("interactive"))
+        hub = _open_hub(store, cid, rec.spec, tty)
         runtime = engine.runtime_for(rec.runtime)
         net = network.attach(engine, rec)  # ports bound, address leased, netns wired
         # private mount ns + overlay + config.json (+ copy-up into new volumes)
         bundle.prepare(engine.images_store, container_bundle, rec, engine.empty_dir(), net.netns_path, size,
                        os.path.join(engine.root, "volumes"))
-        work.start(runtime, container_bundle.dir, cid, stdio, tty, devnull)
+        work.start(runtime, container_bundle.dir, cid, stdio, tty, devnull, hub, interactive)
         engine.journal_container("start", _record_running(store, cid, work, net, restarted=False))
         net.serve()
         from runner.engine.build import watch_builder
         watch_builder(rec, lambda: work.kill())  # a build step dies with its builder
     except (RunnerError, OSError) as exc:
-        if work.pid is not None:  # the workload runs, but its bookkeeping failed: it must not live on unwatched
-            work.kill()
-            os.waitpid(work.pid, 0)
-        if is_full(exc):
-            exc = disk_full_error(exc.filename if isinstance(exc.filename, str) else engine.root,
-                                  f"starting container {cid[:12]}")
-        elif not isinstance(exc, RunnerError):
-            exc = ContainerStartError(f"cannot start container: {exc}")
-        _detach(net)
-        _send(sync, {"error": exc.to_dict()})
+        _start_failed(engine, cid, exc, work, net, hub, sync)
         if runtime is not None:
             runtime.delete(container_bundle.dir, cid)
         return 125
@@ -274,7 +292,7 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
     while True:
         began = now()
         monitor = _health_monitor(engine, cid, rec)
-        error = _relay(engine, cid, work, stdio, sync, rec.spec.get("log_opts"))
+        error = _relay(engine, cid, work, stdio, sync, rec.spec.get("log_opts"), hub)
         _, status = os.waitpid(work.pid, 0)
         if monitor is not None:
             monitor.stop()
@@ -287,6 +305,8 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             break
         _record_exit(engine, cid, code, oom, error, restarting=True)
         engine.journal_container("die", rec, exitCode=str(code))
+        if hub is not None:  # attachers hear of the exit after the record tells it (inspect agrees with them)
+            hub.exited(code)
         died = True
         if stdio is not None:  # the attached caller hears of the first exit; the restarts run detached
             _send(sync, {"exited": code})
@@ -296,7 +316,7 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
             break
         work = _Workload()
         try:
-            work.start(runtime, container_bundle.dir, cid, None, tty, devnull)
+            work.start(runtime, container_bundle.dir, cid, None, tty, devnull, hub, interactive)
             engine.journal_container("start", _record_running(store, cid, work, net, restarted=True))
             died = False
         except (RunnerError, OSError) as exc:
@@ -313,8 +333,36 @@ def _shim_main(engine, cid: str, stdio: Stdio | None, size: TermSize | None, tty
         network.forget(engine, cid)
     container_bundle.release()
     _finish(engine, rec, code, oom, error, died)
+    if hub is not None:  # after the record: an attacher told the exit code finds the container exited
+        hub.exited(code)
+        hub.close()
     _send(sync, {"exited": code})
     return code
+
+
+def _open_hub(store, cid: str, spec: dict, tty: bool):
+    """The container's attach endpoint (runner.engine.attach_server), for ``-i`` or ``-t`` containers only:
+    the only ones that can be given input or resized later; others pay nothing for it."""
+    if not (spec.get("interactive") or tty):
+        return None
+    from runner.engine import attach_server
+    return attach_server.Hub(store.dir(cid), bool(spec.get("stdin_once")) and not tty)
+
+
+def _start_failed(engine, cid: str, exc: BaseException, work: _Workload, net, hub, sync: socket.socket) -> None:
+    """Undo a start that failed part-way and tell the caller why, in one line."""
+    if work.pid is not None:  # the workload runs, but its bookkeeping failed: it must not live on unwatched
+        work.kill()
+        os.waitpid(work.pid, 0)
+    if is_full(exc):
+        exc = disk_full_error(exc.filename if isinstance(exc.filename, str) else engine.root,
+                              f"starting container {cid[:12]}")
+    elif not isinstance(exc, RunnerError):
+        exc = ContainerStartError(f"cannot start container: {exc}")
+    _detach(net)
+    if hub is not None:
+        hub.close()
+    _send(sync, {"error": exc.to_dict()})
 
 
 def _finish(engine, rec, code: int, oom: bool, error: str, died: bool) -> None:

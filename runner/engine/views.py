@@ -208,7 +208,7 @@ def container_inspect(rec, spec, config: dict, paths: dict, volumes_root: str = 
         "HostConfig": _host_config(rec, spec),
         "Mounts": [_mount(m, volumes_root) for m in spec.mounts],
         "Config": {"Hostname": rec.extra.get("hostname") or "", "User": spec.user or "",
-                   "Tty": spec.tty, "OpenStdin": spec.interactive, "StdinOnce": False,
+                   "Tty": spec.tty, "OpenStdin": spec.interactive, "StdinOnce": bool(spec.stdin_once),
                    "Env": process.get("env", spec.env), "Cmd": spec.command, "Image": rec.image_ref,
                    "WorkingDir": process.get("cwd", spec.workdir or ""), "Entrypoint": spec.entrypoint,
                    "Labels": spec.labels, **({"Healthcheck": rec.extra["healthcheck"]}

@@ -260,6 +260,7 @@ def test_published_port_in_use_is_a_clear_error_and_leaves_nothing(rn):
 @pytest.mark.aarch64
 def test_pull_from_a_registry_on_the_host_loopback(rn, registry):
     ref = f"{registry.host}/contract/busybox:v1"
+    assert rn("run", "--rm", IMG, "true").returncode == 0  # the default image is made on first use
     assert rn("tag", IMG, ref).returncode == 0
     try:
         p = rn("push", ref)

@@ -251,6 +251,10 @@ def test_message_fields_are_validated():
         P.parse_signal(P.Frame(P.SIGNAL, 1, b'{"signal": "KILL; rm -rf /"}'))
     with pytest.raises(P.ProtocolError):
         P.parse_exit(P.Frame(P.EXIT, 1, b'{"exit_code": -1}'))
+    with pytest.raises(P.ProtocolError):  # an attach's end is one of four words, nothing else
+        P.parse_ended(P.Frame(P.EXIT, 1, b'{"exit_code": 0, "ended": "rm -rf"}'))
+    assert P.parse_ended(P.Frame(P.EXIT, 1, b'{"exit_code": 0, "ended": "eof"}')) == "eof"
+    assert P.parse_ended(P.Frame(P.EXIT, 1, b'{"exit_code": 0}')) is None
     with pytest.raises(P.ProtocolError):
         P.parse_error(P.Frame(P.ERROR, 1, b'{"type": "NotFound", "message": 3, "exit_code": 1}'))
     with pytest.raises(P.ProtocolError):
