@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import threading
 import time
 
 from runner.api import attach_running
-from runner.api.attach import AttachSession, client_gone
+from runner.api.attach import AttachSession, PipeReaders, client_gone
 from runner.api.containers import inspect
 from runner.api.monitor import monitor_of
 from runner.api.router import route
@@ -170,8 +169,8 @@ def logs(req) -> None:
         args["until"] = parse_time(until)
     if req.flag("timestamps"):
         args["timestamps"] = True
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = os.pipe()  # not pipe2: Windows has none (os.pipe is non-inheritable everywhere)
+    err_r, err_w = os.pipe()
 
     def produce() -> None:
         try:
@@ -183,25 +182,24 @@ def logs(req) -> None:
 
     writer = req.stream(attach_content_type(req.version, tty))
     threading.Thread(target=produce, name=f"logs-{info['Id'][:12]}", daemon=True).start()
-    try:
-        _pump_pipes({out_r: STDOUT, err_r: STDERR}, want, tty, writer.write)
-        writer.close()
-    finally:
-        os.close(out_r)  # a producer still writing gets EPIPE and ends
-        os.close(err_r)
+    _pump_pipes({out_r: STDOUT, err_r: STDERR}, want, tty, writer.write)  # closes both read ends
+    writer.close()
 
 
 def _pump_pipes(sources: dict[int, int], want: dict[int, bool], tty: bool, write) -> None:
-    """Read the pipes until both end, writing each chunk (framed without a TTY) through ``write``."""
-    sources = dict(sources)
-    poller = select.poll()
-    for fd in sources:
-        poller.register(fd, select.POLLIN)
-    while sources:
-        for fd, _ in poller.poll():
-            data = os.read(fd, 65536)
-            if not data:
-                poller.unregister(fd)
-                del sources[fd]
-            elif want[sources[fd]]:
-                write(data if tty else frame(sources[fd], data))
+    """Read the pipes until both end, writing each chunk (framed without a TTY) through ``write``; each
+    pipe's read end is closed as its reader ends (a producer still writing gets EPIPE). A failing ``write``
+    (the client left) stops both readers and is raised here."""
+    failed: list[OSError] = []
+
+    def deliver(stream: int, data: bytes) -> None:
+        if want[stream]:
+            try:
+                write(data if tty else frame(stream, data))
+            except OSError as exc:
+                failed.append(exc)
+                raise
+
+    PipeReaders(list(sources.items()), deliver).run()
+    if failed:
+        raise failed[0]

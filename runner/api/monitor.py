@@ -75,7 +75,7 @@ class Monitor:
         """Stdio for a detached start: output to /dev/null (the log keeps it), no stdin."""
         from runner.stdio import Stdio
         if self._devnull is None:
-            self._devnull = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
+            self._devnull = os.open(os.devnull, os.O_WRONLY)  # non-inheritable everywhere (PEP 446); "nul" on Windows
         return Stdio(None, self._devnull, self._devnull)
 
     def starting(self, cid: str) -> None:

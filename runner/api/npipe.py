@@ -198,12 +198,17 @@ class _WinPipe:
                 return b""
             raise
         try:
-            if err == _ERROR_IO_PENDING:
-                self._wait(ov)
-        finally:
-            nread, err = ov.GetOverlappedResult(True)
+            try:
+                if err == _ERROR_IO_PENDING:
+                    self._wait(ov)
+            finally:
+                nread, err = ov.GetOverlappedResult(True)
+        except OSError as exc:  # a pending read fails here when the client closes meanwhile (_winapi raises)
+            if exc.winerror in (_ERROR_BROKEN_PIPE, _ERROR_NO_DATA):
+                return b""
+            raise
         if err not in (0, _ERROR_MORE_DATA):  # ERROR_MORE_DATA: the rest of this message comes with the next read
-            return b""
+            return b""  # ERROR_OPERATION_ABORTED: our handle was closed under a waiting read
         return bytes(ov.getbuffer()[:nread])
 
     def write(self, data: bytes) -> int:
@@ -218,6 +223,8 @@ class _WinPipe:
             if exc.winerror in (_ERROR_BROKEN_PIPE, _ERROR_NO_DATA):
                 raise BrokenPipeError(errno.EPIPE, "the client closed the named pipe") from exc
             raise
+        if err != 0 or (data and not written):  # aborted (our handle closed under it): never "0 written, retry"
+            raise BrokenPipeError(errno.EPIPE, f"the write to the named pipe was aborted (error {err})")
         return written
 
     def peer_closed(self) -> bool:
@@ -234,9 +241,7 @@ class _WinPipe:
         ov.GetOverlappedResult(True)
 
     def close(self) -> None:
-        import ctypes
-
-        ctypes.windll.kernel32.FlushFileBuffers(ctypes.c_void_p(self.handle))  # type: ignore[attr-defined]
+        _kernel32().FlushFileBuffers(self.handle)  # what we wrote reaches the client before the handle goes
         self._w.CloseHandle(self.handle)
 
 
@@ -318,10 +323,19 @@ class PipeServer:
         if handle is not None:
             self._w.CloseHandle(handle)
         if self._sd:
-            import ctypes
-
-            ctypes.windll.kernel32.LocalFree(self._sd)  # type: ignore[attr-defined]
+            _kernel32().LocalFree(self._sd)
             self._sd = None
+
+
+def _kernel32():
+    """kernel32 through ctypes, for the two calls _winapi lacks (FlushFileBuffers, LocalFree); its own function
+    so that the unit tests can stand a fake in for it."""
+    import ctypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.FlushFileBuffers.argtypes = [ctypes.c_void_p]
+    kernel32.LocalFree.argtypes = [ctypes.c_void_p]
+    return kernel32
 
 
 def _security_attributes(sddl: str):

@@ -76,9 +76,23 @@ class _Threads(socketserver.ThreadingMixIn):
     block_on_close = False
     request_queue_size = 128  # listen backlog: socketserver's 5 refuses the 6th of many clients connecting at once
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that vanished between requests (a killed docker CLI resets its kept-alive connections over
+        TCP) is nobody's error: socketserver would print a traceback for it. Anything else is one line, the
+        traceback only with --debug."""
+        import sys
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, TimeoutError)):
+            return
+        if getattr(self, "debug", False):
+            super().handle_error(request, client_address)
+        else:
+            sys.stderr.write(f"runner: error serving a client: {type(exc).__name__}: {exc}\n")
 
-class UnixServer(_Threads, socketserver.UnixStreamServer):
-    pass
+
+if hasattr(socketserver, "UnixStreamServer"):  # not on Windows: its Python has no AF_UNIX
+    class UnixServer(_Threads, socketserver.UnixStreamServer):
+        pass
 
 
 class TCPServer(_Threads, socketserver.TCPServer):
@@ -123,7 +137,10 @@ def make_server(address: Address, backend, context: dict | None = None, group: s
     return server
 
 
-def _bind_unix(path: str, group: str | None) -> UnixServer:
+def _bind_unix(path: str, group: str | None) -> "UnixServer":
+    if not hasattr(socket, "AF_UNIX"):
+        raise PlatformError("this Python has no unix sockets (Windows)",
+                            hint=f"serve on the named pipe ({WINDOWS_PIPE}) or tcp://127.0.0.1:PORT")
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o755 if os.geteuid() == 0 else 0o700, exist_ok=True)
     _remove_stale_socket(path)

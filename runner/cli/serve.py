@@ -131,10 +131,32 @@ def _state_dir() -> str:
     return platformdirs.user_runtime_dir("runner")
 
 
-def docker_env(host: str = typer.Option(None, "--host", "-H", metavar="URL", help="the socket runner serve uses")):
+def docker_env(host: str = typer.Option(None, "--host", "-H", metavar="URL", help="the socket runner serve uses"),
+               context: bool = typer.Option(False, "--context",
+                                            help="instead, write a docker context named 'runner' for it "
+                                                 "(docker context use runner; $DOCKER_CONFIG respected)"),
+               context_rm: bool = typer.Option(False, "--context-rm", help="remove that docker context")):
     """Print the shell line that points docker clients at runner: eval "$(runner docker-env)"."""
+    from runner.api import dockercontext
     from runner.api.server import Address, default_host
+    if context and context_rm:
+        from runner.errors import UsageError
+        raise UsageError("--context and --context-rm exclude each other")
+    if context_rm:
+        removed, was_current = dockercontext.remove(dockercontext.config_dir())
+        if not removed:
+            print(f"no docker context named {dockercontext.NAME!r}")
+            return
+        print(f"removed the docker context {dockercontext.NAME!r}")
+        if was_current:
+            print("it was the current one: docker uses its default context again")
+        return
     address = Address(host or default_host())
+    if context:
+        path = dockercontext.write(address.text, dockercontext.config_dir())
+        print(f"docker context {dockercontext.NAME!r} -> {address.text} ({path})")
+        print(f"use it: docker context use {dockercontext.NAME}  (or docker --context {dockercontext.NAME} ...)")
+        return
     print(f"export DOCKER_HOST={address.text}")
 
 

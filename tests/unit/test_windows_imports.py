@@ -1,8 +1,9 @@
 """What a Windows host imports works without Unix-only modules (tests/winsim.py takes them away).
 
-Proves on Linux: the registry client, the guest pull, the named-pipe listener and every CLI module import in a
-process where fcntl, termios, pty, tty, grp, pwd and resource are unimportable and os lacks pread, pwrite,
-fchmod, O_CLOEXEC, O_NOFOLLOW, O_DIRECTORY, O_PATH, getuid & co. And that the simulation bites: it refuses
+Proves on Linux: the registry client, the guest pull, the named-pipe listener, every CLI, Engine API server and
+VM host module import in a process where fcntl, termios, pty, tty, grp, pwd and resource are unimportable, os
+lacks pread, pwrite, fchmod, O_CLOEXEC, O_NOFOLLOW, O_DIRECTORY, O_PATH, getuid & co., and select, socket and
+signal lack poll, AF_UNIX and SIGKILL & co. (tests/winsim.py). And that the simulation bites: it refuses
 what Windows refuses (renaming an open file), so the guest-pull test under it can fail.
 """
 
@@ -27,6 +28,10 @@ import runner.cli
 names = ["runner.images.registry", "runner.images.pull", "runner.vm.artifact_pull", "runner.vm.artifact_push",
          "runner.api.server", "runner.api.npipe", "runner.cli.main"]
 names += ["runner.cli." + m.name for m in pkgutil.iter_modules(runner.cli.__path__)]
+import runner.api, runner.vm
+names += ["runner.api." + m.name for m in pkgutil.iter_modules(runner.api.__path__)]  # what `runner serve` loads
+names += ["runner.vm." + m.name for m in pkgutil.iter_modules(runner.vm.__path__)]
+names += ["runner.backends.vm", "runner.backends.agent", "runner.backends.select", "runner.agent.client"]
 failed = {}
 for name in names:
     try:
