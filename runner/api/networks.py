@@ -141,15 +141,9 @@ def connect(req) -> None:
     if isinstance(ipam, dict) and (ipam.get("IPv4Address") or ipam.get("IPv6Address")):
         raise UsageError("a user specified IP address is not supported by runner: addresses are leased")
     aliases = endpoint.get("Aliases") or []
-    try:
-        req.backend.network_connect(net["Name"], ref, aliases)
-    except NotFound as exc:
-        raise _not_found(exc, ref, net["Name"]) from exc
-    except Conflict as exc:
-        if "already exists in network" in exc.message:
-            raise ApiError(403, exc.message) from exc  # libnetwork's Forbidden
-        raise
-    req.reply_empty(200)
+    # a second connect of a running container: libnetwork's Forbidden
+    _membership_call(req, ref, net["Name"], "already exists in network", 403,
+                     lambda: req.backend.network_connect(net["Name"], ref, aliases))
 
 
 @route("POST", "/networks/{id}/disconnect")
@@ -161,13 +155,21 @@ def disconnect(req) -> None:
     force = body.get("Force", False)
     if not isinstance(force, bool):
         raise UsageError("Force must be a boolean")
+    # dockerd answers "is not connected" with a plain error: 500
+    _membership_call(req, ref, net["Name"], "is not connected to", 500,
+                     lambda: req.backend.network_disconnect(net["Name"], ref, force))
+
+
+def _membership_call(req, ref: str, network: str, conflict_text: str, status: int, call) -> None:
+    """Run a connect or disconnect: 200 with no body, or Docker's status for its refusals (the Conflict whose
+    text holds ``conflict_text`` gets ``status``; a missing container or network its 404 text)."""
     try:
-        req.backend.network_disconnect(net["Name"], ref, force)
+        call()
     except NotFound as exc:
-        raise _not_found(exc, ref, net["Name"]) from exc
+        raise _not_found(exc, ref, network) from exc
     except Conflict as exc:
-        if "is not connected to" in exc.message:
-            raise ApiError(500, exc.message) from exc  # dockerd answers this one with a plain error: 500
+        if conflict_text in exc.message:
+            raise ApiError(status, exc.message) from exc
         raise
     req.reply_empty(200)
 
