@@ -605,7 +605,12 @@ class Engine:
     def network_ls(self, filters: dict | None = None) -> list[dict]:
         from runner.engine import filters as flt
         f = flt.normalize(filters, flt.NETWORK_KEYS)
-        nets = [network.Networks(self).inspect(n) for n in network.Networks(self).names()]
+        nets = []
+        for name in network.Networks(self).names():
+            try:
+                nets.append(network.Networks(self).inspect(name))
+            except NotFound:
+                continue  # removed while this list was taken (compose removes a project's networks in parallel)
         return [n for n in nets if not f or flt.named_match(n, f)]
 
     # ------------------------------------------------------------------ volumes (runner.engine.volumes)
