@@ -126,9 +126,7 @@ def _plug(netns_fd: int, ep: dict, default_route: bool) -> None:
         with contextlib.ExitStack() as stack:
             host = stack.enter_context(netlink.RouteSocket())
             inside = _socket_inside(stack, netns_fd)
-            host.create_veth(ep["Veth"], ep["Interface"], ep["MacAddress"], netns_fd, master=ep["Bridge"])
-            inside.add_address(ep["Interface"], ep["IPAddress"], ep["IPPrefixLen"])
-            inside.set_up(ep["Interface"])
+            network.plug_endpoint(host, inside, netns_fd, ep)
             if default_route:
                 inside.add_default_route(ep["Gateway"])
     except OSError as exc:

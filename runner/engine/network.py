@@ -577,6 +577,15 @@ def write_hosts(engine, cid: str, text: str) -> None:
             f.write(text)
 
 
+def plug_endpoint(host: "netlink.RouteSocket", inside: "netlink.RouteSocket", netns_fd: int, ep: dict) -> None:
+    """Endpoint ``ep``'s veth pair: the host end on its bridge, the peer in ``netns_fd`` as ``ep["Interface"]``
+    with its address, up. ``host``/``inside``: netlink sockets bound to the two namespaces. Used at start for
+    a container's extra networks and by a live ``network connect``."""
+    host.create_veth(ep["Veth"], ep["Interface"], ep["MacAddress"], netns_fd, master=ep["Bridge"])
+    inside.add_address(ep["Interface"], ep["IPAddress"], ep["IPPrefixLen"])
+    inside.set_up(ep["Interface"])
+
+
 def sweep_stale_bridges() -> None:
     """Delete runner bridges (and their root's NAT table) whose root no longer has their network.
 
@@ -680,10 +689,7 @@ class BridgeAttachment(Attachment):
                 inside.set_up("eth0")
                 inside.add_default_route(record["Gateway"])  # after eth0 is up: the gateway is reachable
                 for ep in self.extra:  # extra networks: their subnet only, no default route
-                    host.create_veth(ep["Veth"], ep["Interface"], ep["MacAddress"], self.netns_fd,
-                                     master=ep["Bridge"])
-                    inside.add_address(ep["Interface"], ep["IPAddress"], ep["IPPrefixLen"])
-                    inside.set_up(ep["Interface"])
+                    plug_endpoint(host, inside, self.netns_fd, ep)
         except OSError as exc:
             raise ContainerStartError(f"cannot set up the container's network: {exc}") from exc
         self.netns_path = f"/proc/{os.getpid()}/fd/{self.netns_fd}"
